@@ -1,0 +1,1 @@
+"""Sample models, data fetchers and demos for onnx-selenc (not part of the installed package)."""
