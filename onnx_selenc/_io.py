@@ -48,11 +48,13 @@ def refuse_overwrite_of_input(
     for item in inputs:
         src = Path(item)
         if out == src.resolve() or (out.exists() and src.exists() and out.samefile(src)):
-            raise ValueError(f"refusing to overwrite the input file {src}: choose another output path")
+            raise ValueError(
+                f"refusing to overwrite the input file {src}: choose another output path"
+            )
 
 
 def refuse_existing(path: str | os.PathLike[str], what: str) -> None:
-    """Raise ``FileExistsError`` if ``path`` exists (used for key files: losing one loses access)."""
+    """Raise ``FileExistsError`` if ``path`` exists (key files: losing one loses access)."""
     if Path(path).exists():
         raise FileExistsError(
             f"{what} {path} already exists; refusing to replace it (move it away first)"

@@ -1,0 +1,30 @@
+"""onnx-selenc: selective, tiered encryption of ONNX models.
+
+The recipe layer: :func:`encrypt` an ONNX model into an encrypted ``.onnx`` plus an
+owner key, :func:`export_key` lower tiers for customers, and :func:`load_session`
+to get an ONNX Runtime session restored to a key's level, in memory.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from ._encrypt import EncryptResult, encrypt
+from ._inspect import ModelReport, inspect_model
+from ._keys import LevelKey, export_key, read_key_file
+from ._loader import RestoredModel, build_session, load_session, restore_model
+
+__all__ = [
+    "EncryptResult",
+    "LevelKey",
+    "ModelReport",
+    "RestoredModel",
+    "__version__",
+    "build_session",
+    "encrypt",
+    "export_key",
+    "inspect_model",
+    "load_session",
+    "read_key_file",
+    "restore_model",
+]

@@ -1,0 +1,232 @@
+"""Key files: one level key of one encrypted model, in a small JSON file.
+
+Format (see FORMAT.md): canonical JSON with ``format``, ``version``, ``key_id``,
+``level``, ``levels``, ``chain``, and either ``key`` (hex) or ``protected``
+(scrypt + AES-GCM), plus ``check``, a digest of all other fields that catches a
+corrupted or truncated file before it can be mistaken for a wrong key.
+Written with 0600 permissions and never over an existing file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import _seal
+from ._io import atomic_write, refuse_existing
+from .exceptions import KeyFileError
+
+KEY_FORMAT = "onnx-selenc-key"
+KEY_VERSION = 1
+MAX_KEY_FILE_BYTES = 64 * 1024
+_FIELDS = {"format", "version", "key_id", "level", "levels", "chain", "key", "protected", "check"}
+
+
+@dataclass(frozen=True)
+class LevelKey:
+    """The key of one level of one encrypted model.
+
+    A level-m key restores levels 0..m. ``material`` is secret and kept out of ``repr``.
+    """
+
+    key_id: str
+    level: int
+    levels: int
+    material: bytes = field(repr=False)
+
+    def derive(self, level: int) -> LevelKey:
+        """Return the key of a lower (or the same) level.
+
+        Raises:
+            LevelNotGranted: ``level`` is above this key's level.
+        """
+        from .exceptions import LevelNotGranted
+
+        if level > self.level:
+            raise LevelNotGranted(
+                f"this key is for level {self.level}; level {level} was asked for"
+            )
+        if level < 0:
+            raise ValueError(f"levels start at 0, got {level}")
+        return LevelKey(
+            self.key_id, level, self.levels, _seal.chain_down(self.material, self.level, level)
+        )
+
+    def level0(self) -> bytes:
+        return _seal.chain_down(self.material, self.level, 0)
+
+
+def new_owner_key(levels: int) -> LevelKey:
+    """A fresh top-level key for a model with ``levels`` levels."""
+    top = _seal.generate_key()
+    return LevelKey(_seal.key_id(_seal.chain_down(top, levels, 0)), levels, levels, top)
+
+
+def _header(key: LevelKey) -> dict[str, object]:
+    return {
+        "format": KEY_FORMAT,
+        "version": KEY_VERSION,
+        "key_id": key.key_id,
+        "level": key.level,
+        "levels": key.levels,
+        "chain": _seal.CHAIN_ID,
+    }
+
+
+def _canonical(obj: dict[str, object]) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def _check(doc: dict[str, object]) -> str:
+    return hashlib.sha256(_canonical({k: v for k, v in doc.items() if k != "check"})).hexdigest()[
+        :32
+    ]
+
+
+def key_file_bytes(key: LevelKey, *, passphrase: str | None = None) -> bytes:
+    """Serialise a key file (indented canonical JSON, human-inspectable)."""
+    doc = _header(key)
+    if passphrase is None:
+        doc["key"] = key.material.hex()
+    else:
+        doc["protected"] = _seal.wrap_with_passphrase(
+            key.material, passphrase, _canonical(_header(key))
+        )
+    doc["check"] = _check(doc)
+    return json.dumps(doc, sort_keys=True, indent=2).encode("utf-8") + b"\n"
+
+
+def write_key_file(
+    path: str | os.PathLike[str], key: LevelKey, *, passphrase: str | None = None
+) -> Path:
+    """Write a key file with 0600 permissions; refuse to replace an existing file.
+
+    Raises:
+        FileExistsError: ``path`` exists (losing an owner key loses the model).
+    """
+    refuse_existing(path, "key file")
+    atomic_write(path, key_file_bytes(key, passphrase=passphrase), mode=0o600)
+    return Path(path)
+
+
+def is_protected(path: str | os.PathLike[str]) -> bool:
+    """Whether a key file needs a passphrase."""
+    return "protected" in _parse(Path(path).read_bytes()[: MAX_KEY_FILE_BYTES + 1], str(path))
+
+
+def read_key_file(path: str | os.PathLike[str], *, passphrase: str | None = None) -> LevelKey:
+    """Read and validate a key file.
+
+    Raises:
+        KeyFileError: malformed, truncated, corrupted, unknown version, or a wrong
+            or missing passphrase.
+        FileNotFoundError: no such file.
+    """
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_KEY_FILE_BYTES + 1)
+    return parse_key_file(data, source=str(path), passphrase=passphrase)
+
+
+def parse_key_file(
+    data: bytes, *, source: str = "key file", passphrase: str | None = None
+) -> LevelKey:
+    """Parse key-file bytes (see :func:`read_key_file`)."""
+    doc = _parse(data, source)
+    if doc["check"] != _check(doc):
+        raise KeyFileError(f"{source} is corrupted (its check digest does not match)")
+    try:
+        key_id, level, levels = str(doc["key_id"]), int(doc["level"]), int(doc["levels"])
+        if not 0 <= level <= levels <= 255:
+            raise ValueError("level out of range")
+        header = {k: doc[k] for k in ("format", "version", "key_id", "level", "levels", "chain")}
+        if "protected" in doc:
+            if passphrase is None:
+                raise KeyFileError(f"{source} is passphrase-protected: a passphrase is needed")
+            material = _seal.unwrap_with_passphrase(
+                doc["protected"],
+                passphrase,  # type: ignore[arg-type]
+                _canonical(header),
+            )
+        else:
+            material = bytes.fromhex(str(doc["key"]))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise KeyFileError(f"{source} is malformed: {exc}") from None
+    if len(material) != _seal.KEY_BYTES:
+        raise KeyFileError(f"{source} holds a key of the wrong size")
+    key = LevelKey(key_id, level, levels, material)
+    if _seal.key_id(key.level0()) != key_id:
+        raise KeyFileError(f"{source} is corrupted (its key does not match its key id)")
+    return key
+
+
+def _parse(data: bytes, source: str) -> dict[str, object]:
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise KeyFileError(f"{source} is too large to be an onnx-selenc key file")
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise KeyFileError(f"{source} is not a valid key file (truncated or not JSON)") from None
+    if not isinstance(doc, dict) or doc.get("format") != KEY_FORMAT:
+        raise KeyFileError(f"{source} is not an onnx-selenc key file")
+    if doc.get("version") != KEY_VERSION:
+        raise KeyFileError(
+            f"{source} has key-file version {doc.get('version')!r}; "
+            f"this onnx-selenc reads version {KEY_VERSION}"
+        )
+    unknown = set(doc) - _FIELDS
+    if unknown:
+        raise KeyFileError(f"{source} has unknown fields: {', '.join(sorted(unknown))}")
+    if "check" not in doc or ("key" in doc) == ("protected" in doc):
+        raise KeyFileError(f"{source} is malformed (needs 'check' and one of 'key'/'protected')")
+    return doc
+
+
+def export_key(
+    key_file: str | os.PathLike[str],
+    level: int,
+    output: str | os.PathLike[str],
+    *,
+    passphrase: str | None = None,
+    new_passphrase: str | None = None,
+) -> LevelKey:
+    """Derive a lower-tier key file from a higher one (e.g. the owner key).
+
+    Args:
+        key_file: a key file of level ``>= level``.
+        level: the tier to hand out.
+        output: the new key file (must not exist).
+        passphrase: of ``key_file`` if it is protected.
+        new_passphrase: protect the new key file with this passphrase.
+
+    Returns:
+        The exported key.
+
+    Raises:
+        LevelNotGranted: ``key_file`` is below ``level``.
+        KeyFileError: ``key_file`` is malformed or its passphrase is wrong.
+        FileExistsError: ``output`` exists.
+
+    Example:
+        >>> export_key("owner.key", 2, "tier2.key")  # doctest: +SKIP
+    """
+    if Path(output).resolve() == Path(key_file).resolve():
+        raise ValueError("refusing to overwrite the input key file")
+    refuse_existing(output, "key file")
+    lower = read_key_file(key_file, passphrase=passphrase).derive(level)
+    write_key_file(output, lower, passphrase=new_passphrase)
+    return lower
+
+
+def key_info(key: LevelKey) -> dict[str, object]:
+    """Public facts about a key (no secret material), for ``keys info``."""
+    return {
+        "key_id": key.key_id,
+        "level": key.level,
+        "levels": key.levels,
+        "chain": _seal.CHAIN_ID,
+        "format": KEY_FORMAT,
+        "version": KEY_VERSION,
+    }

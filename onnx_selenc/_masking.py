@@ -1,0 +1,109 @@
+"""DPRM: distribution-preserving random values for the selected kernels.
+
+A selected kernel ``w`` becomes a fresh draw ``w'`` that matches the layer's
+statistics at each kernel position and carries no information about ``w``: the
+originals are not transformed, they are replaced, so decryption needs the sealed
+originals themselves (like a one-time pad).
+
+``gaussian`` draws ``mu_p + sigma_p * eps`` (the paper). ``empirical`` (default)
+draws from the layer's own distribution at each position, taken from the kernels
+that stay public, smoothed with a small Gaussian kernel so no value is an exact
+copy of another weight, then rescaled to the exact per-position mean and spread.
+Real weights have heavier tails than a Gaussian, so this is harder to tell apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MASKINGS = ("empirical", "gaussian")
+
+
+@dataclass(frozen=True)
+class MaskedLayer:
+    """One layer's selected kernels: their originals and their replacements.
+
+    Both arrays are ``(n_selected, kernel_size)`` in the weight's own dtype.
+    """
+
+    key: str
+    kernels: np.ndarray
+    originals: np.ndarray
+    replacements: np.ndarray
+
+
+def kernel_matrix(weight: np.ndarray) -> np.ndarray:
+    """View a conv weight as ``(n_kernels, kernel_size)`` (first two axes index kernels)."""
+    return weight.reshape(weight.shape[0] * weight.shape[1], -1)
+
+
+def dprm_values(
+    kernels: np.ndarray,
+    selected: np.ndarray,
+    rng: np.random.Generator,
+    method: str = "empirical",
+) -> np.ndarray:
+    """Draw replacement values for the ``selected`` rows of ``kernels``.
+
+    Args:
+        kernels: ``(n_kernels, kernel_size)`` values of one layer.
+        selected: indices of the rows to replace.
+        rng: source of randomness.
+        method: ``"empirical"`` or ``"gaussian"``.
+
+    Returns:
+        ``(len(selected), kernel_size)`` values in ``kernels.dtype``.
+
+    Raises:
+        ValueError: unknown method.
+    """
+    if method not in MASKINGS:
+        raise ValueError(f"unknown masking {method!r} (known: {', '.join(MASKINGS)})")
+    values = kernels.astype(np.float64)
+    n_sel, width = len(selected), values.shape[1]
+    mu = values.mean(axis=0)
+    sigma = values.std(axis=0)
+    public = np.ones(values.shape[0], dtype=bool)
+    public[selected] = False
+    pool = values[public]
+    if method == "gaussian" or pool.shape[0] < 2:
+        # With fewer than two public kernels there is no empirical distribution to draw
+        # from; only the layer's per-position mean and std are used (no single weight).
+        draw = mu + sigma * rng.standard_normal((n_sel, width))
+    else:
+        rows = rng.integers(0, pool.shape[0], size=(n_sel, width))
+        picked = np.take_along_axis(pool, rows, axis=0)
+        p_mu, p_sigma = pool.mean(axis=0), pool.std(axis=0)
+        # Silverman's bandwidth: jitter hides exact copies, then rescale to keep spread.
+        h = 1.06 * p_sigma * pool.shape[0] ** (-0.2)
+        smoothed = picked + h * rng.standard_normal((n_sel, width))
+        scale = np.divide(
+            p_sigma, np.sqrt(p_sigma**2 + h**2), where=p_sigma > 0, out=np.ones_like(p_sigma)
+        )
+        draw = p_mu + (smoothed - p_mu) * scale
+    return _to_dtype(draw, kernels.dtype)
+
+
+def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    return values.astype(dtype)
+
+
+def mask_layer(
+    key: str,
+    weight: np.ndarray,
+    selected: np.ndarray,
+    rng: np.random.Generator,
+    method: str = "empirical",
+) -> tuple[np.ndarray, MaskedLayer]:
+    """Return the masked copy of ``weight`` and the record of what was replaced."""
+    kernels = kernel_matrix(weight)
+    replacements = dprm_values(kernels, selected, rng, method)
+    originals = kernels[selected].copy()
+    masked = kernels.copy()
+    masked[selected] = replacements
+    return masked.reshape(weight.shape), MaskedLayer(key, selected, originals, replacements)

@@ -1,0 +1,164 @@
+"""Selection: which kernels to encrypt, and at which level each one is restored.
+
+Budget allocation decides how many kernels each layer gives up; the scores
+decide which; the level split orders the chosen kernels into nested sets
+``E_1 ⊂ ... ⊂ E_M`` (level m restores ``E_m``; level M restores all).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._graph import ConvWeight
+
+ALLOCATIONS = ("balanced", "uniform")
+LEVEL_ORDERS = ("most-important-first", "least-important-first")
+
+
+@dataclass(frozen=True)
+class LayerSelection:
+    """The kernels chosen in one weight tensor.
+
+    Attributes:
+        key: the weight's address (``ConvWeight.key``).
+        kernels: flat kernel indices, most important first.
+        restore_level: for each chosen kernel, the level (1..M) that restores it.
+    """
+
+    key: str
+    kernels: np.ndarray
+    restore_level: np.ndarray
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the whole model gives up: one entry per layer with at least one kernel."""
+
+    layers: tuple[LayerSelection, ...]
+    levels: int
+    selected_weights: int
+    total_weights: int
+
+    @property
+    def fraction(self) -> float:
+        return self.selected_weights / self.total_weights if self.total_weights else 0.0
+
+
+def filter_layers(
+    weights: Sequence[ConvWeight], patterns: Sequence[str] | None
+) -> list[ConvWeight]:
+    """Keep the weights whose key, name or consumer node name matches a glob pattern.
+
+    Raises:
+        ValueError: a pattern matches nothing (a typo should not silently encrypt less).
+    """
+    if not patterns:
+        return list(weights)
+    kept: list[ConvWeight] = []
+    for pattern in patterns:
+        matched = [
+            w
+            for w in weights
+            if fnmatch.fnmatchcase(w.key, pattern)
+            or fnmatch.fnmatchcase(w.name, pattern)
+            or any(fnmatch.fnmatchcase(c.split("'")[1], pattern) for c in w.consumers)
+        ]
+        if not matched:
+            raise ValueError(f"layer pattern {pattern!r} matches no conv weight")
+        kept.extend(w for w in matched if w not in kept)
+    return kept
+
+
+def allocate_uniform(weights: Sequence[ConvWeight], ratio: float) -> dict[str, int]:
+    """The paper's per-layer ratio: ``floor(n_kernels * ratio) + 1`` kernels in every layer."""
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"per-layer ratio must be in (0, 1], got {ratio}")
+    return {w.key: min(w.n_kernels, int(np.floor(w.n_kernels * ratio)) + 1) for w in weights}
+
+
+def allocate_balanced(weights: Sequence[ConvWeight], budget_weights: int) -> dict[str, int]:
+    """Spread a weight budget so each layer gives up about the same number of weights.
+
+    Water-filling: every layer gets ``min(layer size, t)`` weights with one level
+    ``t`` for all. Small layers, usually the early ones that matter most per weight,
+    lose a large share of their kernels; large late layers a small one. Data-free.
+    """
+    if budget_weights <= 0:
+        raise ValueError("the budget must select at least one weight")
+    sizes = np.array([w.n_weights for w in weights], dtype=np.int64)
+    ksize = np.array([w.kernel_size for w in weights], dtype=np.int64)
+    budget = min(int(budget_weights), int(sizes.sum()))
+    order = np.sort(sizes)
+    # Find the water level t: sum(min(size, t)) == budget.
+    filled = np.cumsum(order)
+    remaining_layers = len(order) - np.arange(len(order))
+    prev = np.concatenate([[0], filled[:-1]])
+    levels = (budget - prev) / remaining_layers
+    idx = int(np.searchsorted(levels <= order, True))
+    t = levels[min(idx, len(levels) - 1)]
+    per_layer = np.minimum(sizes, t)
+    kernels = np.maximum(1, np.rint(per_layer / ksize)).astype(np.int64)
+    kernels = np.minimum(kernels, sizes // ksize)
+    return {w.key: int(k) for w, k in zip(weights, kernels, strict=True)}
+
+
+def level_split(
+    n_selected: int, fractions: Sequence[float], order: str = "most-important-first"
+) -> np.ndarray:
+    """Level (1..M) restoring each of ``n_selected`` kernels ranked most important first.
+
+    ``fractions[m-1]`` is the cumulative share of the layer's chosen kernels that level
+    m restores (non-decreasing, last = 1). With ``least-important-first`` level 1
+    restores the least important kernels, which keeps low tiers weak for longer.
+    """
+    cum = np.ceil(np.asarray(fractions, dtype=np.float64) * n_selected).astype(np.int64)
+    rank = np.arange(n_selected)
+    if order == "least-important-first":
+        rank = rank[::-1]
+    elif order != "most-important-first":
+        raise ValueError(f"unknown level order {order!r} (known: {', '.join(LEVEL_ORDERS)})")
+    return (np.searchsorted(cum, rank, side="right") + 1).astype(np.int16)
+
+
+def check_fractions(levels: int, fractions: Sequence[float] | None) -> tuple[float, ...]:
+    """Validate the cumulative level fractions; default: equal steps m/M."""
+    if levels < 1 or levels > 255:
+        raise ValueError(f"levels must be between 1 and 255, got {levels}")
+    if fractions is None:
+        return tuple((m + 1) / levels for m in range(levels))
+    fr = tuple(float(f) for f in fractions)
+    if len(fr) != levels:
+        raise ValueError(f"{len(fr)} level fractions given for {levels} levels")
+    if any(b < a for a, b in itertools.pairwise(fr)) or fr[0] < 0 or fr[-1] != 1.0:
+        raise ValueError("level fractions must be non-decreasing, >= 0, and end at 1.0")
+    return fr
+
+
+def select(
+    scores: Mapping[str, np.ndarray],
+    counts: Mapping[str, int],
+    *,
+    levels: int,
+    fractions: Sequence[float],
+    order: str,
+    total_weights: int,
+    kernel_sizes: Mapping[str, int],
+) -> Selection:
+    """Pick the top ``counts[key]`` kernels of each layer by score and assign levels."""
+    layers = []
+    selected = 0
+    for key in sorted(counts):
+        k = int(counts[key])
+        if k <= 0:
+            continue
+        s = scores[key]
+        # Stable descending sort so equal scores keep index order (reproducible).
+        top = np.argsort(-s, kind="stable")[:k].astype(np.int64)
+        layers.append(LayerSelection(key, top, level_split(k, fractions, order)))
+        selected += k * kernel_sizes[key]
+    return Selection(tuple(layers), levels, selected, total_weights)

@@ -1,0 +1,115 @@
+"""Read and write the tensors the graph walk found, by their stable address."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ._graph import ConvWeight, subgraphs
+from .exceptions import FormatError
+
+
+def owning_graph(model: onnx.ModelProto, graph_path: tuple[str, ...]) -> onnx.GraphProto:
+    """Follow ``graph_path`` (``"<node index>:<attribute>"`` steps) from the main graph."""
+    graph = model.graph
+    for step in graph_path:
+        idx_text, _, attr = step.partition(":")
+        try:
+            node = graph.node[int(idx_text)]
+        except (ValueError, IndexError):
+            raise FormatError(f"no subgraph at {'/'.join(graph_path)}") from None
+        graph = dict(subgraphs(node)).get(attr)  # type: ignore[assignment]
+        if graph is None:
+            raise FormatError(f"no subgraph at {'/'.join(graph_path)}")
+    return graph
+
+
+def find_tensor(
+    model: onnx.ModelProto, graph_path: tuple[str, ...], storage: str, name: str
+) -> onnx.TensorProto:
+    """Return the TensorProto (not a copy) holding a weight."""
+    graph = owning_graph(model, graph_path)
+    if storage == "initializer":
+        for init in graph.initializer:
+            if init.name == name:
+                return init
+    elif storage == "constant":
+        for node in graph.node:
+            if node.op_type == "Constant" and node.output and node.output[0] == name:
+                for attr in node.attribute:
+                    if attr.name == "value":
+                        return attr.t
+    raise FormatError(f"tensor '{name}' ({storage}) not found in the model")
+
+
+def weight_tensor(model: onnx.ModelProto, weight: ConvWeight) -> onnx.TensorProto:
+    return find_tensor(model, weight.graph_path, weight.storage, weight.name)
+
+
+def read_array(tensor: onnx.TensorProto, base_dir: str | os.PathLike[str] | None) -> np.ndarray:
+    """Read a tensor's values, from its external data file if it has one."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        if base_dir is None:
+            raise FormatError(f"tensor '{tensor.name}' has external data but no folder was given")
+        info = external_info(tensor, base_dir)
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        count = int(np.prod(tensor.dims, dtype=np.int64))
+        with open(info.path, "rb") as fh:
+            fh.seek(info.offset)
+            raw = fh.read(count * dtype.itemsize)
+        if len(raw) != count * dtype.itemsize:
+            raise FormatError(f"external data of '{tensor.name}' is truncated in {info.path}")
+        return (
+            np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
+            .astype(dtype)
+            .reshape(tuple(tensor.dims))
+        )
+    return numpy_helper.to_array(tensor)
+
+
+def write_array(tensor: onnx.TensorProto, values: np.ndarray) -> None:
+    """Replace a tensor's values in place (stored inline, as raw data)."""
+    if tuple(values.shape) != tuple(tensor.dims):
+        raise ValueError(f"shape {values.shape} does not fit tensor '{tensor.name}'")
+    tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(values), tensor.name))
+
+
+class ExternalInfo:
+    """Where an external tensor's bytes are: file, offset and length (bounds-checked)."""
+
+    def __init__(self, path: Path, offset: int, length: int | None) -> None:
+        self.path, self.offset, self.length = path, offset, length
+
+
+def external_info(tensor: onnx.TensorProto, base_dir: str | os.PathLike[str]) -> ExternalInfo:
+    entries = {e.key: e.value for e in tensor.external_data}
+    location = entries.get("location")
+    if not location:
+        raise FormatError(f"tensor '{tensor.name}' is external but names no file")
+    base = Path(base_dir).resolve()
+    path = (base / location).resolve()
+    # A model must not make us read files outside its own folder.
+    if base != path and base not in path.parents:
+        raise FormatError(f"external data of '{tensor.name}' points outside the model folder")
+    if not path.is_file():
+        raise FormatError(f"external data file {path} of '{tensor.name}' is missing")
+    try:
+        offset = int(entries.get("offset", 0))
+        length = int(entries["length"]) if "length" in entries else None
+    except ValueError:
+        raise FormatError(f"external data entry of '{tensor.name}' is malformed") from None
+    size = path.stat().st_size
+    if offset < 0 or (length is not None and (length < 0 or offset + length > size)):
+        raise FormatError(f"external data of '{tensor.name}' lies outside {path.name}")
+    return ExternalInfo(path, offset, length)
+
+
+def has_external_data(model: onnx.ModelProto) -> bool:
+    """Whether any tensor of the model (any graph) stores its values externally."""
+    from onnx.external_data_helper import _get_all_tensors
+
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _get_all_tensors(model))
