@@ -103,7 +103,7 @@ def test_blob_moved_between_models_with_same_key(tmp_path: Path) -> None:
 
 def test_blobs_swapped_between_levels(make_encrypted) -> None:
     enc, key = make_encrypted(tm.wide_cnn(), levels=2, budget=0.2)
-    manifest, blobs = _bundle.read_bundle(onnx.load(enc))
+    _, blobs = _bundle.read_bundle(onnx.load(enc))
     assert len(blobs[1]) == len(blobs[2])  # equal split: same size, swappable
     _edit_metadata(enc, _bundle.SEALED_KEY,
                    lambda v: base64.b64encode(blobs[0] + blobs[2] + blobs[1]).decode())

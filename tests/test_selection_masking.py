@@ -1,0 +1,123 @@
+"""Allocation, level split and DPRM statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnx_selenc._graph import ConvWeight
+from onnx_selenc._importance import score_kernels
+from onnx_selenc._masking import dprm_values, mask_layer
+from onnx_selenc._selection import (
+    allocate_balanced,
+    allocate_uniform,
+    check_fractions,
+    filter_layers,
+    level_split,
+)
+
+
+def _w(key: str, shape: tuple[int, ...]) -> ConvWeight:
+    return ConvWeight(key, key, (), "initializer", shape, "float32", (f"Conv '{key}'",), (), False)
+
+
+LAYERS = [_w("a", (64, 3, 3, 3)), _w("b", (128, 64, 3, 3)), _w("c", (256, 128, 3, 3))]
+
+
+def test_balanced_allocation_spends_the_budget_evenly() -> None:
+    total = sum(w.n_weights for w in LAYERS)
+    counts = allocate_balanced(LAYERS, int(0.02 * total))
+    spent = {w.key: counts[w.key] * w.kernel_size for w in LAYERS}
+    assert abs(sum(spent.values()) - 0.02 * total) < 3 * 9 * len(LAYERS)
+    assert spent["a"] == LAYERS[0].n_weights  # the small first layer is fully taken
+    assert abs(spent["b"] - spent["c"]) <= 9
+    assert counts["a"] / LAYERS[0].n_kernels > counts["c"] / LAYERS[2].n_kernels
+
+
+def test_balanced_allocation_small_budget() -> None:
+    counts = allocate_balanced(LAYERS, 30)
+    assert all(1 <= c <= 2 for c in counts.values())
+
+
+def test_uniform_allocation() -> None:
+    counts = allocate_uniform(LAYERS, 0.08)
+    assert counts == {w.key: int(w.n_kernels * 0.08) + 1 for w in LAYERS}
+    with pytest.raises(ValueError):
+        allocate_uniform(LAYERS, 0.0)
+
+
+def test_level_split_nested_and_ordered() -> None:
+    levels = level_split(100, [0.68, 0.76, 0.84, 0.92, 1.0])
+    assert np.all(np.diff(levels) >= 0)
+    assert [int(np.sum(levels <= m)) for m in range(1, 6)] == [68, 76, 84, 92, 100]
+    rev = level_split(100, [0.5, 1.0], "least-important-first")
+    assert rev[0] == 2 and rev[-1] == 1
+
+
+def test_fraction_validation() -> None:
+    assert check_fractions(4, None) == (0.25, 0.5, 0.75, 1.0)
+    for bad in ([0.5, 0.4, 1.0], [0.2, 0.5], [0.2, 0.4, 0.9]):
+        with pytest.raises(ValueError):
+            check_fractions(3, bad)
+
+
+def test_layer_filter() -> None:
+    assert [w.key for w in filter_layers(LAYERS, ["b", "c*"])] == ["b", "c"]
+    with pytest.raises(ValueError, match="matches no conv weight"):
+        filter_layers(LAYERS, ["conv9"])
+
+
+def test_scorers() -> None:
+    rng = np.random.default_rng(0)
+    k = np.array([[1.0, -1.0], [3.0, 3.0], [0.1, 0.1]])
+    assert np.argmax(score_kernels(k, "magnitude", rng)) == 1
+    assert np.argmin(score_kernels(k, "abs-mean", rng)) == 0  # mean of [1, -1] is 0
+    with pytest.raises(ValueError, match="unknown"):
+        score_kernels(k, "oracle", rng)
+
+
+@pytest.mark.parametrize("method", ["empirical", "gaussian"])
+def test_dprm_matches_layer_statistics(method: str) -> None:
+    rng = np.random.default_rng(0)
+    # Heavy-tailed weights, like real ones.
+    kernels = rng.standard_t(3, size=(4000, 9)) * np.linspace(0.5, 2, 9)
+    selected = rng.choice(4000, 800, replace=False)
+    values = dprm_values(kernels, selected, rng, method)
+    assert values.shape == (800, 9)
+    np.testing.assert_allclose(values.mean(0), kernels.mean(0), atol=0.25)
+    np.testing.assert_allclose(values.std(0), kernels.std(0), rtol=0.2)
+    # Independent of the originals they replace.
+    corr = np.corrcoef(values.ravel(), kernels[selected].ravel())[0, 1]
+    assert abs(corr) < 0.05
+    # No replacement value is an exact copy of an existing weight.
+    assert not np.isin(values, kernels).any()
+
+
+def test_empirical_keeps_heavy_tails_better_than_gaussian() -> None:
+    rng = np.random.default_rng(1)
+    kernels = rng.standard_t(3, size=(20000, 1))
+    selected = np.arange(5000)
+
+    def kurt(x: np.ndarray) -> float:
+        x = x.ravel() - x.mean()
+        return float((x**4).mean() / (x**2).mean() ** 2)
+
+    target = kurt(kernels[5000:])
+    emp = kurt(dprm_values(kernels, selected, rng, "empirical"))
+    gauss = kurt(dprm_values(kernels, selected, rng, "gaussian"))
+    assert abs(emp - target) < abs(gauss - target)
+
+
+def test_fully_selected_layer_falls_back_to_gaussian() -> None:
+    rng = np.random.default_rng(0)
+    kernels = rng.standard_normal((4, 9))
+    values = dprm_values(kernels, np.arange(4), rng, "empirical")
+    assert values.shape == (4, 9) and np.isfinite(values).all()
+
+
+def test_integer_masking_stays_in_range() -> None:
+    rng = np.random.default_rng(0)
+    w = rng.integers(-128, 128, size=(32, 3, 3, 3)).astype(np.int8)
+    masked, record = mask_layer("w", w, np.arange(8), rng)
+    assert masked.dtype == np.int8 and record.originals.dtype == np.int8
+    assert np.array_equal(masked.reshape(96, 9)[24:], w.reshape(96, 9)[24:])
