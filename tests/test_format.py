@@ -1,0 +1,61 @@
+"""The files match docs/FORMAT.md and its JSON schemas; a fixed-seed header is golden."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+
+from onnx_selenc import _bundle
+from onnx_selenc._keys import new_owner_key, write_key_file
+
+from . import tiny_models as tm
+
+jsonschema = pytest.importorskip("jsonschema")
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def test_manifest_matches_schema_and_golden(make_encrypted) -> None:
+    enc, _ = make_encrypted(tm.cnn(), levels=3, budget=0.2, seed=0)
+    manifest = _bundle.read_bundle(onnx.load(enc))[0].as_dict()
+    jsonschema.validate(manifest, json.loads((DOCS / "manifest.schema.json").read_text()))
+    # Fixed seed: everything but the key id (random keys) is reproducible.
+    golden = {k: v for k, v in manifest.items() if k != "key_id"}
+    assert golden == GOLDEN_MANIFEST
+
+
+@pytest.mark.parametrize("passphrase", [None, "pw"])
+def test_key_file_matches_schema(tmp_path: Path, passphrase: str | None) -> None:
+    path = write_key_file(tmp_path / "k.key", new_owner_key(2), passphrase=passphrase)
+    jsonschema.validate(json.loads(path.read_text()),
+                        json.loads((DOCS / "keyfile.schema.json").read_text()))
+
+
+def test_payload_round_trip() -> None:
+    import numpy as np
+
+    patch = _bundle.TensorPatch("0:body/w", "float16", (4, 2, 3, 3), np.array([1, 5]),
+                                np.arange(18, dtype=np.float16).reshape(2, 9))
+    (back,) = _bundle.decode_payload(_bundle.encode_payload([patch]))
+    assert back.key == patch.key and back.shape == patch.shape
+    assert np.array_equal(back.kernels, patch.kernels) and np.array_equal(back.values,
+                                                                          patch.values)
+
+
+GOLDEN_MANIFEST = {
+    "blobs": [[0, 28], [28, 1054], [1082, 898], [1980, 898]],
+    "chain": "HKDF-SHA256-chain-v1",
+    "cipher": "AES-256-GCM",
+    "encrypted": {"conv_weights": 1768, "fraction": 0.20248869, "layers": 4, "weights": 358},
+    "format": "onnx-selenc-model",
+    "level_weights": [0, 140, 249, 358],
+    "levels": 3,
+    "model_digest": "sha256:136d5ca43027f8a38883d152a58b4ddbcbf1c3e5eb1e5a9e88aabba5684df169",
+    "selection": {"allocation": "balanced", "budget": 0.2, "importance": "magnitude",
+                  "layers": [], "level_fractions": [1 / 3, 2 / 3, 1.0],
+                  "level_order": "most-important-first", "masking": "empirical"},
+    "tool": "onnx-selenc 0.1.0",
+    "version": 1,
+}
