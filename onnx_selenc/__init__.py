@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 from ._encrypt import EncryptResult, encrypt
 from ._inspect import ModelReport, inspect_model
-from ._keys import LevelKey, export_key, read_key_file
+from ._keys import LevelKey, export_key, key_from_env, read_key_file
 from ._loader import RestoredModel, build_session, load_session, restore_model
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "encrypt",
     "export_key",
     "inspect_model",
+    "key_from_env",
     "load_session",
     "read_key_file",
     "restore_model",

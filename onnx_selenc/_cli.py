@@ -16,7 +16,7 @@ import numpy as np
 from . import __version__, exceptions
 from ._encrypt import encrypt
 from ._inspect import format_report, inspect_model
-from ._keys import export_key, is_protected, key_info, read_key_file
+from ._keys import LevelKey, export_key, is_protected, key_from_env, key_info, read_key_file
 from ._loader import load_session
 
 # Exit codes, one per kind of failure, so scripts can tell them apart.
@@ -33,12 +33,14 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (FileNotFoundError, 1),
     (OSError, 1),
     (ValueError, 1),
+    (KeyError, 1),
     (TypeError, 1),
 ]
 
 
-def _passphrase(args: argparse.Namespace, env_attr: str, prompt_attr: str,
-                prompt: str) -> str | None:
+def _passphrase(
+    args: argparse.Namespace, env_attr: str, prompt_attr: str, prompt: str
+) -> str | None:
     env = getattr(args, env_attr, None)
     if env:
         if env not in os.environ:
@@ -54,21 +56,30 @@ def _key_passphrase(args: argparse.Namespace, key_path: str) -> str | None:
     if given is None and is_protected(key_path):
         if not sys.stdin.isatty():
             raise exceptions.KeyFileError(
-                f"{key_path} is passphrase-protected: use --passphrase-env VAR or "
-                "--ask-passphrase")
+                f"{key_path} is passphrase-protected: use --passphrase-env VAR or --ask-passphrase"
+            )
         given = getpass.getpass(f"passphrase for {key_path}: ")
     return given
 
 
 def _add_passphrase_args(p: argparse.ArgumentParser, *, new: bool = False) -> None:
-    p.add_argument("--passphrase-env", metavar="VAR",
-                   help="read the key file's passphrase from this environment variable")
+    p.add_argument(
+        "--passphrase-env",
+        metavar="VAR",
+        help="read the key file's passphrase from this environment variable",
+    )
     p.add_argument("--ask-passphrase", action="store_true", help="prompt for the passphrase")
     if new:
-        p.add_argument("--protect-env", metavar="VAR",
-                       help="protect the new key file with the passphrase in this variable")
-        p.add_argument("--protect", action="store_true",
-                       help="protect the new key file with a passphrase (prompted)")
+        p.add_argument(
+            "--protect-env",
+            metavar="VAR",
+            help="protect the new key file with the passphrase in this variable",
+        )
+        p.add_argument(
+            "--protect",
+            action="store_true",
+            help="protect the new key file with a passphrase (prompted)",
+        )
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -83,17 +94,29 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_encrypt(args: argparse.Namespace) -> int:
     protect = _passphrase(args, "protect_env", "protect", "new key passphrase: ")
     result = encrypt(
-        args.model, args.output, key_file=args.keys, levels=args.levels, budget=args.budget,
-        allocation=args.allocation, importance=args.importance, layers=args.layers,
-        level_fractions=args.level_fractions, level_order=args.level_order,
-        masking=args.masking, seed=args.seed, passphrase=protect,
-        external_data=args.external_data, show_progress=not args.quiet,
+        args.model,
+        args.output,
+        key_file=args.keys,
+        levels=args.levels,
+        budget=args.budget,
+        allocation=args.allocation,
+        importance=args.importance,
+        layers=args.layers,
+        level_fractions=args.level_fractions,
+        level_order=args.level_order,
+        masking=args.masking,
+        seed=args.seed,
+        passphrase=protect,
+        external_data=args.external_data,
+        show_progress=not args.quiet,
     )
     for u in result.unsupported:
         print(f"warning: not encrypted: {u.node}: {u.reason}", file=sys.stderr)
-    print(f"encrypted {result.encrypted_weights} of {result.conv_weights} conv weights "
-          f"({100 * result.fraction:.3f}%) in {len(result.layers)} tensors, "
-          f"{result.levels} levels")
+    print(
+        f"encrypted {result.encrypted_weights} of {result.conv_weights} conv weights "
+        f"({100 * result.fraction:.3f}%) in {len(result.layers)} tensors, "
+        f"{result.levels} levels"
+    )
     print("wrote " + ", ".join(str(p) for p in result.model_files))
     print(f"owner key (level {result.levels}, id {result.key_id}): {result.key_file}")
     return 0
@@ -102,8 +125,9 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
 def cmd_export_key(args: argparse.Namespace) -> int:
     passphrase = _key_passphrase(args, args.key_file)
     protect = _passphrase(args, "protect_env", "protect", "new key passphrase: ")
-    key = export_key(args.key_file, args.level, args.output, passphrase=passphrase,
-                     new_passphrase=protect)
+    key = export_key(
+        args.key_file, args.level, args.output, passphrase=passphrase, new_passphrase=protect
+    )
     print(f"wrote level-{key.level} key (id {key.key_id}) to {args.output}")
     return 0
 
@@ -119,10 +143,18 @@ def cmd_keys_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cli_key(args: argparse.Namespace) -> LevelKey:
+    """The key named by ``--key FILE`` or ``--key-env VAR``."""
+    if args.key_env:
+        passphrase = _passphrase(args, "passphrase_env", "ask_passphrase", "key passphrase: ")
+        return key_from_env(args.key_env, passphrase=passphrase)
+    return read_key_file(args.key, passphrase=_key_passphrase(args, args.key))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    passphrase = _key_passphrase(args, args.key)
-    session = load_session(args.model, key=args.key, level=args.level, passphrase=passphrase,
-                           providers=args.providers)
+    session = load_session(
+        args.model, key=_cli_key(args), level=args.level, providers=args.providers
+    )
     inputs = session.get_inputs()
     feeds = {}
     for spec in args.input:
@@ -136,13 +168,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"providers: {', '.join(session.get_providers())}")
     for meta, value in zip(session.get_outputs(), outputs, strict=True):
         arr = np.asarray(value)
-        print(f"{meta.name}: shape {list(arr.shape)} dtype {arr.dtype}"
-              + (f" mean {arr.mean():.6g} std {arr.std():.6g}" if arr.size and
-                 np.issubdtype(arr.dtype, np.number) else ""))
+        print(
+            f"{meta.name}: shape {list(arr.shape)} dtype {arr.dtype}"
+            + (
+                f" mean {arr.mean():.6g} std {arr.std():.6g}"
+                if arr.size and np.issubdtype(arr.dtype, np.number)
+                else ""
+            )
+        )
     if args.output:
         out = Path(args.output)
-        np.savez(out, **{m.name: np.asarray(v) for m, v in
-                         zip(session.get_outputs(), outputs, strict=True)})
+        np.savez(
+            out,
+            **{m.name: np.asarray(v) for m, v in zip(session.get_outputs(), outputs, strict=True)},
+        )
         print(f"wrote {out}")
     return 0
 
@@ -150,7 +189,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="onnx-selenc",
-        description="Selective, tiered encryption of ONNX models that still run in ONNX Runtime.")
+        description="Selective, tiered encryption of ONNX models that still run in ONNX Runtime.",
+    )
     parser.add_argument("--version", action="version", version=f"onnx-selenc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -164,27 +204,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="encrypted model path")
     p.add_argument("--keys", required=True, help="owner key file to create (must not exist)")
     p.add_argument("--levels", type=int, default=5, help="number of service levels (default 5)")
-    p.add_argument("--budget", type=float, default=0.01,
-                   help="fraction of all conv weights to encrypt (balanced), or the per-layer "
-                        "kernel ratio (uniform); default 0.01")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=0.01,
+        help="fraction of all conv weights to encrypt (balanced), or the per-layer "
+        "kernel ratio (uniform); default 0.01",
+    )
     p.add_argument("--allocation", choices=["balanced", "uniform"], default="balanced")
-    p.add_argument("--importance", default="magnitude",
-                   help="kernel scorer: magnitude (default), abs-mean, random")
-    p.add_argument("--layers", nargs="+", metavar="GLOB",
-                   help="only these weights / conv nodes (glob patterns)")
-    p.add_argument("--level-fractions", type=_floats, metavar="F1,F2,...",
-                   help="cumulative share of encrypted kernels each level restores")
-    p.add_argument("--level-order", choices=["most-important-first", "least-important-first"],
-                   default="most-important-first")
+    p.add_argument(
+        "--importance",
+        default="magnitude",
+        help="kernel scorer: magnitude (default), abs-mean, random",
+    )
+    p.add_argument(
+        "--layers",
+        nargs="+",
+        metavar="GLOB",
+        help="only these weights / conv nodes (glob patterns)",
+    )
+    p.add_argument(
+        "--level-fractions",
+        type=_floats,
+        metavar="F1,F2,...",
+        help="cumulative share of encrypted kernels each level restores",
+    )
+    p.add_argument(
+        "--level-order",
+        choices=["most-important-first", "least-important-first"],
+        default="most-important-first",
+    )
     p.add_argument("--masking", choices=["empirical", "gaussian"], default="empirical")
     p.add_argument("--seed", type=int, help="reproducible selection and masking")
-    p.add_argument("--external-data", action=argparse.BooleanOptionalAction, default=None,
-                   help="write weights to <output>.data (default: as the input)")
+    p.add_argument(
+        "--external-data",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write weights to <output>.data (default: as the input)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--protect-env", metavar="VAR",
-                   help="protect the owner key with the passphrase in this variable")
-    p.add_argument("--protect", action="store_true",
-                   help="protect the owner key with a passphrase (prompted)")
+    p.add_argument(
+        "--protect-env",
+        metavar="VAR",
+        help="protect the owner key with the passphrase in this variable",
+    )
+    p.add_argument(
+        "--protect", action="store_true", help="protect the owner key with a passphrase (prompted)"
+    )
     p.set_defaults(func=cmd_encrypt)
 
     p = sub.add_parser("export-key", help="derive a lower-tier key file")
@@ -195,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export_key)
 
     keys = sub.add_parser("keys", help="key file utilities").add_subparsers(
-        dest="keys_command", required=True)
+        dest="keys_command", required=True
+    )
     p = keys.add_parser("info", help="public facts about a key file (no secrets)")
     p.add_argument("key_file")
     p.add_argument("--json", action="store_true")
@@ -204,7 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="restore in memory and run once; prints providers used")
     p.add_argument("model")
-    p.add_argument("--key", required=True)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--key", help="key file")
+    source.add_argument(
+        "--key-env", metavar="VAR", help="environment variable holding a key file's path or content"
+    )
     p.add_argument("--level", type=int, help="level to restore (default: the key's)")
     p.add_argument("--input", action="append", required=True, metavar="[NAME=]FILE.npy")
     p.add_argument("--output", help="save outputs to this .npz")
@@ -225,8 +296,9 @@ def _floats(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") \
-            from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -247,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, exceptions.SelencError):
         return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])  # str() of a KeyError adds quotes
     return str(exc)
 
 

@@ -230,3 +230,21 @@ def key_info(key: LevelKey) -> dict[str, object]:
         "format": KEY_FORMAT,
         "version": KEY_VERSION,
     }
+
+
+def key_from_env(variable: str, *, passphrase: str | None = None) -> LevelKey:
+    """Read a key from an environment variable holding a key file's path or its content.
+
+    Serving environments inject secrets either way (a mounted file or the value itself).
+
+    Raises:
+        KeyError: the variable is not set.
+        KeyFileError: the content is not a valid key file.
+    """
+    try:
+        value = os.environ[variable]
+    except KeyError:
+        raise KeyError(f"environment variable {variable} (onnx-selenc key) is not set") from None
+    if value.lstrip().startswith("{"):
+        return parse_key_file(value.encode("utf-8"), source=f"${variable}", passphrase=passphrase)
+    return read_key_file(value, passphrase=passphrase)

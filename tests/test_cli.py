@@ -107,3 +107,15 @@ def test_console_script_module_entry(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "onnx_selenc", "--version"],
                           capture_output=True, text=True, check=True)
     assert proc.stdout.startswith("onnx-selenc ")
+
+
+def test_key_from_environment_path_or_content(encrypted, monkeypatch, capsys) -> None:
+    argv = ["run", str(encrypted["enc"]), "--key-env", "SELENC_KEY", "--input",
+            str(encrypted["x"])]
+    monkeypatch.setenv("SELENC_KEY", str(encrypted["tier"]))
+    assert main(argv) == 0
+    monkeypatch.setenv("SELENC_KEY", encrypted["tier"].read_text())
+    assert main(argv) == 0
+    monkeypatch.delenv("SELENC_KEY")
+    assert main(argv) == 1
+    assert "SELENC_KEY" in capsys.readouterr().err
