@@ -13,11 +13,13 @@ from ._encrypt import EncryptResult, encrypt
 from ._inspect import ModelReport, inspect_model
 from ._keys import LevelKey, export_key, key_from_env, read_key_file
 from ._loader import RestoredModel, build_session, load_session, restore_model
+from ._package import PackageResult, package
 
 __all__ = [
     "EncryptResult",
     "LevelKey",
     "ModelReport",
+    "PackageResult",
     "RestoredModel",
     "__version__",
     "build_session",
@@ -26,6 +28,7 @@ __all__ = [
     "inspect_model",
     "key_from_env",
     "load_session",
+    "package",
     "read_key_file",
     "restore_model",
 ]

@@ -283,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_passphrase_args(p)
     p.set_defaults(func=cmd_run)
 
+    from ._cli_deploy import add_deploy_commands
+
+    add_deploy_commands(sub)
     try:
         from .blockwise._cli import add_blockwise_commands
     except ImportError:  # the blockwise mode is optional at import time
