@@ -136,7 +136,9 @@ class GraphIndex:
         return sites
 
 
-def replace_constant(model: onnx.ModelProto, index: GraphIndex, name: str, value: np.ndarray) -> None:
+def replace_constant(
+    model: onnx.ModelProto, index: GraphIndex, name: str, value: np.ndarray
+) -> None:
     """Overwrite the constant behind ``name`` (initializer or Constant node) in place.
 
     The new value keeps the original element type.
