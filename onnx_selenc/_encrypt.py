@@ -12,11 +12,14 @@ import numpy as np
 import onnx
 
 from . import _bundle, _seal
+from ._activation import activation_scorer
+from ._calibration import Calibration
 from ._digest import model_digest
 from ._graph import ConvInventory, ConvWeight, UnsupportedConv, walk_conv_weights
 from ._importance import DATA_FREE_SCORERS, score_kernels
 from ._io import refuse_existing, refuse_overwrite_of_input
 from ._keys import LevelKey, new_owner_key, write_key_file
+from ._levels import LevelReport, calibrate_levels, check_targets
 from ._masking import MASKINGS, MaskedLayer, kernel_matrix, mask_layer
 from ._modelio import external_files, load_model, save_model
 from ._progress import progress
@@ -29,6 +32,7 @@ from ._selection import (
     filter_layers,
     select,
 )
+from ._sensitivity import SensitivityAllocator
 from ._tensors import read_array, weight_tensor, write_array
 from .exceptions import SelencError, UnsupportedModel
 
@@ -38,9 +42,17 @@ ScoreProvider = Callable[
     [onnx.ModelProto, Sequence[ConvWeight], Mapping[str, np.ndarray]], Mapping[str, np.ndarray]
 ]
 CountProvider = Callable[
-    [onnx.ModelProto, Sequence[ConvWeight], Mapping[str, np.ndarray], Mapping[str, np.ndarray]],
+    [
+        onnx.ModelProto,
+        Sequence[ConvWeight],
+        Mapping[str, np.ndarray],
+        Mapping[str, np.ndarray],
+        int,
+    ],
     Mapping[str, int],
 ]
+DATA_DRIVEN_SCORERS = ("activation", "pss")
+IMPORTANCES = (*sorted(DATA_FREE_SCORERS), *DATA_DRIVEN_SCORERS)
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,7 @@ class EncryptResult:
     conv_weights: int
     layers: tuple[LayerReport, ...]
     unsupported: tuple[UnsupportedConv, ...]
+    level_report: LevelReport | None = None
 
     @property
     def fraction(self) -> float:
@@ -80,6 +93,7 @@ class EncryptedModel:
     selection: Selection
     inventory: ConvInventory
     masked: tuple[MaskedLayer, ...]
+    level_report: LevelReport | None = None
 
 
 def encrypt(
@@ -89,8 +103,11 @@ def encrypt(
     key_file: str | os.PathLike[str],
     levels: int = 5,
     budget: float = 0.01,
-    allocation: str = "balanced",
-    importance: str = "magnitude",
+    allocation: str | None = None,
+    importance: str | None = None,
+    calibration: Calibration | None = None,
+    level_targets: Sequence[float] | None = None,
+    objective: str = "auto",
     layers: Sequence[str] | None = None,
     level_fractions: Sequence[float] | None = None,
     level_order: str = "most-important-first",
@@ -112,20 +129,28 @@ def encrypt(
         output_path: where the encrypted model goes (never the input).
         key_file: where the owner key goes; must not exist yet.
         levels: number of service levels M (level M restores the original).
-        budget: with ``allocation="balanced"``, the fraction of *all* conv weights
-            to encrypt; with ``"uniform"``, the kernel ratio in each chosen layer
-            (the paper's setting: ``floor(n * ratio) + 1`` kernels per layer).
-        allocation: ``"balanced"`` (data-free default) or ``"uniform"``.
-        importance: kernel scorer: ``"magnitude"``, ``"abs-mean"`` or ``"random"``.
+        budget: with ``"balanced"`` or ``"sensitivity"`` allocation, the fraction of
+            *all* conv weights to encrypt; with ``"uniform"``, the kernel ratio in
+            each chosen layer (the paper: ``floor(n * ratio) + 1`` kernels per layer).
+        allocation: ``"sensitivity"`` (needs calibration; its default), ``"balanced"``
+            (data-free default) or ``"uniform"``.
+        importance: kernel scorer: ``"activation"`` or ``"pss"`` (need calibration;
+            ``activation`` is the default with it), ``"magnitude"`` (data-free
+            default), ``"abs-mean"``, ``"random"``.
+        calibration: unlabelled inputs for the data-driven steps.
+        level_targets: quality per level 1..M as a fraction of the plain model's
+            (last 1.0); the level cuts are searched on ``calibration`` (needs it).
+        objective: ``"auto"``, ``"kl"`` (classifiers) or ``"mse"``.
         layers: glob patterns on weight names / conv node names; default all convs.
-        level_fractions: cumulative share of the encrypted kernels each level
-            restores; default equal steps ``m/M``.
-        level_order: ``"most-important-first"`` or ``"least-important-first"``.
+        level_fractions: without targets, the cumulative share of each layer's
+            encrypted kernels each level restores; default equal steps ``m/M``.
+        level_order: without targets, ``"most-important-first"`` or
+            ``"least-important-first"``.
         masking: ``"empirical"`` (default) or ``"gaussian"`` DPRM.
         seed: makes selection and masking reproducible (keys and nonces stay random).
         passphrase: protect the owner key file with scrypt.
         external_data: write weights to ``<output>.data``; default: as the input did.
-        show_progress: progress bar on stderr.
+        show_progress: progress bars on stderr.
 
     Returns:
         What was written and what was encrypted.
@@ -155,6 +180,9 @@ def encrypt(
         budget=budget,
         allocation=allocation,
         importance=importance,
+        calibration=calibration,
+        level_targets=level_targets,
+        objective=objective,
         layers=layers,
         level_fractions=level_fractions,
         level_order=level_order,
@@ -177,6 +205,7 @@ def encrypt(
         conv_weights=enc.inventory.total_weights,
         layers=_layer_reports(enc.selection, enc.inventory, levels),
         unsupported=enc.inventory.unsupported,
+        level_report=enc.level_report,
     )
 
 
@@ -185,8 +214,11 @@ def encrypt_model(
     *,
     levels: int = 5,
     budget: float = 0.01,
-    allocation: str = "balanced",
-    importance: str = "magnitude",
+    allocation: str | None = None,
+    importance: str | None = None,
+    calibration: Calibration | None = None,
+    level_targets: Sequence[float] | None = None,
+    objective: str = "auto",
     layers: Sequence[str] | None = None,
     level_fractions: Sequence[float] | None = None,
     level_order: str = "most-important-first",
@@ -199,25 +231,20 @@ def encrypt_model(
 ) -> EncryptedModel:
     """In-memory core of :func:`encrypt` (the model must have its data loaded).
 
-    ``scores``/``counts`` let data-driven importance and allocation replace the
-    data-free ones; ``owner_key`` re-uses a key (tests, re-encryption).
-
-    The model is modified in place and returned inside the result.
+    ``scores``/``counts`` replace the built-in scorers and allocators (research
+    hooks); ``owner_key`` re-uses a key (tests, re-encryption). The model is
+    modified in place and returned inside the result.
     """
     if _bundle.is_encrypted(model):
         raise SelencError("this model is already encrypted by onnx-selenc")
+    importance = importance or ("activation" if calibration is not None else "magnitude")
+    allocation = allocation or ("sensitivity" if calibration is not None else "balanced")
     fractions = check_fractions(levels, level_fractions)
-    if allocation not in ALLOCATIONS and counts is None:
-        raise ValueError(f"unknown allocation {allocation!r} (known: {', '.join(ALLOCATIONS)})")
-    if scores is None and importance not in DATA_FREE_SCORERS:
-        raise ValueError(
-            f"importance {importance!r} needs calibration data or is unknown "
-            f"(data-free: {', '.join(sorted(DATA_FREE_SCORERS))})"
-        )
-    if masking not in MASKINGS:
-        raise ValueError(f"unknown masking {masking!r} (known: {', '.join(MASKINGS)})")
-    if not 0.0 < budget <= 1.0:
-        raise ValueError(f"budget must be in (0, 1], got {budget}")
+    if level_targets is not None:
+        check_targets(levels, level_targets)
+    _check_options(
+        importance, allocation, masking, budget, calibration, level_targets, scores, counts
+    )
 
     inventory = walk_conv_weights(model)
     if not inventory.weights:
@@ -230,19 +257,36 @@ def encrypt_model(
     chosen = filter_layers(inventory.weights, layers)
     arrays = {w.key: read_array(weight_tensor(model, w), None) for w in chosen}
     rng = np.random.default_rng(seed)
+    sub_seed = int(rng.integers(2**31))
 
+    # importance
+    if scores is None and importance in DATA_DRIVEN_SCORERS:
+        scores = _data_driven_scorer(importance, calibration, objective, sub_seed, show_progress)
     if scores is not None:
         layer_scores = dict(scores(model, chosen, arrays))
     else:
         layer_scores = {
             key: score_kernels(kernel_matrix(a), importance, rng) for key, a in arrays.items()
         }
+    # selection
+    sensitivity = None
+    budget_weights = round(budget * inventory.total_weights)
+    if counts is None and allocation == "sensitivity":
+        assert calibration is not None
+        sensitivity = SensitivityAllocator(
+            calibration,
+            objective=objective,
+            masking=masking,
+            seed=sub_seed,
+            show_progress=show_progress,
+        )
+        counts = sensitivity
     if counts is not None:
-        layer_counts = dict(counts(model, chosen, arrays, layer_scores))
+        layer_counts = dict(counts(model, chosen, arrays, layer_scores, budget_weights))
     elif allocation == "uniform":
         layer_counts = allocate_uniform(chosen, budget)
     else:
-        layer_counts = allocate_balanced(chosen, round(budget * inventory.total_weights))
+        layer_counts = allocate_balanced(chosen, budget_weights)
     selection = select(
         layer_scores,
         layer_counts,
@@ -252,17 +296,120 @@ def encrypt_model(
         total_weights=inventory.total_weights,
         kernel_sizes={w.key: w.kernel_size for w in chosen},
     )
-
+    # masking
     by_key = inventory.by_key()
     masked = []
     for layer in progress(selection.layers, desc="masking", enabled=show_progress):
         new_values, record = mask_layer(layer.key, arrays[layer.key], layer.kernels, rng, masking)
         write_array(weight_tensor(model, by_key[layer.key]), new_values)
         masked.append(record)
-
+    # levels calibrated to targets
+    level_report = None
+    if level_targets is not None:
+        assert calibration is not None
+        search, held_out = (
+            calibration.split(0.25, seed=sub_seed) if calibration.n >= 8 else (calibration, None)
+        )
+        selection, level_report = calibrate_levels(
+            model,
+            by_key,
+            selection,
+            masked,
+            search,
+            level_targets,
+            held_out=held_out,
+            objective=objective,
+            layer_sensitivity={k: c.per_weight for k, c in sensitivity.curves.items()}
+            if sensitivity is not None
+            else None,
+        )
+    # sealing
     owner = owner_key or new_owner_key(levels)
     if owner.level != levels or owner.levels != levels:
         raise ValueError("the owner key must be a top-level key for the same number of levels")
+    manifest_raw, blobs = _seal_levels(
+        model,
+        selection,
+        masked,
+        by_key,
+        inventory,
+        owner,
+        {
+            "importance": importance,
+            "allocation": allocation,
+            "budget": budget,
+            "masking": masking,
+            "layers": list(layers or []),
+            **(
+                {
+                    "level_targets": list(level_report.targets),
+                    "level_quality": [round(q, 4) for q in level_report.calibration],
+                    "objective": level_report.objective,
+                }
+                if level_report
+                else {"level_order": level_order, "level_fractions": list(fractions)}
+            ),
+        },
+    )
+    _bundle.attach(model, manifest_raw, blobs)
+    return EncryptedModel(model, owner, selection, inventory, tuple(masked), level_report)
+
+
+def _check_options(
+    importance: str,
+    allocation: str,
+    masking: str,
+    budget: float,
+    calibration: Calibration | None,
+    level_targets: Sequence[float] | None,
+    scores: ScoreProvider | None,
+    counts: CountProvider | None,
+) -> None:
+    if scores is None and importance not in IMPORTANCES:
+        raise ValueError(f"unknown importance {importance!r} (known: {', '.join(IMPORTANCES)})")
+    if counts is None and allocation not in ALLOCATIONS:
+        raise ValueError(f"unknown allocation {allocation!r} (known: {', '.join(ALLOCATIONS)})")
+    needs = [
+        what
+        for what, needed in (
+            (f"importance {importance!r}", scores is None and importance in DATA_DRIVEN_SCORERS),
+            ("allocation 'sensitivity'", counts is None and allocation == "sensitivity"),
+            ("level targets", level_targets is not None),
+        )
+        if needed
+    ]
+    if needs and calibration is None:
+        raise ValueError(
+            f"{' and '.join(needs)} need calibration inputs (--calib or --calib-images)"
+        )
+    if masking not in MASKINGS:
+        raise ValueError(f"unknown masking {masking!r} (known: {', '.join(MASKINGS)})")
+    if not 0.0 < budget <= 1.0:
+        raise ValueError(f"budget must be in (0, 1], got {budget}")
+
+
+def _data_driven_scorer(
+    importance: str, calibration: Calibration | None, objective: str, seed: int, show_progress: bool
+) -> ScoreProvider:
+    assert calibration is not None
+    if importance == "activation":
+        return activation_scorer(calibration)
+    from ._pss import pss_scorer
+
+    return pss_scorer(calibration, objective=objective, seed=seed, show_progress=show_progress)
+
+
+def _seal_levels(
+    model: onnx.ModelProto,
+    selection: Selection,
+    masked: Sequence[MaskedLayer],
+    by_key: Mapping[str, ConvWeight],
+    inventory: ConvInventory,
+    owner: LevelKey,
+    selection_params: dict[str, object],
+) -> tuple[bytes, list[bytes]]:
+    """Build the manifest and seal each level's increment of originals."""
+    levels = selection.levels
     payloads = [
         _bundle.encode_payload(_level_patches(selection, masked, by_key, m))
         for m in range(1, levels + 1)
@@ -290,15 +437,7 @@ def encrypt_model(
             "level_weights": [0, *np.cumsum(weights_per_level).tolist()],
             # The seed is deliberately absent: with the random scorer it would reveal
             # which kernels are encrypted.
-            "selection": {
-                "importance": importance,
-                "allocation": allocation,
-                "budget": budget,
-                "masking": masking,
-                "level_order": level_order,
-                "level_fractions": list(fractions),
-                "layers": list(layers or []),
-            },
+            "selection": selection_params,
             "tool": f"onnx-selenc {_version()}",
         }
     )
@@ -307,8 +446,7 @@ def encrypt_model(
         blobs.append(
             _seal.seal(owner.derive(m).material, payload, _bundle.blob_aad(manifest_raw, m))
         )
-    _bundle.attach(model, manifest_raw, blobs)
-    return EncryptedModel(model, owner, selection, inventory, tuple(masked))
+    return manifest_raw, blobs
 
 
 def _level_patches(

@@ -47,6 +47,9 @@ class ConvWeight:
         consumers: ``"<op type> '<node name>'"`` of every conv that reads the tensor.
         via: ops between the tensor and the conv (e.g. ``DequantizeLinear``).
         external: whether the values live in an external data file.
+        data_inputs: the activation each consumer convolves (its input 0).
+        groups: each consumer's ``group`` attribute.
+        op_types: each consumer's op type.
     """
 
     key: str
@@ -58,6 +61,9 @@ class ConvWeight:
     consumers: tuple[str, ...]
     via: tuple[str, ...]
     external: bool
+    data_inputs: tuple[str, ...] = ()
+    groups: tuple[int, ...] = ()
+    op_types: tuple[str, ...] = ()
 
     @property
     def n_kernels(self) -> int:
@@ -151,6 +157,9 @@ def walk_conv_weights(model: onnx.ModelProto) -> ConvInventory:
                 consumers=tuple(entry["consumers"]),  # type: ignore[arg-type]
                 via=tuple(entry["via"]),  # type: ignore[arg-type]
                 external=t.data_location == onnx.TensorProto.EXTERNAL,
+                data_inputs=tuple(entry["data_inputs"]),  # type: ignore[arg-type]
+                groups=tuple(entry["groups"]),  # type: ignore[arg-type]
+                op_types=tuple(entry["op_types"]),  # type: ignore[arg-type]
             )
         )
     return ConvInventory(weights=tuple(weights), unsupported=tuple(unsupported))
@@ -231,8 +240,22 @@ def _resolve_weight(
         )
         return
     key = graph_key(source.graph_path, name)
-    entry = found.setdefault(key, {"source": source, "consumers": [], "via": []})
+    entry = found.setdefault(
+        key,
+        {
+            "source": source,
+            "consumers": [],
+            "via": [],
+            "data_inputs": [],
+            "groups": [],
+            "op_types": [],
+        },
+    )
     entry["consumers"].append(label)  # type: ignore[union-attr]
+    entry["data_inputs"].append(node.input[0])  # type: ignore[union-attr]
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    entry["groups"].append(int(group))  # type: ignore[union-attr]
+    entry["op_types"].append(node.op_type)  # type: ignore[union-attr]
     for op in via:
         if op not in entry["via"]:  # type: ignore[operator]
             entry["via"].append(op)  # type: ignore[union-attr]

@@ -16,7 +16,7 @@ import numpy as np
 
 from ._graph import ConvWeight
 
-ALLOCATIONS = ("balanced", "uniform")
+ALLOCATIONS = ("balanced", "uniform", "sensitivity")
 LEVEL_ORDERS = ("most-important-first", "least-important-first")
 
 

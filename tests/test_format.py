@@ -52,7 +52,7 @@ GOLDEN_MANIFEST = {
     "format": "onnx-selenc-model",
     "level_weights": [0, 140, 249, 358],
     "levels": 3,
-    "model_digest": "sha256:136d5ca43027f8a38883d152a58b4ddbcbf1c3e5eb1e5a9e88aabba5684df169",
+    "model_digest": "sha256:cb14b7a54c8a20a7d161a70cfb6ff0e57961a654832bb3d67fdb00c11c5ac9ae",
     "selection": {"allocation": "balanced", "budget": 0.2, "importance": "magnitude",
                   "layers": [], "level_fractions": [1 / 3, 2 / 3, 1.0],
                   "level_order": "most-important-first", "masking": "empirical"},

@@ -176,3 +176,21 @@ def feeds(model: onnx.ModelProto, n: int = 2, seed: int = 0) -> dict[str, np.nda
         dims = [d.dim_value or n for d in inp.type.tensor_type.shape.dim]
         out[inp.name] = rng.standard_normal(dims).astype(np.float32)
     return out
+
+
+def classifier(seed: int = 10, width: int = 16, classes: int = 10) -> onnx.ModelProto:
+    """Conv -> Relu -> Conv -> Relu -> pool -> Gemm: logits for `classes` classes."""
+    w1, w2 = _weights(seed, (width, 3, 3, 3), (2 * width, width, 3, 3))
+    (fc,) = _weights(seed + 1, (classes, 2 * width))
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1], name="c1"),
+        helper.make_node("Relu", ["a"], ["b"]),
+        helper.make_node("Conv", ["b", "w2"], ["c"], pads=[1, 1, 1, 1], name="c2"),
+        helper.make_node("Relu", ["c"], ["d"]),
+        helper.make_node("GlobalAveragePool", ["d"], ["e"]),
+        helper.make_node("Flatten", ["e"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1),
+    ]
+    return _model(nodes, [x_info()], [y_info(rank=2)],
+                  [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+                   numpy_helper.from_array(fc * 4, "fc")])

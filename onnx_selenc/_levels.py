@@ -1,0 +1,184 @@
+"""Levels calibrated to quality targets.
+
+A fixed split (level m restores the top x% of each layer's encrypted kernels)
+often collapses: every level is broken, or every level is nearly whole. Here the
+encrypted kernels are put in one global restoration order and each level's cut is
+searched (bisection, forward passes only) so the model restored to level m reaches
+the asked quality (a fraction of the plain model's, measured against the plain
+model itself). Two orders are tried and the one that fits the targets better is
+kept: least-sensitive layers first (the most damaging kernels stay encrypted
+longest), and all layers in step, least important kernels first.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from ._calibration import Calibration
+from ._graph import ConvWeight
+from ._masking import MaskedLayer, kernel_matrix
+from ._objective import choose_objective, quality
+from ._probe import Probe
+from ._selection import LayerSelection, Selection
+
+ORDERS = ("sensitivity", "interleaved")
+
+
+@dataclass(frozen=True)
+class LevelReport:
+    """Targets and what was reached, per level 0..M, on calibration and held-out data."""
+
+    targets: tuple[float, ...]
+    calibration: tuple[float, ...]
+    held_out: tuple[float, ...] | None
+    restored_kernels: tuple[int, ...]
+    order: str
+    objective: str
+
+
+def check_targets(levels: int, targets: Sequence[float]) -> tuple[float, ...]:
+    t = tuple(float(x) for x in targets)
+    if len(t) != levels:
+        raise ValueError(f"{len(t)} level targets given for {levels} levels")
+    if any(b < a for a, b in itertools.pairwise(t)) or not t[0] >= 0 or t[-1] != 1.0:
+        raise ValueError("level targets must be non-decreasing in [0, 1] and end at 1.0")
+    return t
+
+
+def calibrate_levels(
+    model: onnx.ModelProto,
+    weights: Mapping[str, ConvWeight],
+    selection: Selection,
+    masked: Sequence[MaskedLayer],
+    calibration: Calibration,
+    targets: Sequence[float],
+    *,
+    held_out: Calibration | None = None,
+    objective: str = "auto",
+    layer_sensitivity: Mapping[str, float] | None = None,
+    tolerance: float = 0.05,
+    max_samples: int = 64,
+) -> tuple[Selection, LevelReport]:
+    """Re-split the selection's kernels into levels that meet ``targets``.
+
+    Args:
+        model: the masked model (selected kernels hold their random values).
+        weights: conv weights by key.
+        selection: the chosen kernels (most important first per layer).
+        masked: originals and replacements, aligned with ``selection.layers``.
+        calibration: inputs the cuts are searched on.
+        targets: quality per level 1..M as a fraction of the plain model's (last 1.0).
+        held_out: inputs the result is reported on, not searched on.
+        objective: ``auto``, ``kl`` or ``mse`` (see ``_objective``).
+        layer_sensitivity: damage per weight of each layer, if measured.
+        tolerance: an order whose every level is this close to its target is kept
+            without trying the other.
+        max_samples: at most this many calibration samples are used for the search.
+
+    Returns:
+        The selection with new restore levels, and the report.
+    """
+    t = check_targets(selection.levels, targets)
+    if calibration.n > max_samples:
+        calibration = calibration.take(np.linspace(0, calibration.n - 1, max_samples).astype(int))
+    layers = selection.layers
+    probe = Probe(model, [weights[layer.key] for layer in layers])
+    shapes = {layer.key: probe.base[layer.key].shape for layer in layers}
+    masked_k = [kernel_matrix(probe.base[layer.key]) for layer in layers]
+
+    def weights_at(order: tuple[np.ndarray, np.ndarray], k: int) -> dict[str, np.ndarray]:
+        layer_ids, positions = order[0][:k], order[1][:k]
+        out = {}
+        for li, (layer, rec) in enumerate(zip(layers, masked, strict=True)):
+            mat = masked_k[li].copy()
+            pos = positions[layer_ids == li]
+            mat[layer.kernels[pos]] = rec.originals[pos]
+            out[layer.key] = mat.reshape(shapes[layer.key])
+        return out
+
+    total = sum(len(layer.kernels) for layer in layers)
+    full = _interleaved(layers)
+    plain = probe.run_all(calibration, weights_at(full, total))
+    obj = choose_objective(plain, objective)
+    plain_held = probe.run_all(held_out, weights_at(full, total)) if held_out else None
+
+    best = None
+    for name in ORDERS:
+        if name == "sensitivity" and not layer_sensitivity:
+            continue
+        order = _sensitivity_order(layers, layer_sensitivity) if name == "sensitivity" else full
+        cache: dict[int, float] = {}
+
+        def q(
+            k: int, order: tuple[np.ndarray, np.ndarray] = order, cache: dict[int, float] = cache
+        ) -> float:
+            if k not in cache:
+                cache[k] = quality(plain, probe.run_all(calibration, weights_at(order, k)), obj)
+            return cache[k]
+
+        cuts, lo = [], 0
+        for target in t[:-1]:
+            hi = total
+            while lo < hi:  # smallest k with q(k) >= target (bisection)
+                mid = (lo + hi) // 2
+                if q(mid) >= target:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            cuts.append(lo)
+        cuts.append(total)
+        reached = [q(0), *(q(k) for k in cuts)]
+        error = sum(abs(r - x) for r, x in zip(reached[1:], t, strict=True))
+        if best is None or error < best[0]:
+            best = (error, name, order, cuts, reached)
+        if max(abs(r - x) for r, x in zip(reached[1:], t, strict=True)) <= tolerance:
+            break  # good enough: skip the other order
+    assert best is not None
+    _, name, order, cuts, reached = best
+
+    held = None
+    if held_out is not None and plain_held is not None:
+        held = tuple(
+            quality(plain_held, probe.run_all(held_out, weights_at(order, k)), obj)
+            for k in [0, *cuts]
+        )
+    levels_of = np.searchsorted(np.asarray(cuts), np.arange(total), side="right") + 1
+    new_layers = []
+    for li, layer in enumerate(layers):
+        restore = np.empty(len(layer.kernels), dtype=np.int16)
+        mine = order[0] == li
+        restore[order[1][mine]] = levels_of[mine]
+        new_layers.append(LayerSelection(layer.key, layer.kernels, restore))
+    report = LevelReport(t, tuple(reached), held, tuple(cuts), name, obj)
+    return Selection(
+        tuple(new_layers), selection.levels, selection.selected_weights, selection.total_weights
+    ), report
+
+
+def _interleaved(layers: Sequence[LayerSelection]) -> tuple[np.ndarray, np.ndarray]:
+    """All layers in step (same share restored in each), least important first."""
+    ids, pos, keys = [], [], []
+    for li, layer in enumerate(layers):
+        n = len(layer.kernels)
+        p = np.arange(n)[::-1]  # least important first
+        ids.append(np.full(n, li))
+        pos.append(p)
+        keys.append((np.arange(n) + 1) / n)
+    order = np.argsort(np.concatenate(keys), kind="stable")
+    return np.concatenate(ids)[order], np.concatenate(pos)[order]
+
+
+def _sensitivity_order(
+    layers: Sequence[LayerSelection], sensitivity: Mapping[str, float] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Least sensitive layer first, least important kernels first within a layer."""
+    sens = sensitivity or {}
+    ranked = sorted(range(len(layers)), key=lambda i: sens.get(layers[i].key, 0.0))
+    ids = [np.full(len(layers[i].kernels), i) for i in ranked]
+    pos = [np.arange(len(layers[i].kernels))[::-1] for i in ranked]
+    return np.concatenate(ids), np.concatenate(pos)
