@@ -14,10 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, exceptions
-from ._encrypt import encrypt
+from ._calibration import Calibration
+from ._encrypt import IMPORTANCES, encrypt
 from ._inspect import format_report, inspect_model
 from ._keys import LevelKey, export_key, is_protected, key_from_env, key_info, read_key_file
 from ._loader import load_session
+from ._modelio import model_inputs
+from ._selection import ALLOCATIONS
 
 # Exit codes, one per kind of failure, so scripts can tell them apart.
 EXIT_CODES: list[tuple[type[BaseException], int]] = [
@@ -91,6 +94,43 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_calibration_args(p: argparse.ArgumentParser) -> None:
+    """Options that name unlabelled calibration inputs (shared by encrypt and evaluate)."""
+    g = p.add_argument_group("calibration inputs (unlabelled)")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--calib", metavar="INPUTS.npz",
+                     help="input name -> array, samples along axis 0")
+    src.add_argument("--calib-images", metavar="DIR", help="a folder of image files")
+    g.add_argument("--calib-size", type=_ints, metavar="H,W",
+                   help="resize images to this (default: the model input's fixed size)")
+    g.add_argument("--calib-scale", type=float, default=1 / 255,
+                   help="pixel scale before mean/std (default 1/255)")
+    g.add_argument("--calib-mean", type=_floats, default=[0.0, 0.0, 0.0], metavar="M1,M2,M3")
+    g.add_argument("--calib-std", type=_floats, default=[1.0, 1.0, 1.0], metavar="S1,S2,S3")
+    g.add_argument("--calib-layout", choices=["NCHW", "NHWC"], default="NCHW")
+    g.add_argument("--calib-channels", choices=["RGB", "BGR", "L"], default="RGB")
+    g.add_argument("--calib-limit", type=int, help="use at most this many images")
+
+
+def load_calibration(args: argparse.Namespace, model_path: str) -> Calibration | None:
+    """Build the calibration inputs the options name (None when there are none)."""
+    if not args.calib and not args.calib_images:
+        return None
+    names, shape = model_inputs(model_path)
+    if args.calib:
+        return Calibration.from_npz(args.calib, input_names=names)
+    size = args.calib_size
+    if size is None:
+        dims = shape[2:4] if args.calib_layout == "NCHW" else shape[1:3]
+        if len(dims) != 2 or not all(isinstance(d, int) and d > 0 for d in dims):
+            raise ValueError("the model's input size is not fixed: give --calib-size H,W")
+        size = list(dims)
+    return Calibration.from_images(
+        args.calib_images, input_name=names[0], size=(int(size[0]), int(size[1])),
+        scale=args.calib_scale, mean=args.calib_mean, std=args.calib_std,
+        layout=args.calib_layout, channels=args.calib_channels, limit=args.calib_limit)
+
+
 def cmd_encrypt(args: argparse.Namespace) -> int:
     protect = _passphrase(args, "protect_env", "protect", "new key passphrase: ")
     result = encrypt(
@@ -101,6 +141,9 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
         budget=args.budget,
         allocation=args.allocation,
         importance=args.importance,
+        calibration=load_calibration(args, args.model),
+        level_targets=args.level_targets,
+        objective=args.objective,
         layers=args.layers,
         level_fractions=args.level_fractions,
         level_order=args.level_order,
@@ -118,6 +161,14 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
         f"{result.levels} levels"
     )
     print("wrote " + ", ".join(str(p) for p in result.model_files))
+    report = result.level_report
+    if report is not None:
+        print(f"levels calibrated to targets ({report.objective}, order: {report.order}):")
+        print("  level  target  calibration  held-out")
+        for m in range(result.levels + 1):
+            target = "-" if m == 0 else f"{report.targets[m - 1]:.2f}"
+            held = "-" if report.held_out is None else f"{report.held_out[m]:.3f}"
+            print(f"  {m:>5}  {target:>6}  {report.calibration[m]:>11.3f}  {held:>8}")
     print(f"owner key (level {result.levels}, id {result.key_id}): {result.key_file}")
     return 0
 
@@ -211,12 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="fraction of all conv weights to encrypt (balanced), or the per-layer "
         "kernel ratio (uniform); default 0.01",
     )
-    p.add_argument("--allocation", choices=["balanced", "uniform"], default="balanced")
-    p.add_argument(
-        "--importance",
-        default="magnitude",
-        help="kernel scorer: magnitude (default), abs-mean, random",
-    )
+    p.add_argument("--allocation", choices=list(ALLOCATIONS),
+                   help="sensitivity (default with calibration), balanced (default without), "
+                        "uniform (the paper's per-layer ratio)")
+    p.add_argument("--importance", choices=list(IMPORTANCES),
+                   help="kernel scorer: activation (default with calibration), pss, "
+                        "magnitude (default without), abs-mean, random")
+    p.add_argument("--level-targets", type=_floats, metavar="Q1,...,1.0",
+                   help="quality per level as a fraction of the plain model's (needs "
+                        "calibration); the level cuts are searched to meet them")
+    p.add_argument("--objective", choices=["auto", "kl", "mse"], default="auto",
+                   help="how outputs are compared with the plain model's (default auto)")
     p.add_argument(
         "--layers",
         nargs="+",
@@ -251,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--protect", action="store_true", help="protect the owner key with a passphrase (prompted)"
     )
+    add_calibration_args(p)
     p.set_defaults(func=cmd_encrypt)
 
     p = sub.add_parser("export-key", help="derive a lower-tier key file")
@@ -293,6 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_blockwise_commands(sub)
     return parser
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") \
+            from None
 
 
 def _floats(text: str) -> list[float]:

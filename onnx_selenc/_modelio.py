@@ -104,3 +104,16 @@ def save_model(
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(tmp)
+
+
+def model_inputs(path: str | os.PathLike[str]) -> tuple[list[str], list[int | str]]:
+    """Names of the model's data inputs, and the first one's shape (ints where fixed)."""
+    model = load_model(path, load_external=False)
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if not inputs:
+        raise FormatError(f"{path} has no data input")
+    dims = inputs[0].type.tensor_type.shape.dim
+    shape: list[int | str] = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?"
+                              for d in dims]
+    return [i.name for i in inputs], shape

@@ -119,3 +119,36 @@ def test_key_from_environment_path_or_content(encrypted, monkeypatch, capsys) ->
     monkeypatch.delenv("SELENC_KEY")
     assert main(argv) == 1
     assert "SELENC_KEY" in capsys.readouterr().err
+
+
+def test_encrypt_with_calibration_and_targets(tmp_path: Path, capsys) -> None:
+    plain = tmp_path / "m.onnx"
+    onnx.save(tm.classifier(), plain)
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(0).standard_normal((48, 3, 8, 8))
+             .astype(np.float32))
+    assert main(["encrypt", str(plain), "-o", str(tmp_path / "e.onnx"), "--keys",
+                 str(tmp_path / "k.key"), "--calib", str(tmp_path / "cal.npz"), "--levels", "2",
+                 "--budget", "0.3", "--level-targets", "0.6,1.0", "--seed", "0", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "levels calibrated to targets" in out and "held-out" in out
+    manifest = json.loads(subprocess.run(
+        [sys.executable, "-m", "onnx_selenc", "inspect", str(tmp_path / "e.onnx"), "--json"],
+        capture_output=True, text=True, check=True).stdout)["manifest"]
+    assert manifest["selection"]["level_targets"] == [0.6, 1.0]
+
+
+def test_calibration_images_need_a_size_for_dynamic_models(tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    plain = tmp_path / "m.onnx"
+    onnx.save(tm.classifier(), plain)  # input [N, 3, 8, 8]: fixed size, so no --calib-size
+    (tmp_path / "imgs").mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((10, 10, 3), 40 * i, np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    assert main(["encrypt", str(plain), "-o", str(tmp_path / "e.onnx"), "--keys",
+                 str(tmp_path / "k.key"), "--calib-images", str(tmp_path / "imgs"),
+                 "--budget", "0.2", "-q"]) == 0
+    onnx.save(tm.cnn(), tmp_path / "dyn.onnx")  # input [N, 3, 8, 8] too; force a bad size
+    assert main(["encrypt", str(tmp_path / "dyn.onnx"), "-o", str(tmp_path / "e2.onnx"),
+                 "--keys", str(tmp_path / "k2.key"), "--calib-images", str(tmp_path / "imgs"),
+                 "--calib-size", "8", "-q"]) == 1
