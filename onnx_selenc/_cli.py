@@ -125,6 +125,8 @@ def load_calibration(args: argparse.Namespace, model_path: str) -> Calibration |
         if len(dims) != 2 or not all(isinstance(d, int) and d > 0 for d in dims):
             raise ValueError("the model's input size is not fixed: give --calib-size H,W")
         size = list(dims)
+    if len(size) != 2:
+        raise ValueError(f"--calib-size needs two numbers H,W, got {size}")
     return Calibration.from_images(
         args.calib_images, input_name=names[0], size=(int(size[0]), int(size[1])),
         scale=args.calib_scale, mean=args.calib_mean, std=args.calib_std,

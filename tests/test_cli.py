@@ -137,7 +137,7 @@ def test_encrypt_with_calibration_and_targets(tmp_path: Path, capsys) -> None:
     assert manifest["selection"]["level_targets"] == [0.6, 1.0]
 
 
-def test_calibration_images_need_a_size_for_dynamic_models(tmp_path: Path, capsys) -> None:
+def test_calibration_images_size_from_model_or_option(tmp_path: Path, capsys) -> None:
     from PIL import Image
 
     plain = tmp_path / "m.onnx"
@@ -148,7 +148,7 @@ def test_calibration_images_need_a_size_for_dynamic_models(tmp_path: Path, capsy
     assert main(["encrypt", str(plain), "-o", str(tmp_path / "e.onnx"), "--keys",
                  str(tmp_path / "k.key"), "--calib-images", str(tmp_path / "imgs"),
                  "--budget", "0.2", "-q"]) == 0
-    onnx.save(tm.cnn(), tmp_path / "dyn.onnx")  # input [N, 3, 8, 8] too; force a bad size
+    onnx.save(tm.cnn(), tmp_path / "dyn.onnx")  # a malformed --calib-size is refused
     assert main(["encrypt", str(tmp_path / "dyn.onnx"), "-o", str(tmp_path / "e2.onnx"),
                  "--keys", str(tmp_path / "k2.key"), "--calib-images", str(tmp_path / "imgs"),
                  "--calib-size", "8", "-q"]) == 1
