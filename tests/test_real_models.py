@@ -84,3 +84,27 @@ def test_orientation_levels_degrade_monotonically(tmp_path: Path) -> None:
     for lower, higher in zip(accuracy, accuracy[1:], strict=False):
         assert higher >= lower - 0.03, accuracy
     assert accuracy[2] > accuracy[0] + 0.2, accuracy
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_pss_end_to_end_on_real_model(name: str) -> None:
+    """The paper's gates train on every real graph; onnx-ad agrees with finite differences."""
+    pytest.importorskip("onnx_ad")
+    from onnx_selenc._encrypt import encrypt_model
+    from onnx_selenc._graph import walk_conv_weights
+    from onnx_selenc._pss import GateTrainer, build_program, check_gradients, pss_scorer
+
+    path = real_models.fetch(name)
+    input_name = onnx.load(path, load_external_data=False).graph.input[0].name
+    shape = SHAPES[name][1:]
+    x = np.random.default_rng(0).random((4, *shape)).astype(np.float32)
+    calibration = Calibration({input_name: x})
+    model = onnx.load(path)
+    program = build_program(model, walk_conv_weights(model).weights, calibration, batch=2)
+    assert check_gradients(GateTrainer(program, calibration), checks=3) < 0.1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        enc = encrypt_model(model, importance="pss", allocation="balanced", budget=0.005,
+                            calibration=calibration, seed=0,
+                            scores=pss_scorer(calibration, steps=2, batch=2))
+    assert enc.selection.selected_weights > 0
