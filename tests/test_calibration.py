@@ -1,4 +1,4 @@
-"""Data-driven steps: calibration input, activation scores, sensitivity allocation, level targets."""
+"""Data-driven steps: calibration input, activation scores, sensitivity allocation, levels."""
 
 from __future__ import annotations
 

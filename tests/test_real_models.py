@@ -8,6 +8,7 @@ monotonically on held-out pages.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def test_orientation_levels_degrade_monotonically(tmp_path: Path) -> None:
     assert accuracy[0] <= 0.35  # chance is 0.25
     assert accuracy[-1] == plain
     # Monotone, allowing for sampling noise of 96 held-out pages between close levels.
-    for lower, higher in zip(accuracy, accuracy[1:], strict=False):
+    for lower, higher in itertools.pairwise(accuracy):
         assert higher >= lower - 0.03, accuracy
     assert accuracy[2] > accuracy[0] + 0.2, accuracy
 
