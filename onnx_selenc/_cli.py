@@ -16,10 +16,11 @@ import numpy as np
 from . import __version__, exceptions
 from ._calibration import Calibration
 from ._encrypt import IMPORTANCES, encrypt
+from ._evaluate import DEFAULT_STRATEGIES, format_table, sweep, write_outputs
 from ._inspect import format_report, inspect_model
 from ._keys import LevelKey, export_key, is_protected, key_from_env, key_info, read_key_file
 from ._loader import load_session
-from ._modelio import model_inputs
+from ._modelio import load_model, model_inputs
 from ._selection import ALLOCATIONS
 
 # Exit codes, one per kind of failure, so scripts can tell them apart.
@@ -175,6 +176,31 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    calibration = load_calibration(args, args.model)
+    if calibration is None:
+        raise ValueError("evaluate needs calibration inputs: --calib or --calib-images")
+    names, _ = model_inputs(args.model)
+    if args.data:
+        evaluation = Calibration.from_npz(args.data, input_names=names)
+    else:
+        calibration, evaluation = calibration.split(0.5, seed=args.seed)
+    labels = np.load(args.labels, allow_pickle=False) if args.labels else None
+    if labels is not None and len(labels) != evaluation.n:
+        raise ValueError(f"{len(labels)} labels for {evaluation.n} evaluation samples "
+                         "(labels go with --data)")
+    result = sweep(load_model(args.model), calibration, evaluation, budgets=args.budgets,
+                   strategies=args.strategies, metric=args.metric, labels=labels,
+                   level_targets=args.level_targets, level_budget=args.level_budget,
+                   seed=args.seed, show_progress=not args.quiet)
+    print(format_table(result, chance=args.chance))
+    if args.out:
+        for path in write_outputs(result, args.out, title=Path(args.model).name,
+                                  chance=args.chance):
+            print(f"wrote {path}")
+    return 0
+
+
 def cmd_export_key(args: argparse.Namespace) -> int:
     passphrase = _key_passphrase(args, args.key_file)
     protect = _passphrase(args, "protect_env", "protect", "new key passphrase: ")
@@ -311,6 +337,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_calibration_args(p)
     p.set_defaults(func=cmd_encrypt)
+
+    p = sub.add_parser("evaluate", help="sweep budgets x selection strategies; table and plots")
+    p.add_argument("model")
+    p.add_argument("--data", metavar="EVAL.npz",
+                   help="evaluation inputs (default: half of the calibration inputs)")
+    p.add_argument("--labels", metavar="LABELS.npy",
+                   help="class labels (accuracy) or clean targets (psnr) for --data")
+    p.add_argument("--budgets", type=_floats, default=[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02],
+                   metavar="B1,B2,...", help="fractions of all conv weights")
+    p.add_argument("--strategies", type=lambda t: t.split(","),
+                   default=list(DEFAULT_STRATEGIES), metavar="IMPORTANCE:ALLOCATION,...",
+                   help=f"default: {','.join(DEFAULT_STRATEGIES)}")
+    p.add_argument("--metric", default="auto", choices=["auto", "agreement", "accuracy", "psnr",
+                                                        "r2"])
+    p.add_argument("--chance", type=float, help="report the smallest fraction reaching this")
+    p.add_argument("--level-targets", type=_floats, metavar="Q1,...,1.0",
+                   help="also measure quality per level, levels calibrated to these")
+    p.add_argument("--level-budget", type=float, help="budget for the level curves")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="DIR", help="write sweep.csv, sweep.json and PNG plots")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_calibration_args(p)
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export-key", help="derive a lower-tier key file")
     p.add_argument("key_file")

@@ -1,0 +1,56 @@
+"""The evaluation harness: sweep, table, CSV/JSON/PNG outputs, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnx_selenc._calibration import Calibration
+from onnx_selenc._cli import main
+from onnx_selenc._evaluate import builtin_metric, format_table, sweep, write_outputs
+
+from . import tiny_models as tm
+
+
+def _cal(n: int, seed: int) -> Calibration:
+    return Calibration({"x": np.random.default_rng(seed).standard_normal((n, 3, 8, 8))
+                        .astype(np.float32)})
+
+
+def test_sweep_quality_falls_with_budget(tmp_path: Path) -> None:
+    result = sweep(tm.classifier(), _cal(48, 0), _cal(48, 1), budgets=[0.01, 0.3, 1.0],
+                   strategies=["magnitude:balanced", "activation:sensitivity"],
+                   level_targets=[0.5, 1.0])
+    assert result.metric == "agreement" and result.plain_quality == 1.0
+    for strategy in ("magnitude:balanced", "activation:sensitivity"):
+        q = {p.budget: p.quality for p in result.points if p.strategy == strategy}
+        assert q[1.0] <= q[0.01] and q[1.0] < 0.5
+    (curve,) = [c for c in result.levels if c.strategy == "activation:sensitivity"]
+    assert curve.quality[-1] == 1.0 and curve.quality[0] < curve.quality[-1]
+    table = format_table(result, chance=0.2)
+    assert "activation:sensitivity" in table and "smallest fraction" in table
+    files = write_outputs(result, tmp_path, chance=0.2)
+    assert {p.name for p in files} >= {"sweep.csv", "sweep.json"}
+    assert json.loads((tmp_path / "sweep.json").read_text())["metric"] == "agreement"
+
+
+def test_metrics() -> None:
+    plain = [np.array([[0.0, 1.0], [1.0, 0.0]])]
+    assert builtin_metric("accuracy")(plain, plain, np.array([1, 1])) == 0.5
+    assert abs(builtin_metric("psnr")(plain, [plain[0] + 0.1], None) - 20.0) < 1e-6
+
+
+def test_evaluate_cli(tmp_path: Path, capsys) -> None:
+    onnx.save(tm.classifier(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "cal.npz", x=_cal(32, 0).feeds["x"])
+    np.savez(tmp_path / "eval.npz", x=_cal(16, 1).feeds["x"])
+    np.save(tmp_path / "labels.npy", np.zeros(16, dtype=np.int64))
+    assert main(["evaluate", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "cal.npz"),
+                 "--data", str(tmp_path / "eval.npz"), "--labels", str(tmp_path / "labels.npy"),
+                 "--budgets", "0.05,0.5", "--strategies", "random:uniform,magnitude:balanced",
+                 "--out", str(tmp_path / "out"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy of the plain model" in out and (tmp_path / "out" / "sweep.csv").exists()
