@@ -62,7 +62,7 @@ def calibrate_levels(
     objective: str = "auto",
     layer_sensitivity: Mapping[str, float] | None = None,
     tolerance: float = 0.05,
-    max_samples: int = 64,
+    max_samples: int = 128,
 ) -> tuple[Selection, LevelReport]:
     """Re-split the selection's kernels into levels that meet ``targets``.
 
