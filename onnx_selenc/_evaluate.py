@@ -30,7 +30,13 @@ from ._masking import kernel_matrix, mask_layer
 from ._objective import choose_objective, quality
 from ._probe import Probe
 from ._progress import progress
-from ._selection import allocate_balanced, allocate_uniform, check_fractions, select
+from ._selection import (
+    allocate_balanced,
+    allocate_uniform,
+    check_fractions,
+    filter_layers,
+    select,
+)
 from ._sensitivity import allocate_by_sensitivity, measure_curves
 from ._tensors import read_array, weight_tensor
 
@@ -114,6 +120,7 @@ def sweep(
     level_targets: Sequence[float] | None = None,
     level_budget: float | None = None,
     masking: str = "empirical",
+    layers: Mapping[str, Sequence[str]] | None = None,
     seed: int = 0,
     show_progress: bool = False,
 ) -> SweepResult:
@@ -130,6 +137,8 @@ def sweep(
         level_targets: also calibrate levels to these targets at ``level_budget``.
         level_budget: budget for the level curves (default: the largest budget).
         masking: DPRM variant.
+        layers: per strategy, glob patterns restricting which conv weights it may
+            encrypt (the paper's chosen layers); default all.
         seed: selection and masking seed.
         show_progress: progress bars on stderr.
     """
@@ -147,9 +156,12 @@ def sweep(
     by_key = inventory.by_key()
     ksize = {w.key: w.kernel_size for w in weights}
     points, curves_out = [], []
+    all_weights, all_arrays = weights, arrays
     for strategy in strategies:
         importance, _, allocation = strategy.partition(":")
         rng = np.random.default_rng(seed)
+        weights = filter_layers(all_weights, (layers or {}).get(strategy))
+        arrays = {w.key: all_arrays[w.key] for w in weights}
         if importance in DATA_FREE_SCORERS:
             scores = {k: score_kernels(kernel_matrix(a), importance, rng)
                       for k, a in arrays.items()}
@@ -168,8 +180,8 @@ def sweep(
                                        masking=masking, seed=seed, show_progress=show_progress)
 
         def counts_for(budget: float, allocation: str = allocation,
-                       curves: Mapping | None = curves, strategy: str = strategy
-                       ) -> dict[str, int]:
+                       curves: Mapping | None = curves, strategy: str = strategy,
+                       weights: list = weights) -> dict[str, int]:
             if allocation == "uniform":
                 return allocate_uniform(weights, budget)
             target = max(1, round(budget * inventory.total_weights))
@@ -181,7 +193,7 @@ def sweep(
             raise ValueError(f"unknown allocation {allocation!r} in strategy {strategy!r}")
 
         def masked_at(budget: float, levels: int = 1, counts_for: Callable = counts_for,
-                      scores: Mapping = scores) -> tuple:
+                      scores: Mapping = scores, arrays: Mapping = arrays) -> tuple:
             selection = select(scores, counts_for(budget), levels=levels,
                                fractions=check_fractions(levels, None),
                                order="most-important-first",

@@ -4,8 +4,9 @@ A fixed split (level m restores the top x% of each layer's encrypted kernels)
 often collapses: every level is broken, or every level is nearly whole. Here the
 encrypted kernels are put in one global restoration order and each level's cut is
 searched (bisection, forward passes only) so the model restored to level m reaches
-the asked quality (a fraction of the plain model's, measured against the plain
-model itself). Two orders are tried and the one that fits the targets better is
+the asked quality, measured against the plain model itself: top-1 agreement for
+classifiers, and otherwise the share of the level-0 output error that the level
+removes. Two orders are tried and the one that fits the targets better is
 kept: least-sensitive layers first (the most damaging kernels stay encrypted
 longest), and all layers in step, least important kernels first.
 """
@@ -22,7 +23,7 @@ import onnx
 from ._calibration import Calibration
 from ._graph import ConvWeight
 from ._masking import MaskedLayer, kernel_matrix
-from ._objective import choose_objective, quality
+from ._objective import choose_objective, distance, quality
 from ._probe import Probe
 from ._selection import LayerSelection, Selection
 
@@ -107,6 +108,20 @@ def calibrate_levels(
     obj = choose_objective(plain, objective)
     plain_held = probe.run_all(held_out, weights_at(full, total)) if held_out else None
 
+    # Classifiers: top-1 agreement with the plain model. Other models: the share of the
+    # level-0 output error (vs the plain outputs) that a level removes: 0 at level 0,
+    # 1 at the top. (R^2 would not do: a denoiser that returns its noisy input already
+    # has a high R^2 against the clean output.)
+    def score(reference: list[np.ndarray], test: list[np.ndarray],
+              base: float | None) -> float:
+        if obj == "kl" or not base:
+            return quality(reference, test, obj)
+        return max(0.0, 1.0 - distance(reference, test, "mse") / base)
+
+    base_calibration = distance(plain, probe.run_all(calibration, weights_at(full, 0)), "mse")
+    base_held = distance(plain_held, probe.run_all(held_out, weights_at(full, 0)), "mse") \
+        if held_out is not None and plain_held is not None else None
+
     best = None
     for name in ORDERS:
         if name == "sensitivity" and not layer_sensitivity:
@@ -118,7 +133,8 @@ def calibrate_levels(
             k: int, order: tuple[np.ndarray, np.ndarray] = order, cache: dict[int, float] = cache
         ) -> float:
             if k not in cache:
-                cache[k] = quality(plain, probe.run_all(calibration, weights_at(order, k)), obj)
+                cache[k] = score(plain, probe.run_all(calibration, weights_at(order, k)),
+                                 base_calibration)
             return cache[k]
 
         cuts, lo = [], 0
@@ -144,7 +160,7 @@ def calibrate_levels(
     held = None
     if held_out is not None and plain_held is not None:
         held = tuple(
-            quality(plain_held, probe.run_all(held_out, weights_at(order, k)), obj)
+            score(plain_held, probe.run_all(held_out, weights_at(order, k)), base_held)
             for k in [0, *cuts]
         )
     levels_of = np.searchsorted(np.asarray(cuts), np.arange(total), side="right") + 1
