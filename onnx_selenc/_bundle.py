@@ -18,6 +18,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -231,24 +232,30 @@ def decode_payload(data: bytes) -> list[TensorPatch]:
     table = json.loads(data[16 : 16 + n])
     body = memoryview(data)[16 + n :]
     patches = []
+    dtypes: dict[str, tuple[np.dtype, str, np.dtype]] = {}  # numpy's dtype.name is slow
     for entry in table:
-        dtype = np.dtype(entry["dtype"])
+        code = entry["dtype"]
+        if code not in dtypes:
+            dt = np.dtype(code)
+            dtypes[code] = (dt, dt.name, dt.newbyteorder("<"))
+        dtype, dtype_name, stored = dtypes[code]
         shape = tuple(int(d) for d in entry["shape"])
         count, offset = int(entry["count"]), int(entry["offset"])
-        ksize = int(np.prod(shape[2:], dtype=np.int64))
+        ksize = math.prod(shape[2:])
         end_idx = offset + 8 * count
         end = end_idx + count * ksize * dtype.itemsize
         if offset < 0 or end > len(body):
             raise FormatError("sealed payload entry is out of range")
-        kernels = np.frombuffer(body[offset:end_idx], dtype="<i8").astype(np.int64)
-        values = np.frombuffer(body[end_idx:end], dtype=dtype.newbyteorder("<"))
+        # Views of the payload where the byte order allows (no copy per entry).
+        kernels = np.frombuffer(body[offset:end_idx], dtype="<i8").astype(np.int64, copy=False)
+        values = np.frombuffer(body[end_idx:end], dtype=stored)
         patches.append(
             TensorPatch(
                 str(entry["key"]),
-                dtype.name,
+                dtype_name,
                 shape,
                 kernels,
-                values.astype(dtype).reshape(count, ksize),
+                values.astype(dtype, copy=False).reshape(count, ksize),
             )
         )
     return patches

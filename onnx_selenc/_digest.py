@@ -5,37 +5,79 @@ entries themselves, and every tensor's bytes, wherever they are stored. The dige
 is the same whether tensor data is inline or in an external file, so a model can be
 checked without loading its external data into memory. Any edit after encryption
 (a masked weight, a BatchNorm scale, a node) changes it.
+
+The skeleton (the model without tensor storage) is rebuilt beside the model rather
+than by clearing and restoring the model's tensors: with upb every read of
+``raw_data`` and every write back is a full copy, and cleared bytes stay in the
+message's arena, so that approach cost two copies of the weights and left a dead
+one behind. Large buffers are hashed on a worker thread (hashlib releases the GIL)
+while the next one is copied or read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import onnx
+from google.protobuf import unknown_fields
 
-from ._graph import subgraphs
 from ._tensors import external_info
 from .exceptions import FormatError
 
-_CHUNK = 1 << 22
+_DOMAIN = b"onnx-selenc/v1/model-digest\0"
+_CHUNK = 1 << 24
+_THREAD_MIN = 1 << 20  # smaller buffers are hashed inline: a hand-off costs more
+_STORAGE = frozenset({"raw_data", "external_data", "data_location"})
+_A = onnx.AttributeProto
+
+
+@dataclass(frozen=True)
+class ExternalData:
+    """Where an external tensor's bytes are, resolved and bounds-checked."""
+
+    name: str
+    path: Path
+    offset: int
+    length: int
+
+
+# What the digest hashes for one tensor: its bytes, the tensor itself when they are
+# external (resolved when the hash reaches it), or an already resolved location.
+Source = bytes | memoryview | onnx.TensorProto | ExternalData
 
 
 def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Every TensorProto in a graph and its subgraphs, in a deterministic order."""
+    """Every TensorProto in a graph and its subgraphs, in a deterministic order.
+
+    Per node: the tensors of its TENSOR/TENSORS attributes, then those of its subgraphs
+    (GRAPH/GRAPHS attributes, as :func:`_graph.subgraphs` lists them), in attribute
+    order. One pass over the attributes: this walk runs several times per load.
+    """
     yield from graph.initializer
     for sparse in graph.sparse_initializer:
         yield sparse.values
         yield sparse.indices
     for node in graph.node:
+        subs: list[onnx.GraphProto] | None = None
         for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
+            kind = attr.type
+            if kind == _A.TENSOR:
                 yield attr.t
-            elif attr.type == onnx.AttributeProto.TENSORS:
+            elif kind == _A.TENSORS:
                 yield from attr.tensors
-        for _, sub in subgraphs(node):
-            yield from iter_tensors(sub)
+            elif kind == _A.GRAPH:
+                subs = [*(subs or ()), attr.g]
+            elif kind == _A.GRAPHS:
+                subs = [*(subs or ()), *attr.graphs]
+        if subs:
+            for sub in subs:
+                yield from iter_tensors(sub)
 
 
 def model_digest(
@@ -54,69 +96,380 @@ def model_digest(
     Returns:
         ``"sha256:<hex>"``.
     """
-    h = hashlib.sha256(b"onnx-selenc/v1/model-digest\0")
-    tensors = list(iter_tensors(model.graph))
-    # Detach the bulky and storage-dependent fields, hash the small skeleton, restore.
-    saved = []
-    for t in tensors:
-        saved.append(
-            (
-                t.raw_data if t.HasField("raw_data") else None,
-                list(t.external_data),
-                t.data_location if t.HasField("data_location") else None,
-            )
-        )
-    kept_meta = [(p.key, p.value) for p in model.metadata_props]
+    skeleton = skeleton_bytes(model, exclude_metadata)
+    _normalise(model)
+    return hash_model(skeleton, tensor_sources(model), base_dir, overlap=True)
+
+
+def skeleton_bytes(
+    model: onnx.ModelProto, exclude_metadata: frozenset[str], *, rebuild: bool = True
+) -> bytes:
+    """Deterministic serialisation of the model without tensor storage or excluded metadata.
+
+    Every tensor :func:`iter_tensors` yields loses ``raw_data``, ``external_data`` and
+    ``data_location``; the metadata entries kept are rewritten as plain key/value
+    pairs. The model itself is not modified.
+
+    Args:
+        model: the model.
+        exclude_metadata: ``metadata_props`` keys left out.
+        rebuild: build the skeleton field by field beside the model (no copy of the
+            tensor data); else copy the whole model and clear the copy (faster when
+            the model holds little data).
+    """
     try:
-        for t in tensors:
-            t.ClearField("raw_data")
-            t.ClearField("external_data")
-            t.ClearField("data_location")
-        del model.metadata_props[:]
-        for k, v in kept_meta:
-            if k not in exclude_metadata:
-                model.metadata_props.add(key=k, value=v)
-        skeleton = model.SerializeToString(deterministic=True)
-    finally:
-        del model.metadata_props[:]
-        for k, v in kept_meta:
-            model.metadata_props.add(key=k, value=v)
-        for t, (raw, ext, loc) in zip(tensors, saved, strict=True):
-            if raw is not None:
-                t.raw_data = raw
-            t.external_data.extend(ext)
-            if loc is not None:
-                t.data_location = loc
+        if not rebuild:
+            raise _HasUnknownFields
+        skeleton = _skeleton_model(model, exclude_metadata)
+    except _HasUnknownFields:  # rebuilding would drop them: copy everything, then clear
+        skeleton = onnx.ModelProto()
+        skeleton.CopyFrom(model)
+        for t in iter_tensors(skeleton.graph):
+            for name in _STORAGE:
+                t.ClearField(name)
+        kept = [(p.key, p.value) for p in skeleton.metadata_props if p.key not in exclude_metadata]
+        del skeleton.metadata_props[:]
+        for k, v in kept:
+            skeleton.metadata_props.add(key=k, value=v)
+    return skeleton.SerializeToString(deterministic=True)
+
+
+def prepare_digest(
+    model: onnx.ModelProto,
+    base_dir: str | os.PathLike[str] | None,
+    *,
+    exclude_metadata: frozenset[str] = frozenset(),
+    raw_of: Callable[[onnx.TensorProto], memoryview | None] | None = None,
+) -> tuple[bytes, list[Source]]:
+    """Everything of :func:`model_digest` that reads the model, done now.
+
+    The result can be hashed (:func:`hash_model`) on another thread while the model
+    is changed: small tensors' bytes are copied, external locations resolved, and
+    ``raw_of`` must return views of an immutable buffer.
+
+    Raises:
+        ValueError: an external tensor but no ``base_dir``.
+        FormatError: external data missing or out of range.
+    """
+    # The model is small here (its large tensors are elsewhere): copying it and clearing
+    # the copy is much cheaper than rebuilding it field by field in Python.
+    skeleton = skeleton_bytes(model, exclude_metadata, rebuild=False)
+    tensors = list(iter_tensors(model.graph))
+    _normalise(model, tensors)
+    sources: list[Source] = []
+    for src in tensor_sources(model, raw_of, tensors):
+        if isinstance(src, onnx.TensorProto):
+            if base_dir is None:
+                raise ValueError(f"tensor '{src.name}' is external but no model folder was given")
+            src = _resolve_external(src, base_dir)
+        sources.append(src)
+    return skeleton, sources
+
+
+def tensor_sources(
+    model: onnx.ModelProto,
+    raw_of: Callable[[onnx.TensorProto], memoryview | None] | None = None,
+    tensors: Iterable[onnx.TensorProto] | None = None,
+) -> Iterator[Source]:
+    """What the digest hashes for each tensor, in :func:`iter_tensors` order.
+
+    Args:
+        model: the model.
+        raw_of: returns a tensor's raw bytes when they are held outside the model
+            (see ``_modelio.StrippedModel.raw``), else ``None``.
+        tensors: ``iter_tensors(model.graph)``, if already listed.
+
+    Yields:
+        The tensor itself when its data is external, else its raw bytes (copied out
+        of protobuf one tensor at a time, only as the hash reaches it).
+    """
+    for t in iter_tensors(model.graph) if tensors is None else tensors:
+        if t.HasField("data_location") and t.data_location == onnx.TensorProto.EXTERNAL:
+            yield t
+            continue
+        held = raw_of(t) if raw_of is not None else None
+        if held is not None:
+            yield held
+        else:
+            yield t.raw_data if t.HasField("raw_data") else b""
+
+
+def hash_model(
+    skeleton: bytes,
+    sources: Iterable[Source],
+    base_dir: str | os.PathLike[str] | None,
+    *,
+    overlap: bool = False,
+) -> str:
+    """The digest of a skeleton and its tensors' bytes (see :func:`model_digest`).
+
+    Args:
+        skeleton: from :func:`skeleton_bytes`.
+        sources: from :func:`tensor_sources`.
+        base_dir: folder of the model file, for external tensors.
+        overlap: hash large buffers on a worker thread while the next source is
+            produced (pays off when producing means copying or reading a file).
+
+    Raises:
+        ValueError: an external tensor but no ``base_dir``.
+        FormatError: external data missing, out of range or truncated.
+    """
+    h = hashlib.sha256(_DOMAIN)
     h.update(len(skeleton).to_bytes(8, "little"))
     h.update(skeleton)
-    for t, (raw, _, loc) in zip(tensors, saved, strict=True):
-        if loc == onnx.TensorProto.EXTERNAL:
-            if base_dir is None:
-                raise ValueError(f"tensor '{t.name}' is external but no model folder was given")
-            _hash_external(h, t, base_dir)
-        else:
-            data = raw or b""
-            h.update(len(data).to_bytes(8, "little"))
-            h.update(data)
+    with _Feeder(h, overlap) as feed:
+        for src in sources:
+            if isinstance(src, onnx.TensorProto):
+                if base_dir is None:
+                    raise ValueError(
+                        f"tensor '{src.name}' is external but no model folder was given"
+                    )
+                _hash_external(feed, _resolve_external(src, base_dir))
+            elif isinstance(src, ExternalData):
+                _hash_external(feed, src)
+            else:
+                feed(len(src).to_bytes(8, "little"))
+                feed(src)
     return "sha256:" + h.hexdigest()
 
 
-def _hash_external(
-    h: hashlib._Hash, tensor: onnx.TensorProto, base_dir: str | os.PathLike[str]
-) -> None:
+class _Feeder:
+    """Feeds a hash in order; with ``overlap``, large buffers go to one worker thread.
+
+    At most one update is in flight: a call waits for the previous one, so the caller
+    may reuse a buffer once the *next* call has returned.
+    """
+
+    def __init__(self, h: hashlib._Hash, overlap: bool) -> None:
+        self._h = h
+        self._pool = ThreadPoolExecutor(1, "selenc-digest") if overlap else None
+        self._pending: Future[None] | None = None
+
+    def __enter__(self) -> _Feeder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def __call__(self, data: bytes | memoryview) -> None:
+        self._wait()
+        if self._pool is not None and len(data) >= _THREAD_MIN:
+            self._pending = self._pool.submit(self._h.update, data)
+        else:
+            self._h.update(data)
+
+
+def _resolve_external(tensor: onnx.TensorProto, base_dir: str | os.PathLike[str]) -> ExternalData:
     info = external_info(tensor, base_dir)
     itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
     count = 1
     for d in tensor.dims:
         count *= int(d)
     length = info.length if info.length is not None else count * itemsize
-    h.update(length.to_bytes(8, "little"))
-    with open(info.path, "rb") as fh:
-        fh.seek(info.offset)
-        left = length
+    return ExternalData(tensor.name, info.path, info.offset, length)
+
+
+def _hash_external(feed: _Feeder, data: ExternalData) -> None:
+    feed(data.length.to_bytes(8, "little"))
+    size = min(_CHUNK, data.length)
+    # Two buffers in turn: one is read into while the worker hashes the other.
+    buffers = [bytearray(size), bytearray(size)] if size else []
+    with open(data.path, "rb", buffering=0) as fh:
+        fh.seek(data.offset)
+        left, turn = data.length, 0
         while left:
-            chunk = fh.read(min(_CHUNK, left))
-            if not chunk:
-                raise FormatError(f"external data of '{tensor.name}' is truncated")
-            h.update(chunk)
-            left -= len(chunk)
+            view = memoryview(buffers[turn])[: min(size, left)]
+            n = fh.readinto(view)
+            if not n:
+                raise FormatError(f"external data of '{data.name}' is truncated")
+            feed(view[:n])
+            left -= n
+            turn ^= 1
+
+
+# --- the skeleton, rebuilt without the tensor storage ----------------------------------
+class _HasUnknownFields(Exception):
+    """A message on the rebuilt path has fields this onnx does not know."""
+
+
+def _known(message: object) -> None:
+    if len(unknown_fields.UnknownFieldSet(message)):  # type: ignore[arg-type]
+        raise _HasUnknownFields
+
+
+def _repeated(fd: Any) -> bool:
+    flag = getattr(fd, "is_repeated", None)
+    if flag is not None:
+        return bool(flag)
+    return bool(fd.label == fd.LABEL_REPEATED)  # older protobuf
+
+
+def _copy_fields(src: Any, dst: Any, skip: frozenset[str] | set[str]) -> None:
+    """Copy every present field of ``src`` to ``dst`` except those named in ``skip``.
+
+    Walks the descriptor rather than ``ListFields()``: that returns every value,
+    and with upb reading ``raw_data`` copies the bytes even when they are skipped.
+    """
+    for fd in src.DESCRIPTOR.fields:
+        name = fd.name
+        if name in skip:
+            continue
+        if _repeated(fd):
+            values = getattr(src, name)
+            if len(values):
+                getattr(dst, name).extend(values)
+        elif fd.message_type is not None:
+            if src.HasField(name):
+                getattr(dst, name).CopyFrom(getattr(src, name))
+        elif (
+            src.HasField(name)
+            if getattr(fd, "has_presence", True)
+            else (getattr(src, name) != fd.default_value)
+        ):
+            setattr(dst, name, getattr(src, name))
+
+
+def _skeleton_model(model: onnx.ModelProto, exclude_metadata: frozenset[str]) -> onnx.ModelProto:
+    _known(model)
+    skeleton = onnx.ModelProto()
+    _copy_fields(model, skeleton, {"graph", "metadata_props"})
+    if model.HasField("graph"):
+        skeleton.graph.SetInParent()
+        _skeleton_graph(model.graph, skeleton.graph)
+    for p in model.metadata_props:
+        if p.key not in exclude_metadata:
+            skeleton.metadata_props.add(key=p.key, value=p.value)
+    return skeleton
+
+
+def _skeleton_graph(src: onnx.GraphProto, dst: onnx.GraphProto) -> None:
+    _known(src)
+    _copy_fields(src, dst, {"initializer", "sparse_initializer", "node"})
+    for t in src.initializer:
+        _skeleton_tensor(t, dst.initializer.add())
+    for sparse in src.sparse_initializer:
+        _known(sparse)
+        out = dst.sparse_initializer.add()
+        _copy_fields(sparse, out, {"values", "indices"})
+        # Clearing the storage of an absent values/indices made it present: keep that.
+        out.values.SetInParent()
+        out.indices.SetInParent()
+        _skeleton_tensor(sparse.values, out.values)
+        _skeleton_tensor(sparse.indices, out.indices)
+    for node in src.node:
+        _skeleton_node(node, dst.node.add())
+
+
+_REBUILT_ATTRIBUTES = {_A.TENSOR: "t", _A.TENSORS: "tensors", _A.GRAPH: "g", _A.GRAPHS: "graphs"}
+
+
+def _skeleton_node(src: onnx.NodeProto, dst: onnx.NodeProto) -> None:
+    kinds = [a.type for a in src.attribute]
+    if not any(k in _REBUILT_ATTRIBUTES for k in kinds):
+        dst.CopyFrom(src)  # nothing of the digest's tensors in it
+        return
+    if (
+        _A.GRAPH not in kinds
+        and _A.GRAPHS not in kinds
+        and all(_small(t) for t in _attribute_tensors(src))
+    ):
+        # Small tensors (a Constant's bias, most Paddle weights): copying them in C and
+        # clearing the copy is much cheaper than rebuilding field by field in Python.
+        dst.CopyFrom(src)
+        for t in _attribute_tensors(dst):
+            _clear_storage(t)
+        return
+    _known(src)
+    _copy_fields(src, dst, {"attribute"})
+    for attr in src.attribute:
+        out = dst.attribute.add()
+        rebuilt = _REBUILT_ATTRIBUTES.get(attr.type)
+        if rebuilt is None:
+            out.CopyFrom(attr)
+            continue
+        _known(attr)
+        _copy_fields(attr, out, {rebuilt})
+        if attr.type == _A.TENSOR:
+            out.t.SetInParent()  # as above: a TENSOR attribute's t ends up present
+            _skeleton_tensor(attr.t, out.t)
+        elif attr.type == _A.TENSORS:
+            for t in attr.tensors:
+                _skeleton_tensor(t, out.tensors.add())
+        elif attr.type == _A.GRAPH:
+            if attr.HasField("g"):
+                out.g.SetInParent()
+                _skeleton_graph(attr.g, out.g)
+        else:
+            for g in attr.graphs:
+                _skeleton_graph(g, out.graphs.add())
+
+
+def _skeleton_tensor(src: onnx.TensorProto, dst: onnx.TensorProto) -> None:
+    if _small(src):
+        dst.CopyFrom(src)
+        _clear_storage(dst)
+        return
+    _known(src)
+    _copy_fields(src, dst, _STORAGE)
+
+
+def _attribute_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
+    """The node's tensors the digest clears: as :func:`iter_tensors` lists them."""
+    for attr in node.attribute:
+        if attr.type == _A.TENSOR:
+            yield attr.t
+        elif attr.type == _A.TENSORS:
+            yield from attr.tensors
+
+
+def _clear_storage(t: onnx.TensorProto) -> None:
+    for name in _STORAGE:
+        t.ClearField(name)
+
+
+# Bytes per element of the fixed-size tensor types, to size raw data without reading it.
+_ITEMSIZE = {
+    onnx.TensorProto.FLOAT: 4, onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.FLOAT16: 2,
+    onnx.TensorProto.BFLOAT16: 2, onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1,
+    onnx.TensorProto.INT16: 2, onnx.TensorProto.UINT16: 2, onnx.TensorProto.INT32: 4,
+    onnx.TensorProto.UINT32: 4, onnx.TensorProto.INT64: 8, onnx.TensorProto.UINT64: 8,
+    onnx.TensorProto.BOOL: 1,
+}  # fmt: skip
+_SMALL = 1 << 16
+
+
+def _small(t: onnx.TensorProto) -> bool:
+    """Whether copying the tensor costs little: no raw data, or a known small size."""
+    if not t.HasField("raw_data"):
+        return True
+    itemsize = _ITEMSIZE.get(t.data_type)
+    if itemsize is None:
+        return False
+    count = 1
+    for d in t.dims:
+        count *= d
+    return count * itemsize < _SMALL
+
+
+def _normalise(model: onnx.ModelProto, tensors: Iterable[onnx.TensorProto] | None = None) -> None:
+    """The side effects the digest always had on the model it read.
+
+    Clearing a tensor's storage made an absent sparse ``values``/``indices`` or
+    TENSOR-attribute ``t`` present, and the metadata entries were rewritten as plain
+    key/value pairs; keeping both keeps every saved encrypted file byte-identical.
+    """
+    for t in iter_tensors(model.graph) if tensors is None else tensors:
+        t.SetInParent()
+    kept = [(p.key, p.value) for p in model.metadata_props]
+    del model.metadata_props[:]
+    for k, v in kept:
+        model.metadata_props.add(key=k, value=v)

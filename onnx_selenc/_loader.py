@@ -1,18 +1,30 @@
 """The loader: files -> key -> unsealing -> patched model -> ONNX Runtime session.
 
-Restored weights live only in memory: the patched ModelProto is handed to ONNX
-Runtime as bytes, never written anywhere. Models with external data stay on disk
-as they are (ONNX Runtime reads the unchanged encrypted weights from there); the
-restored tensors reach it through ``add_external_initializers``, which replaces
-them before graph optimisation. ``SessionOptions.add_initializer`` is never used:
-ONNX Runtime may ignore it silently (device or name change after fusion) and run
-the encrypted weights.
+Restored weights live only in memory, never written anywhere. Models with external
+data stay on disk as they are (ONNX Runtime reads the unchanged encrypted weights
+from there); restored tensors reach it through ``add_external_initializers``, which
+replaces them before graph optimisation. ``SessionOptions.add_initializer`` is never
+used: ONNX Runtime may ignore it silently (device or name change after fusion) and
+run the encrypted weights.
+
+:func:`load_session` (with its own session options) goes further, because handing
+ONNX Runtime a serialised model costs more than building the session from a path
+(serialising it, then copying the ``bytes`` into ONNX Runtime and parsing them
+again): the file is read once, its large tensors are never parsed into protobuf
+(``_modelio.read_stripped``), and every large main-graph weight, restored or not, is
+handed over as an in-memory external initializer backed by that one buffer; ONNX
+Runtime gets only the small graph. The digest is checked while ONNX Runtime builds
+the session (hashing releases the GIL) and the session is dropped unless it matches;
+the restored weights only ever reach ONNX Runtime in this process, and nothing in
+the model can make it write anything (unless ``ORT_LOAD_CONFIG_FROM_MODEL=1`` lets
+the model set session options: then the digest is checked first).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,11 +33,12 @@ import numpy as np
 import onnx
 
 from . import _bundle, _seal
-from ._digest import model_digest
+from ._digest import hash_model, prepare_digest
+from ._graph import subgraphs
 from ._keys import LevelKey, parse_key_file, read_key_file
 from ._masking import kernel_matrix
-from ._modelio import PROTO_LIMIT, external_files, load_model
-from ._tensors import find_tensor, read_array, write_array
+from ._modelio import PROTO_LIMIT, StrippedModel, external_files, read_stripped
+from ._tensors import find_tensor, owning_graph, read_array, write_array
 from .exceptions import FormatError, InvalidBundle, KeyMismatch, UnsafeSessionOptions
 
 if TYPE_CHECKING:
@@ -42,6 +55,15 @@ _DISK_CACHE_OPTIONS = (
     "ep_context_enable",
     "trt_ep_context_file_path",
 )
+# The location given to tensors whose values ONNX Runtime receives in memory. No such
+# file exists (':' cannot even be in a Windows file name): were ONNX Runtime ever to
+# read the location instead of using the value, it would fail, never run masked weights.
+_IN_MEMORY = "onnx-selenc:in-memory"
+_CONSTANT_DOMAINS = ("", "ai.onnx")
+_DIGEST_MISMATCH = "the model was modified after encryption (digest mismatch)"
+# Smaller tensors go to ONNX Runtime inside the serialised model: per tensor, an
+# in-memory initializer costs more than copying a few KiB.
+_MEMORY_THRESHOLD = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -113,10 +135,72 @@ def restore_model(
         InvalidBundle: the model, its sealed data or the key failed authentication.
         FormatError, KeyFileError: malformed or truncated files.
     """
+    opened = _open(model_path, key, level, passphrase)
+    model, base_dir = opened.stripped.model, opened.path.parent
+    skeleton, sources = opened.digest_inputs()
+    if hash_model(skeleton, sources, base_dir, overlap=True) != opened.manifest.model_digest:
+        raise InvalidBundle(_DIGEST_MISMATCH)
+    payloads = opened.payloads()
+    _bundle.strip(model)
+    if opened.files and opened.inline:
+        onnx.load_external_data_for_model(model, str(base_dir))
+    external = _apply(model, payloads, base_dir, opened.stripped)
+    # Large tensors were parsed without their bytes: put back those not rewritten.
+    opened.stripped.restore_raw_data(
+        skip=frozenset(id(t) for t in opened.stripped.tensors if t.HasField("raw_data"))
+    )
+    return RestoredModel(
+        model,
+        opened.target,
+        opened.manifest.levels,
+        opened.manifest.key_id,
+        base_dir if opened.files and not opened.inline else None,
+        external,
+    )
+
+
+@dataclass
+class _Opened:
+    """An encrypted model read and parsed, its key checked and its manifest authenticated."""
+
+    path: Path
+    stripped: StrippedModel
+    manifest: _bundle.Manifest
+    blobs: list[bytes]
+    keys: list[LevelKey]
+    target: int
+    files: list[Path]
+    inline: bool
+
+    def digest_inputs(self) -> tuple[bytes, list[Any]]:
+        """Skeleton and tensor sources of the digest (they no longer depend on the model)."""
+        return prepare_digest(
+            self.stripped.model,
+            self.path.parent,
+            exclude_metadata=_bundle.BUNDLE_KEYS,
+            raw_of=self.stripped.raw,
+        )
+
+    def payloads(self) -> list[list[_bundle.TensorPatch]]:
+        """Open and decode the sealed originals of levels 1..target."""
+        return [
+            _bundle.decode_payload(
+                _seal.open_sealed(
+                    self.keys[m].material, self.blobs[m], _bundle.blob_aad(self.manifest.raw, m)
+                )
+            )
+            for m in range(1, self.target + 1)
+        ]
+
+
+def _open(
+    model_path: str | os.PathLike[str], key: KeySource, level: int | None, passphrase: str | None
+) -> _Opened:
+    """Everything :func:`restore_model` does before the digest, in the same order."""
     path = resolve_model_path(model_path)
     level_key = open_key(key, passphrase=passphrase)
-    model = load_model(path, load_external=False)
-    manifest, blobs = _bundle.read_bundle(model)
+    stripped = read_stripped(path)
+    manifest, blobs = _bundle.read_bundle(stripped.model)
     if level_key.key_id != manifest.key_id:
         raise KeyMismatch(
             f"this key (id {level_key.key_id}) belongs to another model; "
@@ -129,60 +213,85 @@ def restore_model(
         raise ValueError(f"level must be between 0 and {manifest.levels}, got {target}")
     keys = [level_key.derive(m) for m in range(target + 1)]  # raises LevelNotGranted
 
-    # Authenticate the manifest (blob 0), then check the model against its digest.
+    # Authenticate the manifest (blob 0); the model is then checked against its digest.
     _seal.open_sealed(keys[0].material, blobs[0], _bundle.blob_aad(manifest.raw, 0))
-    files = external_files(model, path.parent)
-    # Small external data is loaded inline (one serialised model for ONNX Runtime);
-    # past that, ONNX Runtime reads the files itself, which keeps the peak lower and
-    # is the only way past protobuf's 2 GB limit.
+    files = external_files(stripped.model, path.parent)
+    # Small external data is loaded inline by restore_model (one serialised model for
+    # ONNX Runtime); past that, ONNX Runtime reads the files itself, which keeps the
+    # peak lower and is the only way past protobuf's 2 GB limit.
     inline = not files or sum(f.stat().st_size for f in files) < INLINE_EXTERNAL_LIMIT
-    if (
-        model_digest(model, path.parent, exclude_metadata=_bundle.BUNDLE_KEYS)
-        != manifest.model_digest
-    ):
-        raise InvalidBundle("the model was modified after encryption (digest mismatch)")
-
-    payloads = [
-        _bundle.decode_payload(
-            _seal.open_sealed(keys[m].material, blobs[m], _bundle.blob_aad(manifest.raw, m))
-        )
-        for m in range(1, target + 1)
-    ]
-    _bundle.strip(model)
-    if files and inline:
-        onnx.load_external_data_for_model(model, str(path.parent))
-    external = _apply(model, payloads, path.parent)
-    return RestoredModel(
-        model,
-        target,
-        manifest.levels,
-        manifest.key_id,
-        path.parent if files and not inline else None,
-        external,
-    )
+    return _Opened(path, stripped, manifest, blobs, keys, target, files, inline)
 
 
-def _apply(
-    model: onnx.ModelProto, payloads: Sequence[Sequence[_bundle.TensorPatch]], base_dir: Path
-) -> dict[str, np.ndarray]:
-    """Write the sealed originals back; return values of tensors that stay external."""
+def _group(
+    payloads: Sequence[Sequence[_bundle.TensorPatch]],
+) -> dict[str, list[_bundle.TensorPatch]]:
     by_key: dict[str, list[_bundle.TensorPatch]] = {}
     for patches in payloads:
         for p in patches:
             by_key.setdefault(p.key, []).append(p)
-    external: dict[str, np.ndarray] = {}
-    for key, patches in by_key.items():
+    return by_key
+
+
+def _patched(
+    model: onnx.ModelProto,
+    payloads: Sequence[Sequence[_bundle.TensorPatch]],
+    base_dir: Path,
+    stripped: StrippedModel | None,
+) -> Iterator[tuple[tuple[str, ...], str, onnx.TensorProto, np.ndarray]]:
+    """Each patched tensor with its restored values (a fresh array), checked to fit."""
+    locate = _Locator(model)
+    names: dict[np.dtype, str] = {}  # numpy's dtype.name is slow; hundreds of tensors
+    for key, patches in _group(payloads).items():
         graph_path, name = tuple(key.split("/")[:-1]), key.split("/")[-1]
-        tensor = _locate(model, graph_path, name)
-        values = read_array(tensor, base_dir)
-        if values.dtype.name != patches[0].dtype or tuple(values.shape) != patches[0].shape:
+        tensor = locate(graph_path, name)
+        values, owned = _values(tensor, base_dir, stripped)
+        if values.dtype not in names:
+            names[values.dtype] = values.dtype.name
+        if names[values.dtype] != patches[0].dtype or tuple(values.shape) != patches[0].shape:
             raise InvalidBundle("sealed data does not fit the model's tensors")
-        restored = np.array(values, copy=True)
+        # A fresh array read from an external file is ours to patch: no second copy.
+        restored = values if owned else np.array(values, copy=True)
         kernels = kernel_matrix(restored)
-        for p in patches:
-            if p.kernels.size and (p.kernels.min() < 0 or p.kernels.max() >= kernels.shape[0]):
+        indices = [p.kernels for p in patches if p.kernels.size]
+        if indices:
+            every = indices[0] if len(indices) == 1 else np.concatenate(indices)
+            if every.min() < 0 or every.max() >= kernels.shape[0]:
                 raise InvalidBundle("sealed data does not fit the model's tensors")
+        for p in patches:
             kernels[p.kernels] = p.values
+        yield graph_path, name, tensor, restored
+
+
+def _values(
+    tensor: onnx.TensorProto, base_dir: Path, stripped: StrippedModel | None
+) -> tuple[np.ndarray, bool]:
+    """A tensor's current values, and whether the array is a fresh one nobody else holds.
+
+    A stripped tensor gives a read-only view of the file buffer; an external one an
+    array read from its file; any other the model's own bytes (read-only).
+    """
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return read_array(tensor, base_dir), True
+    if stripped is not None:
+        view = stripped.array(tensor)
+        if view is not None:
+            return view, False
+        raw = stripped.raw(tensor)
+        if raw is not None:  # an odd size or dtype: let onnx read it as usual
+            tensor.raw_data = bytes(raw)
+    return read_array(tensor, base_dir), False
+
+
+def _apply(
+    model: onnx.ModelProto,
+    payloads: Sequence[Sequence[_bundle.TensorPatch]],
+    base_dir: Path,
+    stripped: StrippedModel | None = None,
+) -> dict[str, np.ndarray]:
+    """Write the sealed originals back; return values of tensors that stay external."""
+    external: dict[str, np.ndarray] = {}
+    for graph_path, name, tensor, restored in _patched(model, payloads, base_dir, stripped):
         if (
             tensor.data_location == onnx.TensorProto.EXTERNAL
             and not graph_path
@@ -192,6 +301,46 @@ def _apply(
         else:
             write_array(tensor, restored)
     return external
+
+
+class _Locator:
+    """:func:`_locate` with each graph indexed once.
+
+    A scan per patched tensor is quadratic: PaddlePaddle exports hold hundreds of
+    weights in Constant nodes. The index keeps :func:`find_tensor`'s choice: the first
+    initializer of that name, else the first Constant with a ``value`` that outputs it.
+    """
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self._model = model
+        self._graphs: dict[tuple[str, ...], tuple[dict[str, Any], dict[str, Any]] | None] = {}
+
+    def __call__(self, graph_path: tuple[str, ...], name: str) -> onnx.TensorProto:
+        if graph_path not in self._graphs:
+            try:
+                graph = owning_graph(self._model, graph_path)
+            except FormatError:
+                self._graphs[graph_path] = None
+            else:
+                initializers: dict[str, Any] = {}
+                constants: dict[str, Any] = {}
+                for t in graph.initializer:
+                    initializers.setdefault(t.name, t)
+                for node in graph.node:
+                    if node.op_type == "Constant" and node.output:
+                        value = next((a.t for a in node.attribute if a.name == "value"), None)
+                        if value is not None:
+                            constants.setdefault(node.output[0], value)
+                self._graphs[graph_path] = (initializers, constants)
+        found = self._graphs[graph_path]
+        tensor = None
+        if found is not None:
+            tensor = found[0].get(name)
+            if tensor is None:
+                tensor = found[1].get(name)
+        if tensor is None:
+            raise InvalidBundle("sealed data does not fit the model's tensors")
+        return tensor
 
 
 def _locate(model: onnx.ModelProto, graph_path: tuple[str, ...], name: str) -> onnx.TensorProto:
@@ -312,5 +461,175 @@ def load_session(
     chosen = list(providers) if providers is not None else None
     # Check the options before any decryption happens.
     check_session_options(sess_options, [p[1] for p in chosen or [] if isinstance(p, tuple)])
+    if sess_options is None:
+        # In-memory initializers need options of our own: a caller's SessionOptions
+        # would keep the restored weights alive (and apply them to its next session).
+        return _load_in_memory(model_path, key, level, passphrase, chosen)
     restored = restore_model(model_path, key=key, level=level, passphrase=passphrase)
     return build_session(restored, providers=chosen, sess_options=sess_options)
+
+
+def _load_in_memory(
+    model_path: str | os.PathLike[str],
+    key: KeySource,
+    level: int | None,
+    passphrase: str | None,
+    providers: Sequence[str | tuple[str, Mapping[str, Any]]] | None,
+) -> ort.InferenceSession:
+    """:func:`load_session` with weights handed over in memory (see the module docstring)."""
+    import onnxruntime as ort
+
+    opened = _open(model_path, key, level, passphrase)
+    model, base_dir = opened.stripped.model, opened.path.parent
+    skeleton, sources = opened.digest_inputs()
+    digest = _DigestCheck(skeleton, sources, base_dir, opened.manifest.model_digest)
+    if os.environ.get("ORT_LOAD_CONFIG_FROM_MODEL") == "1":
+        digest.verify()  # the model could set session options: trust it first
+    else:
+        digest.start()
+    try:
+        payloads = opened.payloads()
+        _bundle.strip(model)
+        names, values = _hand_over(model, payloads, base_dir, opened.stripped)
+        options = ort.SessionOptions()
+        if opened.files:
+            options.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", str(base_dir)
+            )
+        # ONNX Runtime copies these while it builds the session: keep them alive till then.
+        keep_alive = [ort.OrtValue.ortvalue_from_numpy(v) for v in values]
+        if names:
+            options.add_external_initializers(names, keep_alive)
+        serialised = model.SerializeToString()
+        chosen = list(providers) if providers is not None else default_providers()
+        try:
+            session = ort.InferenceSession(serialised, options, providers=chosen)
+            del keep_alive, values, options
+        except Exception as exc:
+            if not names or not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            # An onnxruntime that takes in-memory initializers differently: build it the
+            # ordinary way (one serialised model), after the digest.
+            digest.verify()
+            restored = restore_model(opened.path, key=opened.keys[-1], level=opened.target)
+            return build_session(restored, providers=providers)
+    except BaseException:
+        digest.verify()  # a modified model is reported as that, before anything else
+        raise
+    digest.verify()
+    return session
+
+
+class _DigestCheck:
+    """The model digest, hashed on a worker thread while the session is being built."""
+
+    def __init__(self, skeleton: bytes, sources: list[Any], base_dir: Path, expected: str) -> None:
+        self._args = (skeleton, sources, base_dir)
+        self._expected = expected
+        self._future: Future[str] | None = None
+        self._result: str | None = None
+
+    def start(self) -> None:
+        pool = ThreadPoolExecutor(1, "selenc-digest")
+        external = any(not isinstance(s, bytes | memoryview) for s in self._args[1])
+        self._future = pool.submit(hash_model, *self._args, overlap=external)
+        pool.shutdown(wait=False)  # the thread ends with the one task
+
+    def verify(self) -> None:
+        """Raise :class:`InvalidBundle` unless the model matches its digest.
+
+        Also raises what hashing raised (external data missing or truncated).
+        """
+        if self._result is None:
+            if self._future is None:
+                self._result = hash_model(*self._args, overlap=True)
+            else:
+                self._result = self._future.result()
+        if self._result != self._expected:
+            raise InvalidBundle(_DIGEST_MISMATCH) from None
+
+
+def _hand_over(
+    model: onnx.ModelProto,
+    payloads: Sequence[Sequence[_bundle.TensorPatch]],
+    base_dir: Path,
+    stripped: StrippedModel,
+) -> tuple[list[str], list[np.ndarray]]:
+    """Prepare the model for ONNX Runtime; return the initializers it gets in memory.
+
+    Restored tensors and large unchanged ones (read-only views of the file buffer) go
+    in memory when ONNX Runtime can take them that way: main-graph initializers and
+    Constant values that some node reads. The rest is written into the model.
+    """
+    handed: dict[int, tuple[onnx.TensorProto, str]] | None = None
+    names: list[str] = []
+    values: list[np.ndarray] = []
+
+    def in_memory(tensor: onnx.TensorProto, value: np.ndarray) -> bool:
+        nonlocal handed
+        if value.nbytes < _MEMORY_THRESHOLD:
+            return False
+        if handed is None:
+            handed = _memory_candidates(model)
+        entry = handed.get(id(tensor))
+        if entry is None:
+            return False
+        name = entry[1]
+        del tensor.external_data[:]
+        tensor.ClearField("raw_data")
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        for k, v in (("location", _IN_MEMORY), ("offset", "0"), ("length", str(value.nbytes))):
+            tensor.external_data.add(key=k, value=v)
+        names.append(name)
+        values.append(value)
+        return True
+
+    for _, _, tensor, restored in _patched(model, payloads, base_dir, stripped):
+        if not in_memory(tensor, restored):
+            write_array(tensor, restored)
+    for tensor in stripped.tensors:
+        if tensor.HasField("raw_data") or tensor.data_location == onnx.TensorProto.EXTERNAL:
+            continue  # restored above, or read by ONNX Runtime from its external file
+        view = stripped.array(tensor)
+        if view is None or not in_memory(tensor, view):
+            raw = stripped.raw(tensor)
+            assert raw is not None
+            tensor.raw_data = bytes(raw)
+    return names, values
+
+
+def _memory_candidates(model: onnx.ModelProto) -> dict[int, tuple[onnx.TensorProto, str]]:
+    """Each main-graph tensor ONNX Runtime accepts as an in-memory initializer, by ``id()``.
+
+    That is an initializer, or the value of a Constant node (ONNX Runtime turns those
+    into initializers), that some node reads: an unused one is dropped before the
+    replacement and would be an error. A name given twice is left alone.
+    """
+    graph = model.graph
+    read = _inputs_read(graph)
+    # The values hold the tensors, which keeps their ids unique while the dict lives.
+    found: dict[int, tuple[onnx.TensorProto, str]] = {}
+    seen: dict[str, int] = {}
+    candidates: list[tuple[onnx.TensorProto, str]] = [(t, t.name) for t in graph.initializer]
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in _CONSTANT_DOMAINS and node.output:
+            for attr in node.attribute:
+                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                    candidates.append((attr.t, node.output[0]))
+    for _, name in candidates:
+        seen[name] = seen.get(name, 0) + 1
+    for tensor, name in candidates:
+        if name and name in read and seen[name] == 1:
+            found[id(tensor)] = (tensor, name)
+    return found
+
+
+def _inputs_read(graph: onnx.GraphProto, names: set[str] | None = None) -> set[str]:
+    """Every value name a node of the graph or of its subgraphs reads."""
+    names = set() if names is None else names
+    for node in graph.node:
+        names.update(node.input)
+        if node.attribute:  # subgraphs, without a generator per node
+            for _, sub in subgraphs(node):
+                _inputs_read(sub, names)
+    return names

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -58,24 +59,53 @@ def read_array(tensor: onnx.TensorProto, base_dir: str | os.PathLike[str] | None
         info = external_info(tensor, base_dir)
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
         count = int(np.prod(tensor.dims, dtype=np.int64))
-        with open(info.path, "rb") as fh:
+        # Read straight into the result (one copy, not a bytes object and then a cast).
+        out = np.empty(count, dtype=dtype.newbyteorder("<"))
+        view = memoryview(out).cast("B")
+        got = 0
+        with open(info.path, "rb", buffering=0) as fh:
             fh.seek(info.offset)
-            raw = fh.read(count * dtype.itemsize)
-        if len(raw) != count * dtype.itemsize:
+            while got < len(view):
+                n = fh.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+        if got != count * dtype.itemsize:
             raise FormatError(f"external data of '{tensor.name}' is truncated in {info.path}")
-        return (
-            np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
-            .astype(dtype)
-            .reshape(tuple(tensor.dims))
-        )
+        if out.dtype != dtype:  # a big-endian host
+            out = out.astype(dtype)
+        return out.reshape(tuple(tensor.dims))
     return numpy_helper.to_array(tensor)
+
+
+# Plain numeric dtypes: from_array stores them as little-endian raw_data, nothing else.
+_RAW_KINDS = "fiub"
+_RAW_DTYPES = frozenset(
+    np.dtype(t)
+    for t in (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,
+              np.uint8, np.uint16, np.uint32, np.uint64, np.bool_)
+)  # fmt: skip
 
 
 def write_array(tensor: onnx.TensorProto, values: np.ndarray) -> None:
     """Replace a tensor's values in place (stored inline, as raw data)."""
     if tuple(values.shape) != tuple(tensor.dims):
         raise ValueError(f"shape {values.shape} does not fit tensor '{tensor.name}'")
-    tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(values), tensor.name))
+    values = np.ascontiguousarray(values)
+    if values.dtype.kind not in _RAW_KINDS or values.dtype not in _RAW_DTYPES:
+        tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
+        return
+    # What CopyFrom(from_array(values, name)) gives, without building the tensor
+    # twice: from_array's bytes, a new TensorProto, then CopyFrom's copy of it.
+    name = tensor.name
+    tensor.Clear()
+    tensor.dims.extend(values.shape)
+    if name:
+        tensor.name = name
+    tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(values.dtype)
+    if sys.byteorder == "big":
+        values = values.astype(values.dtype.newbyteorder("<"))
+    tensor.raw_data = values.tobytes()
 
 
 class ExternalInfo:
