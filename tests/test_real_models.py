@@ -109,3 +109,17 @@ def test_pss_end_to_end_on_real_model(name: str) -> None:
                             calibration=calibration, seed=0,
                             scores=pss_scorer(calibration, steps=2, batch=2))
     assert enc.selection.selected_weights > 0
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_blockwise_refuses_real_models_without_patch_stem(name: str, tmp_path: Path) -> None:
+    """None of the real models has a patch-embedding stem: refused, nothing written."""
+    from onnx_selenc import blockwise
+    from onnx_selenc.exceptions import UnsupportedModel
+
+    path = real_models.fetch(name)
+    before = path.read_bytes()
+    with pytest.raises(UnsupportedModel):
+        blockwise.encrypt_model(path, tmp_path / "out.onnx", key_out=tmp_path / "k.key")
+    assert not (tmp_path / "out.onnx").exists() and not (tmp_path / "k.key").exists()
+    assert path.read_bytes() == before
