@@ -13,7 +13,10 @@ def test_sample_pipeline_tiny(tmp_path: Path) -> None:
     pytest.importorskip("onnxscript")
     pytest.importorskip("onnxruntime")
     pytest.importorskip("tqdm")
-    from samples.blockwise.run import BEGIN, END, measure, render, update_benchmarks
+    from samples._report import update_section
+    from samples.blockwise.run import measure, render
+
+    begin, end = "<!-- blockwise:begin -->", "<!-- blockwise:end -->"
     from samples.blockwise.train import TrainConfig, train_or_load
     from samples.mnist import mnist_cifar_like
 
@@ -42,8 +45,8 @@ def test_sample_pipeline_tiny(tmp_path: Path) -> None:
     table = render(rows)
     assert table.count("\n") == 3
     bench = tmp_path / "BENCHMARKS.md"
-    bench.write_text(f"# Benchmarks\n\nother\n\n{BEGIN}\nold\n{END}\n\ntail\n")
-    update_benchmarks(bench, table)
+    bench.write_text(f"# Benchmarks\n\nother\n\n{begin}\nold\n{end}\n\ntail\n")
+    update_section(bench, "blockwise", table)
     text = bench.read_text()
     assert "old" not in text and "other" in text and "tail" in text and table in text
 
