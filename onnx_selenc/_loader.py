@@ -11,13 +11,15 @@ run the encrypted weights.
 ONNX Runtime a serialised model costs more than building the session from a path
 (serialising it, then copying the ``bytes`` into ONNX Runtime and parsing them
 again): the file is read once, its large tensors are never parsed into protobuf
-(``_modelio.read_stripped``), and every large main-graph weight, restored or not, is
-handed over as an in-memory external initializer backed by that one buffer; ONNX
-Runtime gets only the small graph. The digest is checked while ONNX Runtime builds
-the session (hashing releases the GIL) and the session is dropped unless it matches;
-the restored weights only ever reach ONNX Runtime in this process, and nothing in
-the model can make it write anything (unless ``ORT_LOAD_CONFIG_FROM_MODEL=1`` lets
-the model set session options: then the digest is checked first).
+(``_modelio.read_stripped``), restored kernels are written into that buffer in place,
+and every large main-graph weight, restored or not, is handed over as an in-memory
+external initializer backed by it; ONNX Runtime gets only the small graph. The
+digest is checked while ONNX Runtime builds the session (hashing releases the GIL;
+a ``PatchGate`` gives the hash the original rows of what was already restored) and
+the session is dropped unless it matches; the restored weights only ever reach ONNX
+Runtime in this process, and nothing in the model can make it write anything (unless
+``ORT_LOAD_CONFIG_FROM_MODEL=1`` lets the model set session options: then the digest
+is checked first).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import numpy as np
 import onnx
 
 from . import _bundle, _seal
-from ._digest import hash_model, prepare_digest
+from ._digest import ExternalData, PatchGate, hash_model, prepare_digest
 from ._graph import subgraphs
 from ._keys import LevelKey, parse_key_file, read_key_file
 from ._masking import kernel_matrix
@@ -172,13 +174,17 @@ class _Opened:
     files: list[Path]
     inline: bool
 
-    def digest_inputs(self) -> tuple[bytes, list[Any]]:
-        """Skeleton and tensor sources of the digest (they no longer depend on the model)."""
+    def digest_inputs(self, *, in_place: bool = False) -> tuple[bytes, list[Any]]:
+        """Skeleton and tensor sources of the digest (they no longer depend on the model).
+
+        With ``in_place`` the stripped tensors are ``Region`` sources, which a
+        :class:`PatchGate` lets the loader patch while they are being hashed.
+        """
         return prepare_digest(
             self.stripped.model,
             self.path.parent,
             exclude_metadata=_bundle.BUNDLE_KEYS,
-            raw_of=self.stripped.raw,
+            raw_of=self.stripped.region if in_place else self.stripped.raw,
         )
 
     def payloads(self) -> list[list[_bundle.TensorPatch]]:
@@ -238,8 +244,13 @@ def _patched(
     payloads: Sequence[Sequence[_bundle.TensorPatch]],
     base_dir: Path,
     stripped: StrippedModel | None,
+    gate: PatchGate | None = None,
 ) -> Iterator[tuple[tuple[str, ...], str, onnx.TensorProto, np.ndarray]]:
-    """Each patched tensor with its restored values (a fresh array), checked to fit."""
+    """Each patched tensor with its restored values, checked to fit.
+
+    The values are a fresh array, or, with a ``gate``, the stripped tensor's own bytes
+    in the file buffer, restored in place (the gate keeps the digest right).
+    """
     locate = _Locator(model)
     names: dict[np.dtype, str] = {}  # numpy's dtype.name is slow; hundreds of tensors
     for key, patches in _group(payloads).items():
@@ -250,14 +261,18 @@ def _patched(
             names[values.dtype] = values.dtype.name
         if names[values.dtype] != patches[0].dtype or tuple(values.shape) != patches[0].shape:
             raise InvalidBundle("sealed data does not fit the model's tensors")
+        span = stripped.span(tensor) if gate is not None and stripped is not None else None
+        in_place = span is not None and not owned and values.flags.writeable
         # A fresh array read from an external file is ours to patch: no second copy.
-        restored = values if owned else np.array(values, copy=True)
+        restored = values if owned or in_place else np.array(values, copy=True)
         kernels = kernel_matrix(restored)
         indices = [p.kernels for p in patches if p.kernels.size]
         if indices:
             every = indices[0] if len(indices) == 1 else np.concatenate(indices)
             if every.min() < 0 or every.max() >= kernels.shape[0]:
                 raise InvalidBundle("sealed data does not fit the model's tensors")
+            if gate is not None and span is not None and in_place:
+                gate.before_patch(span[0], kernels, every)
         for p in patches:
             kernels[p.kernels] = p.values
         yield graph_path, name, tensor, restored
@@ -481,8 +496,9 @@ def _load_in_memory(
 
     opened = _open(model_path, key, level, passphrase)
     model, base_dir = opened.stripped.model, opened.path.parent
-    skeleton, sources = opened.digest_inputs()
-    digest = _DigestCheck(skeleton, sources, base_dir, opened.manifest.model_digest)
+    skeleton, sources = opened.digest_inputs(in_place=True)
+    gate = PatchGate()
+    digest = _DigestCheck(skeleton, sources, base_dir, opened.manifest.model_digest, gate)
     if os.environ.get("ORT_LOAD_CONFIG_FROM_MODEL") == "1":
         digest.verify()  # the model could set session options: trust it first
     else:
@@ -490,7 +506,7 @@ def _load_in_memory(
     try:
         payloads = opened.payloads()
         _bundle.strip(model)
-        names, values = _hand_over(model, payloads, base_dir, opened.stripped)
+        names, values = _hand_over(model, payloads, base_dir, opened.stripped, gate)
         options = ort.SessionOptions()
         if opened.files:
             options.add_session_config_entry(
@@ -523,16 +539,24 @@ def _load_in_memory(
 class _DigestCheck:
     """The model digest, hashed on a worker thread while the session is being built."""
 
-    def __init__(self, skeleton: bytes, sources: list[Any], base_dir: Path, expected: str) -> None:
+    def __init__(
+        self,
+        skeleton: bytes,
+        sources: list[Any],
+        base_dir: Path,
+        expected: str,
+        gate: PatchGate,
+    ) -> None:
         self._args = (skeleton, sources, base_dir)
+        self._gate = gate
         self._expected = expected
         self._future: Future[str] | None = None
         self._result: str | None = None
 
     def start(self) -> None:
         pool = ThreadPoolExecutor(1, "selenc-digest")
-        external = any(not isinstance(s, bytes | memoryview) for s in self._args[1])
-        self._future = pool.submit(hash_model, *self._args, overlap=external)
+        external = any(isinstance(s, ExternalData) for s in self._args[1])
+        self._future = pool.submit(hash_model, *self._args, overlap=external, gate=self._gate)
         pool.shutdown(wait=False)  # the thread ends with the one task
 
     def verify(self) -> None:
@@ -542,7 +566,7 @@ class _DigestCheck:
         """
         if self._result is None:
             if self._future is None:
-                self._result = hash_model(*self._args, overlap=True)
+                self._result = hash_model(*self._args, overlap=True, gate=self._gate)
             else:
                 self._result = self._future.result()
         if self._result != self._expected:
@@ -554,6 +578,7 @@ def _hand_over(
     payloads: Sequence[Sequence[_bundle.TensorPatch]],
     base_dir: Path,
     stripped: StrippedModel,
+    gate: PatchGate | None = None,
 ) -> tuple[list[str], list[np.ndarray]]:
     """Prepare the model for ONNX Runtime; return the initializers it gets in memory.
 
@@ -584,7 +609,7 @@ def _hand_over(
         values.append(value)
         return True
 
-    for _, _, tensor, restored in _patched(model, payloads, base_dir, stripped):
+    for _, _, tensor, restored in _patched(model, payloads, base_dir, stripped, gate):
         if not in_memory(tensor, restored):
             write_array(tensor, restored)
     for tensor in stripped.tensors:

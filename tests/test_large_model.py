@@ -346,3 +346,77 @@ def test_model_over_2gb_round_trip(tmp_path: Path) -> None:
     # Nothing new on disk: the encrypted files are all there is.
     assert sorted(p.name for p in enc.parent.iterdir()) == ["huge.enc.onnx",
                                                             "huge.enc.onnx.data"]
+
+
+# --- restoring in place while the digest is being computed -----------------------------
+def _slow_hash(monkeypatch, delay: float) -> None:
+    """Make the loader's background hashing start late (after the tensors are patched)."""
+    import time
+
+    real = _loader.hash_model
+
+    def late(*args, **kwargs):
+        time.sleep(delay)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_loader, "hash_model", late)
+
+
+@pytest.mark.parametrize("mode", ["hash_late", "hash_first"])
+def test_in_place_restore_keeps_the_digest_right(mode: str, make_encrypted, monkeypatch) -> None:
+    """Tensors restored in the file buffer before or after hashing: same digest, outputs."""
+    monkeypatch.setattr(_modelio, "STRIP_THRESHOLD", 0)
+    monkeypatch.setattr(_loader, "_MEMORY_THRESHOLD", 0)
+    monkeypatch.setattr(_digest, "_CHUNK", 64)  # several chunks per tensor, rows across them
+    if mode == "hash_late":
+        _slow_hash(monkeypatch, 0.3)
+    else:
+        monkeypatch.setenv("ORT_LOAD_CONFIG_FROM_MODEL", "1")  # digest first, then patch
+    for model in (tm.wide_cnn(width=48), tm.constant_nodes(), tm.cnn()):
+        enc, key = make_encrypted(model, levels=3, budget=0.3)
+        feeds = tm.feeds(model)
+        out = se.load_session(enc, key=key, providers=["CPUExecutionProvider"])
+        assert all(np.array_equal(a, b) for a, b in zip(ort_run(model, feeds),
+                                                         out.run(None, feeds), strict=True))
+
+
+def test_gate_waits_for_a_region_being_hashed() -> None:
+    import threading
+    import time
+
+    gate = _digest.PatchGate()
+    buf = np.arange(64, dtype=np.float32)
+    rows = buf.reshape(16, 4)
+    gate._begin(0)  # the hasher is inside the region at offset 0
+    done = threading.Event()
+
+    def patch() -> None:
+        gate.before_patch(0, rows, np.array([3]))
+        rows[3] = -1
+        done.set()
+
+    worker = threading.Thread(target=patch)
+    worker.start()
+    time.sleep(0.1)
+    assert not done.is_set() and rows[3, 0] == 12  # still waiting, nothing written
+    gate._end(0)
+    worker.join(5)
+    assert done.is_set() and rows[3, 0] == -1
+    # A region already hashed is patched at once; one not reached yet keeps its rows.
+    gate.before_patch(0, rows, np.array([1]))
+    gate.before_patch(64, rows, np.array([2, 5]))
+    assert 0 not in gate._saved and gate._saved[64][0].tolist() == [2, 5]
+
+
+def test_gated_hash_sees_the_original_rows(monkeypatch) -> None:
+    monkeypatch.setattr(_digest, "_CHUNK", 40)  # 2 rows of 16 bytes per chunk
+    data = bytearray(np.arange(48, dtype=np.float32).tobytes())  # 12 rows of 4 floats
+    region = _digest.Region(memoryview(data), 16, 16 + 10 * 16)  # rows 1..10
+    expected = _digest.hash_model(b"s", [region], None)
+    gate = _digest.PatchGate()
+    view = np.frombuffer(data, np.float32)[4:44].reshape(10, 4)
+    changed = np.array([7, 0, 3, 4, 9])
+    gate.before_patch(16, view, changed)
+    view[changed] = -5.0
+    assert _digest.hash_model(b"s", [region], None, gate=gate) == expected
+    assert _digest.hash_model(b"s", [region], None) != expected  # the buffer did change
