@@ -21,12 +21,14 @@ def random_scores(kernels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def magnitude_scores(kernels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Mean absolute value of each kernel (L1 norm per weight)."""
-    return np.abs(kernels.astype(np.float64)).mean(axis=1)
+    if kernels.dtype.kind != "f":  # abs(-128) overflows in int8
+        kernels = kernels.astype(np.float64)
+    return np.abs(kernels).mean(axis=1, dtype=np.float64)
 
 
 def abs_mean_scores(kernels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """|mean| of each kernel, largest first: the PSS authors' 'largest |mean|' baseline."""
-    return np.abs(kernels.astype(np.float64).mean(axis=1))
+    return np.abs(kernels.mean(axis=1, dtype=np.float64))
 
 
 DATA_FREE_SCORERS: dict[str, Scorer] = {

@@ -61,29 +61,58 @@ def dprm_values(
     """
     if method not in MASKINGS:
         raise ValueError(f"unknown masking {method!r} (known: {', '.join(MASKINGS)})")
-    values = kernels.astype(np.float64)
-    n_sel, width = len(selected), values.shape[1]
-    mu = values.mean(axis=0)
-    sigma = values.std(axis=0)
-    public = np.ones(values.shape[0], dtype=bool)
-    public[selected] = False
-    pool = values[public]
-    if method == "gaussian" or pool.shape[0] < 2:
+    n, width = kernels.shape
+    n_sel = len(selected)
+    # One pass over the layer for the per-position moments; the selected rows' share is
+    # taken out again to get the public kernels' (no copy of the layer is made).
+    count, total, squares, shift = _moments(kernels)
+    chosen = kernels[selected].astype(np.float64) - shift
+    n_pub = count - n_sel
+    if method == "gaussian" or n_pub < 2:
         # With fewer than two public kernels there is no empirical distribution to draw
         # from; only the layer's per-position mean and std are used (no single weight).
-        draw = mu + sigma * rng.standard_normal((n_sel, width))
+        mu, sigma = _mean_std(count, total, squares)
+        draw = shift + mu + sigma * rng.standard_normal((n_sel, width))
     else:
-        rows = rng.integers(0, pool.shape[0], size=(n_sel, width))
-        picked = np.take_along_axis(pool, rows, axis=0)
-        p_mu, p_sigma = pool.mean(axis=0), pool.std(axis=0)
+        p_mu, p_sigma = _mean_std(n_pub, total - chosen.sum(axis=0),
+                                  squares - np.einsum("ij,ij->j", chosen, chosen))
+        public = np.ones(n, dtype=bool)
+        public[selected] = False
+        public_rows = np.flatnonzero(public)
+        rows = public_rows[rng.integers(0, n_pub, size=(n_sel, width))]
+        picked = kernels[rows, np.arange(width)].astype(np.float64) - shift
         # Silverman's bandwidth: jitter hides exact copies, then rescale to keep spread.
-        h = 1.06 * p_sigma * pool.shape[0] ** (-0.2)
+        h = 1.06 * p_sigma * n_pub ** (-0.2)
         smoothed = picked + h * rng.standard_normal((n_sel, width))
         scale = np.divide(
             p_sigma, np.sqrt(p_sigma**2 + h**2), where=p_sigma > 0, out=np.ones_like(p_sigma)
         )
-        draw = p_mu + (smoothed - p_mu) * scale
+        draw = shift + p_mu + (smoothed - p_mu) * scale
     return _to_dtype(draw, kernels.dtype)
+
+
+_MOMENT_ROWS = 1 << 14  # rows per chunk: float64 temporaries stay small
+
+
+def _moments(kernels: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """Count, per-position sum and sum of squares of ``kernels - shift``, and ``shift``.
+
+    Shifting by a rough mean first keeps the sum of squares free of cancellation.
+    Chunks of rows bound the float64 temporaries (a loop over chunks, not weights).
+    """
+    shift = kernels[:_MOMENT_ROWS].mean(axis=0, dtype=np.float64)
+    total = np.zeros(kernels.shape[1])
+    squares = np.zeros(kernels.shape[1])
+    for start in range(0, kernels.shape[0], _MOMENT_ROWS):
+        chunk = kernels[start : start + _MOMENT_ROWS].astype(np.float64) - shift
+        total += chunk.sum(axis=0)
+        squares += np.einsum("ij,ij->j", chunk, chunk)
+    return kernels.shape[0], total, squares, shift
+
+
+def _mean_std(count: int, total: np.ndarray, squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = total / count
+    return mean, np.sqrt(np.maximum(squares / count - mean**2, 0.0))
 
 
 def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:

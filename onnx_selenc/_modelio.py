@@ -116,14 +116,26 @@ def load_model(path: str | os.PathLike[str], *, load_external: bool = True) -> o
     """
     path = Path(path)
     model = parse_model(read_model_bytes(path), path)
-    if load_external and external_files(model, path.parent):
-        for t in _external_tensors(model):
-            external_info(t, path.parent)  # bounds-check before onnx reads anything
-        try:
-            onnx.load_external_data_for_model(model, str(path.parent))
-        except (OSError, ValueError) as exc:
-            raise FormatError(f"cannot read the external data of {path}: {exc}") from None
+    if load_external:
+        load_external_data(model, path)
     return model
+
+
+def load_external_data(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
+    """Read the external data of a model loaded from ``path`` into the model itself.
+
+    Raises:
+        FormatError: its external data is missing or out of range.
+    """
+    path = Path(path)
+    if not external_files(model, path.parent):
+        return
+    for t in _external_tensors(model):
+        external_info(t, path.parent)  # bounds-check before onnx reads anything
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except (OSError, ValueError) as exc:
+        raise FormatError(f"cannot read the external data of {path}: {exc}") from None
 
 
 def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:

@@ -156,9 +156,22 @@ def select(
         k = int(counts[key])
         if k <= 0:
             continue
-        s = scores[key]
-        # Stable descending sort so equal scores keep index order (reproducible).
-        top = np.argsort(-s, kind="stable")[:k].astype(np.int64)
+        top = top_kernels(scores[key], k)
         layers.append(LayerSelection(key, top, level_split(k, fractions, order)))
         selected += k * kernel_sizes[key]
     return Selection(tuple(layers), levels, selected, total_weights)
+
+
+def top_kernels(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest scores, highest first; equal scores in index order.
+
+    Same result as a stable descending sort cut to ``k``, without sorting every kernel.
+    """
+    neg = -np.asarray(scores, dtype=np.float64)
+    if k >= len(neg):
+        return np.argsort(neg, kind="stable").astype(np.int64)
+    kth = np.partition(neg, k - 1)[k - 1]
+    above = np.flatnonzero(neg < kth)
+    tied = np.flatnonzero(neg == kth)[: k - len(above)]
+    chosen = np.concatenate([above, tied])  # index order within equal scores
+    return chosen[np.argsort(neg[chosen], kind="stable")].astype(np.int64)

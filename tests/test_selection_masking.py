@@ -14,6 +14,7 @@ from onnx_selenc._selection import (
     check_fractions,
     filter_layers,
     level_split,
+    top_kernels,
 )
 
 
@@ -74,6 +75,33 @@ def test_scorers() -> None:
     assert np.argmin(score_kernels(k, "abs-mean", rng)) == 0  # mean of [1, -1] is 0
     with pytest.raises(ValueError, match="unknown"):
         score_kernels(k, "oracle", rng)
+
+
+def test_int8_magnitude_does_not_overflow() -> None:
+    k = np.array([[-128, -128], [100, 100]], dtype=np.int8)
+    assert np.argmax(score_kernels(k, "magnitude", np.random.default_rng(0))) == 0
+
+
+@pytest.mark.parametrize("n", [1, 7, 1000])
+def test_top_kernels_equals_a_stable_descending_sort(n: int) -> None:
+    rng = np.random.default_rng(n)
+    for scores in (rng.random(n), rng.integers(0, 3, n).astype(float)):  # ties too
+        for k in sorted({1, max(1, n // 3), n}):
+            expected = np.argsort(-scores, kind="stable")[:k]
+            assert np.array_equal(top_kernels(scores, k), expected)
+
+
+def test_dprm_is_unchanged_by_chunking(monkeypatch) -> None:
+    """The layer moments are accumulated in chunks of rows: same draw as in one go."""
+    from onnx_selenc import _masking
+
+    rng = np.random.default_rng(3)
+    k = (0.3 + 0.05 * rng.standard_normal((1000, 9))).astype(np.float32)
+    sel = rng.choice(1000, 40, replace=False)
+    whole = dprm_values(k, sel, np.random.default_rng(1))
+    monkeypatch.setattr(_masking, "_MOMENT_ROWS", 64)
+    chunked = dprm_values(k, sel, np.random.default_rng(1))
+    np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("method", ["empirical", "gaussian"])
