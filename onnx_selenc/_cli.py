@@ -19,6 +19,7 @@ from ._encrypt import IMPORTANCES, encrypt
 from ._evaluate import DEFAULT_STRATEGIES, format_table, sweep, write_outputs
 from ._inspect import format_report, inspect_model
 from ._keys import LevelKey, export_key, is_protected, key_from_env, key_info, read_key_file
+from ._levels import TOLERANCE
 from ._loader import load_session
 from ._modelio import load_model, model_inputs
 from ._selection import ALLOCATIONS
@@ -172,6 +173,9 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
             target = "-" if m == 0 else f"{report.targets[m - 1]:.2f}"
             held = "-" if report.held_out is None else f"{report.held_out[m]:.3f}"
             print(f"  {m:>5}  {target:>6}  {report.calibration[m]:>11.3f}  {held:>8}")
+        if report.held_out is not None:
+            verdict = "all within" if report.within(TOLERANCE) else "NOT all within"
+            print(f"  held-out: {verdict} the stated tolerance of +-{TOLERANCE:.2f}")
     print(f"owner key (level {result.levels}, id {result.key_id}): {result.key_file}")
     return 0
 

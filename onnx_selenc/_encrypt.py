@@ -19,9 +19,9 @@ from ._graph import ConvInventory, ConvWeight, UnsupportedConv, walk_conv_weight
 from ._importance import DATA_FREE_SCORERS, score_kernels
 from ._io import refuse_existing, refuse_overwrite_of_input
 from ._keys import LevelKey, new_owner_key, write_key_file
-from ._levels import LevelReport, calibrate_levels, check_targets
+from ._levels import TOLERANCE, LevelReport, calibrate_levels, check_targets
 from ._masking import MASKINGS, MaskedLayer, kernel_matrix, mask_layer
-from ._modelio import external_files, load_model, save_model
+from ._modelio import external_files, load_external_data, load_model, save_model
 from ._progress import progress
 from ._selection import (
     ALLOCATIONS,
@@ -34,7 +34,7 @@ from ._selection import (
 )
 from ._sensitivity import SensitivityAllocator
 from ._tensors import read_array, weight_tensor, write_array
-from .exceptions import SelencError, UnsupportedModel
+from .exceptions import LevelTargetWarning, SelencError, UnsupportedModel
 
 # Data-driven scorers and allocators (calibration-based) plug in here: given the
 # model, the chosen weights and their current values, return scores / kernel counts.
@@ -173,7 +173,7 @@ def encrypt(
     refuse_overwrite_of_input(key_file, inputs)
     if external_data is None:
         external_data = len(inputs) > 1
-    model = load_model(model_path)
+    load_external_data(model, model_path)  # parsed once: the skeleton told us the inputs
     enc = encrypt_model(
         model,
         levels=levels,
@@ -323,6 +323,17 @@ def encrypt_model(
             if sensitivity is not None
             else None,
         )
+        misses, held = level_report.misses(), level_report.held_out
+        if misses is not None and held is not None and not level_report.within(TOLERANCE):
+            worst = max(range(len(misses)), key=lambda m: abs(misses[m]))
+            warnings.warn(
+                f"level {worst + 1} reached {held[worst + 1]:.2f} "
+                f"on held-out calibration inputs for a target of "
+                f"{level_report.targets[worst]:.2f} (tolerance {TOLERANCE:.2f}); more "
+                "calibration samples (a few hundred) make the levels more reliable",
+                LevelTargetWarning,
+                stacklevel=2,
+            )
     # sealing
     owner = owner_key or new_owner_key(levels)
     if owner.level != levels or owner.levels != levels:

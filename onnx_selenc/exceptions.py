@@ -60,3 +60,11 @@ __all__ = [
     "UnsafeSessionOptions",
     "UnsupportedModel",
 ]
+
+
+class LevelTargetWarning(UserWarning):
+    """A level missed its quality target on held-out inputs by more than the tolerance.
+
+    The model is still written; the level report (``EncryptResult.level_report``)
+    says what each level reached.
+    """

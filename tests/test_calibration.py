@@ -130,3 +130,52 @@ def test_data_driven_options_need_calibration() -> None:
         encrypt_model(tm.cnn(), level_targets=[0.5, 1.0], levels=2)
     with pytest.raises(ValueError, match="non-decreasing"):
         encrypt_model(tm.cnn(), level_targets=[0.9, 0.5, 1.0], levels=3, calibration=_calib())
+
+
+# --- level search: steps in quality, deferral, tolerance ------------------------------
+def _step_quality(jumps: dict[int, float], smooth: float):
+    """Quality of restoring a prefix: a smooth ramp plus big jumps for some kernels."""
+
+    def quality_at(order, k: int) -> float:
+        restored = order[1][:k]
+        return min(1.0, smooth * k + sum(jumps.get(int(p), 0.0) for p in restored))
+
+    return quality_at
+
+
+def test_level_search_defers_a_kernel_that_jumps_past_the_target() -> None:
+    from onnx_selenc._levels import _search
+
+    n = 100
+    order = (np.zeros(n, dtype=np.int64), np.arange(n))
+    # Restoring kernel 20 alone adds 0.5: a plain bisection would put level 1 at 0.7.
+    quality_at = _step_quality({20: 0.5}, smooth=0.01)
+    cuts, final, reached = _search(order, (0.4, 1.0), quality_at, tolerance=0.05)
+    assert abs(reached[1] - 0.4) <= 0.05, reached
+    assert 20 not in final[1][: cuts[0]]  # the jumping kernel waits for a later level
+    assert sorted(final[1].tolist()) == list(range(n))  # still every kernel, once
+    assert cuts[-1] == n and reached[-1] == 1.0
+
+
+def test_level_search_takes_the_closer_side_of_a_step() -> None:
+    from onnx_selenc._levels import _search
+
+    order = (np.zeros(10, dtype=np.int64), np.arange(10))
+    quality_at = _step_quality({}, smooth=0.1)  # 0, 0.1, ..., 1.0
+    cuts, _, reached = _search(order, (0.33, 0.58, 1.0), quality_at, tolerance=0.05)
+    assert cuts == [3, 6, 10]  # 0.3 is closer to 0.33 than 0.4; 0.6 closer to 0.58 than 0.5
+    assert reached == pytest.approx([0.0, 0.3, 0.6, 1.0])
+
+
+def test_levels_outside_the_tolerance_on_held_out_inputs_warn(tmp_path: Path, monkeypatch) -> None:
+    from onnx_selenc import _encrypt
+    from onnx_selenc.exceptions import LevelTargetWarning
+
+    monkeypatch.setattr(_encrypt, "TOLERANCE", 0.0)  # any miss at all is outside it
+    with pytest.warns(LevelTargetWarning, match="on held-out calibration inputs"):
+        enc = encrypt_model(tm.classifier(), levels=3, budget=0.3, calibration=_calib(96),
+                            level_targets=[0.5, 0.8, 1.0], seed=0)
+    report = enc.level_report
+    assert report is not None and not report.within(0.0)
+    misses = report.misses()
+    assert misses is not None and len(misses) == 3 and misses[-1] == 0.0
