@@ -43,6 +43,7 @@ _MANIFEST_FIELDS = {
     "key_id",
     "levels",
     "model_digest",
+    "model_tags",
     "blobs",
     "encrypted",
     "level_weights",
@@ -60,6 +61,7 @@ class Manifest:
     key_id: str
     levels: int
     model_digest: str
+    model_tags: tuple[str, ...]
     blobs: tuple[tuple[int, int], ...]
     encrypted: dict[str, float]
     level_weights: tuple[int, ...]
@@ -182,12 +184,21 @@ def parse_manifest(raw: bytes) -> Manifest:
         levels = int(doc["levels"])
         blobs = tuple((int(o), int(n)) for o, n in doc["blobs"])
         level_weights = tuple(int(x) for x in doc["level_weights"])
-        if not 1 <= levels <= 255 or len(blobs) != levels + 1 or len(level_weights) != levels + 1:
+        tags = doc["model_tags"]
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise ValueError("model_tags is not a list of strings")
+        if (
+            not 1 <= levels <= 255
+            or len(blobs) != levels + 1
+            or len(level_weights) != levels + 1
+            or len(tags) != levels + 1
+        ):
             raise ValueError("level counts disagree")
         return Manifest(
             str(doc["key_id"]),
             levels,
             str(doc["model_digest"]),
+            tuple(tags),
             blobs,
             dict(doc["encrypted"]),
             level_weights,

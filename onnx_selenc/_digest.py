@@ -12,6 +12,10 @@ than by clearing and restoring the model's tensors: with upb every read of
 message's arena, so that approach cost two copies of the weights and left a dead
 one behind. Large buffers are hashed on a worker thread (hashlib releases the GIL)
 while the next one is copied or read.
+
+The same byte stream can feed level tags (``_seal.ModelTagger``, AES-GMAC) in the
+same pass: the encryptor computes the digest and every level's tag at once; the
+loader computes only its level's tag (ten times cheaper than SHA-256).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +33,7 @@ import numpy as np
 import onnx
 from google.protobuf import unknown_fields
 
+from . import _seal
 from ._tensors import external_info
 from .exceptions import FormatError
 
@@ -138,6 +143,7 @@ def model_digest(
     base_dir: str | os.PathLike[str] | None,
     *,
     exclude_metadata: frozenset[str] = frozenset(),
+    taggers: Sequence[_seal.ModelTagger] = (),
 ) -> str:
     """SHA-256 of a model, independent of where its tensor bytes are stored.
 
@@ -145,13 +151,14 @@ def model_digest(
         model: the model; external data may be loaded or not.
         base_dir: folder of the model file, for tensors whose data is external.
         exclude_metadata: ``metadata_props`` keys left out (the bundle itself).
+        taggers: level taggers fed the same bytes in the same pass.
 
     Returns:
         ``"sha256:<hex>"``.
     """
     skeleton = skeleton_bytes(model, exclude_metadata)
     _normalise(model)
-    return hash_model(skeleton, tensor_sources(model), base_dir, overlap=True)
+    return hash_model(skeleton, tensor_sources(model), base_dir, overlap=True, taggers=taggers)
 
 
 def skeleton_bytes(
@@ -254,8 +261,13 @@ def hash_model(
     *,
     overlap: bool = False,
     gate: PatchGate | None = None,
+    taggers: Sequence[_seal.ModelTagger] = (),
+    sha256: bool = True,
 ) -> str:
     """The digest of a skeleton and its tensors' bytes (see :func:`model_digest`).
+
+    The same bytes can go to level taggers (``_seal.ModelTagger``) in the same pass;
+    read their results from them afterwards.
 
     Args:
         skeleton: from :func:`skeleton_bytes`.
@@ -264,15 +276,17 @@ def hash_model(
         overlap: hash large buffers on a worker thread while the next source is
             produced (pays off when producing means copying or reading a file).
         gate: coordinates with a loader patching :class:`Region` sources in place.
+        taggers: level taggers fed the same bytes.
+        sha256: compute the SHA-256 digest too (else ``""`` is returned).
 
     Raises:
         ValueError: an external tensor but no ``base_dir``.
         FormatError: external data missing, out of range or truncated.
     """
-    h = hashlib.sha256(_DOMAIN)
-    h.update(len(skeleton).to_bytes(8, "little"))
-    h.update(skeleton)
-    with _Feeder(h, overlap) as feed:
+    sink = _Sink(hashlib.sha256(_DOMAIN) if sha256 else None, taggers)
+    sink.update(len(skeleton).to_bytes(8, "little"))
+    sink.update(skeleton)
+    with _Feeder(sink, overlap) as feed:
         for src in sources:
             if isinstance(src, onnx.TensorProto):
                 if base_dir is None:
@@ -291,7 +305,24 @@ def hash_model(
             else:
                 feed(len(src).to_bytes(8, "little"))
                 feed(src)
-    return "sha256:" + h.hexdigest()
+    return sink.digest()
+
+
+class _Sink:
+    """One byte stream into SHA-256 and any level taggers."""
+
+    def __init__(self, sha: Any, taggers: Sequence[_seal.ModelTagger]) -> None:
+        self._sha = sha
+        self._taggers = tuple(taggers)
+
+    def update(self, data: bytes | memoryview) -> None:
+        if self._sha is not None:
+            self._sha.update(data)
+        for t in self._taggers:
+            t.update(data)
+
+    def digest(self) -> str:
+        return "" if self._sha is None else "sha256:" + self._sha.hexdigest()
 
 
 def _hash_gated(feed: _Feeder, region: Region, gate: PatchGate) -> None:
@@ -330,7 +361,7 @@ class _Feeder:
     may reuse a buffer once the *next* call has returned.
     """
 
-    def __init__(self, h: hashlib._Hash, overlap: bool) -> None:
+    def __init__(self, h: _Sink, overlap: bool) -> None:
         self._h = h
         self._pool = ThreadPoolExecutor(1, "selenc-digest") if overlap else None
         self._pending: Future[None] | None = None

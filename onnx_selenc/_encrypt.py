@@ -433,11 +433,15 @@ def _seal_levels(
         for m in range(1, levels + 1)
     ]
     lengths = [_seal.SEAL_OVERHEAD] + [len(p) + _seal.SEAL_OVERHEAD for p in payloads]
+    level_keys = [owner.derive(m).material for m in range(levels + 1)]
+    taggers = [_seal.new_model_tagger(k) for k in level_keys]
+    digest = model_digest(model, None, exclude_metadata=_bundle.BUNDLE_KEYS, taggers=taggers)
     manifest_raw = _bundle.manifest_bytes(
         {
             "key_id": owner.key_id,
             "levels": levels,
-            "model_digest": model_digest(model, None, exclude_metadata=_bundle.BUNDLE_KEYS),
+            "model_digest": digest,
+            "model_tags": [t.result() for t in taggers],
             "blobs": _bundle.blob_layout(lengths),
             "encrypted": {
                 "weights": selection.selected_weights,
@@ -452,11 +456,9 @@ def _seal_levels(
             "tool": f"onnx-selenc {_version()}",
         }
     )
-    blobs = [_seal.seal(owner.level0(), b"", _bundle.blob_aad(manifest_raw, 0))]
+    blobs = [_seal.seal(level_keys[0], b"", _bundle.blob_aad(manifest_raw, 0))]
     for m, payload in enumerate(payloads, start=1):
-        blobs.append(
-            _seal.seal(owner.derive(m).material, payload, _bundle.blob_aad(manifest_raw, m))
-        )
+        blobs.append(_seal.seal(level_keys[m], payload, _bundle.blob_aad(manifest_raw, m)))
     return manifest_raw, blobs
 
 

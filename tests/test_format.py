@@ -21,9 +21,11 @@ def test_manifest_matches_schema_and_golden(make_encrypted) -> None:
     enc, _ = make_encrypted(tm.cnn(), levels=3, budget=0.2, seed=0)
     manifest = _bundle.read_bundle(onnx.load(enc))[0].as_dict()
     jsonschema.validate(manifest, json.loads((DOCS / "manifest.schema.json").read_text()))
-    # Fixed seed: everything but the key id (random keys) is reproducible.
-    golden = {k: v for k, v in manifest.items() if k != "key_id"}
+    # Fixed seed: everything but the key id and the level tags (random keys and nonces)
+    # is reproducible.
+    golden = {k: v for k, v in manifest.items() if k not in ("key_id", "model_tags")}
     assert golden == GOLDEN_MANIFEST
+    assert len(manifest["model_tags"]) == 4 and len(set(manifest["model_tags"])) == 4
 
 
 @pytest.mark.parametrize("passphrase", [None, "pw"])

@@ -362,15 +362,17 @@ def _slow_hash(monkeypatch, delay: float) -> None:
     monkeypatch.setattr(_loader, "hash_model", late)
 
 
-@pytest.mark.parametrize("mode", ["hash_late", "hash_first"])
+@pytest.mark.parametrize("mode", ["hash_late", "hash_first", "inline"])
 def test_in_place_restore_keeps_the_digest_right(mode: str, make_encrypted, monkeypatch) -> None:
-    """Tensors restored in the file buffer before or after hashing: same digest, outputs."""
+    """Tensors restored in the file buffer before or after hashing: same tag, outputs."""
     monkeypatch.setattr(_modelio, "STRIP_THRESHOLD", 0)
     monkeypatch.setattr(_loader, "_MEMORY_THRESHOLD", 0)
     monkeypatch.setattr(_digest, "_CHUNK", 64)  # several chunks per tensor, rows across them
     if mode == "hash_late":
+        monkeypatch.setattr(_loader, "_INLINE_TAG_BYTES", 0)  # on a thread, as for big models
         _slow_hash(monkeypatch, 0.3)
-    else:
+    elif mode == "hash_first":
+        monkeypatch.setattr(_loader, "_INLINE_TAG_BYTES", 0)
         monkeypatch.setenv("ORT_LOAD_CONFIG_FROM_MODEL", "1")  # digest first, then patch
     for model in (tm.wide_cnn(width=48), tm.constant_nodes(), tm.cnn()):
         enc, key = make_encrypted(model, levels=3, budget=0.3)

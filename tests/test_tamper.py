@@ -84,6 +84,61 @@ def test_edited_weight_outside_the_selection(make_encrypted) -> None:
         se.load_session(enc, key=key)
 
 
+@pytest.mark.parametrize("level", [0, 1, 3])
+@pytest.mark.parametrize("api", ["load_session", "restore_model", "load_session_threaded"])
+def test_edited_weight_is_caught_at_every_level(
+    make_encrypted, level: int, api: str, monkeypatch
+) -> None:
+    """Each level checks the model with its own tag: none lets an edit through, whether
+    the check runs before the session is built or beside it (large models)."""
+    from onnx_selenc import _loader, _modelio
+
+    if api == "load_session_threaded":
+        monkeypatch.setattr(_loader, "_INLINE_TAG_BYTES", 0)
+        monkeypatch.setattr(_loader, "_MEMORY_THRESHOLD", 0)
+        monkeypatch.setattr(_modelio, "STRIP_THRESHOLD", 0)
+        api = "load_session"
+    enc, key = make_encrypted(tm.cnn(), levels=3)
+    model = onnx.load(enc)
+    w = next(i for i in model.graph.initializer if i.name == "w2")
+    values = onnx.numpy_helper.to_array(w).copy()
+    values.flat[-1] += 0.5
+    w.CopyFrom(onnx.numpy_helper.from_array(values, "w2"))
+    enc.write_bytes(model.SerializeToString())
+    with pytest.raises(InvalidBundle, match="modified after encryption"):
+        getattr(se, api)(enc, key=key, level=level)
+
+
+def test_a_lower_key_cannot_vouch_for_a_higher_level(make_encrypted) -> None:
+    """A level-1 key holder who edits a weight and re-tags levels 0-1 (the manifest
+    then changes, so blobs 0-1 are re-sealed) fools no one at level 2 or above."""
+    from onnx_selenc import _seal
+    from onnx_selenc._digest import model_digest
+
+    enc, key = make_encrypted(tm.cnn(), levels=3)
+    low = se.read_key_file(key).derive(1)
+    model = onnx.load(enc)
+    manifest, blobs = _bundle.read_bundle(model)
+    b1 = next(i for i in model.graph.initializer if i.name == "b1")
+    b1.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(b1) + 1, "b1"))
+    keys = [low.derive(m).material for m in range(2)]
+    taggers = [_seal.new_model_tagger(k) for k in keys]
+    doc = manifest.as_dict()
+    doc["model_digest"] = model_digest(model, None, exclude_metadata=_bundle.BUNDLE_KEYS,
+                                       taggers=taggers)
+    doc["model_tags"][:2] = [t.result() for t in taggers]
+    raw = _bundle.canonical_json(doc)
+    payload1 = _seal.open_sealed(keys[1], blobs[1], _bundle.blob_aad(manifest.raw, 1))
+    forged = [_seal.seal(keys[0], b"", _bundle.blob_aad(raw, 0)),
+              _seal.seal(keys[1], payload1, _bundle.blob_aad(raw, 1)), *blobs[2:]]
+    _bundle.attach(model, raw, forged)
+    enc.write_bytes(model.SerializeToString())
+    se.restore_model(enc, key=low)  # level 1 is fooled: its key was the tamperer's
+    for level in (2, 3):
+        with pytest.raises(InvalidBundle):
+            se.load_session(enc, key=key, level=level)
+
+
 def test_blob_moved_between_models_with_same_key(tmp_path: Path) -> None:
     from onnx_selenc._encrypt import encrypt_model
     from onnx_selenc._keys import new_owner_key
