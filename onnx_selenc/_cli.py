@@ -175,7 +175,9 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
             print(f"  {m:>5}  {target:>6}  {report.calibration[m]:>11.3f}  {held:>8}")
         if report.held_out is not None:
             verdict = "all within" if report.within(TOLERANCE) else "NOT all within"
-            print(f"  held-out: {verdict} the stated tolerance of +-{TOLERANCE:.2f}")
+            print(f"  held-out ({report.held_out_samples} inputs, sampling error "
+                  f"+-{report.sampling_error():.2f}): {verdict} the tolerance of "
+                  f"+-{TOLERANCE:.2f}")
     print(f"owner key (level {result.levels}, id {result.key_id}): {result.key_file}")
     return 0
 

@@ -55,6 +55,7 @@ class LevelReport:
     restored_kernels: tuple[int, ...]
     order: str
     objective: str
+    held_out_samples: int = 0
 
     def misses(self) -> tuple[float, ...] | None:
         """Held-out quality minus target, per level 1..M (``None`` without held-out data)."""
@@ -66,6 +67,15 @@ class LevelReport:
         """Every level within ``tolerance`` of its target on the held-out inputs."""
         misses = self.misses()
         return misses is not None and all(abs(m) <= tolerance for m in misses)
+
+    def sampling_error(self) -> float:
+        """How far the held-out figures may stray by chance: ``1 / sqrt(n)``, twice the
+        standard error of a share measured on ``n`` held-out samples, at worst."""
+        return 1.0 / np.sqrt(self.held_out_samples) if self.held_out_samples else 1.0
+
+    def clearly_missed(self, tolerance: float = TOLERANCE) -> bool:
+        """Some level misses by more than the tolerance plus the sampling error."""
+        return not self.within(tolerance + self.sampling_error())
 
 
 def check_targets(levels: int, targets: Sequence[float]) -> tuple[float, ...]:
@@ -182,7 +192,8 @@ def calibrate_levels(
         mine = order[0] == li
         restore[order[1][mine]] = levels_of[mine]
         new_layers.append(LayerSelection(layer.key, layer.kernels, restore))
-    report = LevelReport(t, tuple(reached), held, tuple(cuts), name, obj)
+    report = LevelReport(t, tuple(reached), held, tuple(cuts), name, obj,
+                         held_out.n if held_out is not None else 0)
     return Selection(
         tuple(new_layers), selection.levels, selection.selected_weights, selection.total_weights
     ), report

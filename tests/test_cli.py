@@ -130,7 +130,8 @@ def test_encrypt_with_calibration_and_targets(tmp_path: Path, capsys) -> None:
                  str(tmp_path / "k.key"), "--calib", str(tmp_path / "cal.npz"), "--levels", "2",
                  "--budget", "0.3", "--level-targets", "0.6,1.0", "--seed", "0", "-q"]) == 0
     out = capsys.readouterr().out
-    assert "levels calibrated to targets" in out and "held-out" in out
+    assert "levels calibrated to targets" in out and "held-out (12 inputs" in out
+    assert "the tolerance of +-0.10" in out
     manifest = json.loads(subprocess.run(
         [sys.executable, "-m", "onnx_selenc", "inspect", str(tmp_path / "e.onnx"), "--json"],
         capture_output=True, text=True, check=True).stdout)["manifest"]

