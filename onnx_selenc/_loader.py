@@ -586,14 +586,15 @@ class _DigestCheck:
         """
         sources = self._args[1]
         in_memory = sum(s.stop - s.start for s in sources if isinstance(s, Region))
-        external = any(isinstance(s, ExternalData | onnx.TensorProto) for s in sources)
-        return external or in_memory > _INLINE_TAG_BYTES
+        return self._reads_files() or in_memory > _INLINE_TAG_BYTES
+
+    def _reads_files(self) -> bool:
+        return any(isinstance(s, ExternalData | onnx.TensorProto) for s in self._args[1])
 
     def start(self) -> None:
         pool = ThreadPoolExecutor(1, "selenc-digest")
-        external = any(isinstance(s, ExternalData) for s in self._args[1])
         self._future = pool.submit(
-            self._opened.model_tag, *self._args, overlap=external, gate=self._gate
+            self._opened.model_tag, *self._args, overlap=self._reads_files(), gate=self._gate
         )
         pool.shutdown(wait=False)  # the thread ends with the one task
 
@@ -604,7 +605,10 @@ class _DigestCheck:
         """
         if self._result is None:
             if self._future is None:
-                self._result = self._opened.model_tag(*self._args, overlap=True, gate=self._gate)
+                # A reading thread pays off only for external files; GMAC outruns memcpy.
+                self._result = self._opened.model_tag(
+                    *self._args, overlap=self._reads_files(), gate=self._gate
+                )
             else:
                 self._result = self._future.result()
         if not self._opened.matches(self._result):
