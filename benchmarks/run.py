@@ -903,6 +903,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
         with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
             results.append(bench_model(bm, settings, Path(tmp)))
+        if args.json:  # after every model: a crash later keeps what was measured
+            _write_json(args.json, info, "?", _command(args), settings, results)
     if not results:
         return 1
     try:
@@ -913,17 +915,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     body = render(results, settings, command, info, load_after)
     print(body)
     if args.json:
-        doc = {
-            "machine": info,
-            "load_after": load_after,
-            "command": command,
-            "settings": dataclasses.asdict(settings),
-            "results": [r.as_dict() for r in results],
-        }
-        args.json.write_text(json.dumps(doc, indent=1))
+        _write_json(args.json, info, load_after, command, settings, results)
     if not args.no_write:
         report.write_section(args.output, body)
     return 0
+
+
+def _write_json(
+    path: Path,
+    info: dict[str, Any],
+    load_after: str,
+    command: str,
+    settings: Settings,
+    results: list[ModelResult],
+) -> None:
+    doc = {
+        "machine": info,
+        "load_after": load_after,
+        "command": command,
+        "settings": dataclasses.asdict(settings),
+        "results": [r.as_dict() for r in results],
+    }
+    path.write_text(json.dumps(doc, indent=1))
 
 
 def _command(args: argparse.Namespace) -> str:

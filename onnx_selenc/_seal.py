@@ -30,6 +30,7 @@ SEAL_OVERHEAD = NONCE_BYTES + TAG_BYTES
 CIPHER_ID = "AES-256-GCM"
 CHAIN_ID = "HKDF-SHA256-chain-v1"
 _DOMAIN = b"onnx-selenc/v1/"
+_GMAC_PIECE = 1 << 30
 
 
 def generate_key() -> bytes:
@@ -76,7 +77,10 @@ class ModelTagger:
         self._ctx = self._gmac.encryptor()
 
     def update(self, data: bytes | memoryview) -> None:
-        self._ctx.authenticate_additional_data(data)
+        # The binding takes at most 2**31 - 1 bytes per call (it panics past that).
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), _GMAC_PIECE):
+            self._ctx.authenticate_additional_data(view[start : start + _GMAC_PIECE])
 
     def result(self) -> str:
         """``"<nonce hex>:<tag hex>"``, as the manifest stores it."""
