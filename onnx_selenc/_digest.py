@@ -40,6 +40,8 @@ from .exceptions import FormatError
 _DOMAIN = b"onnx-selenc/v1/model-digest\0"
 _CHUNK = 1 << 24
 _THREAD_MIN = 1 << 20  # smaller buffers are hashed inline: a hand-off costs more
+_SMALL = 1 << 12  # pieces under this are gathered and hashed in batches of _SMALL_BATCH
+_SMALL_BATCH = 1 << 16
 _STORAGE = frozenset({"raw_data", "external_data", "data_location"})
 _A = onnx.AttributeProto
 
@@ -200,8 +202,11 @@ def prepare_digest(
     *,
     exclude_metadata: frozenset[str] = frozenset(),
     raw_of: Callable[[onnx.TensorProto], memoryview | None] | None = None,
+    tensors: list[onnx.TensorProto] | None = None,
 ) -> tuple[bytes, list[Source]]:
     """Everything of :func:`model_digest` that reads the model, done now.
+
+    ``tensors``: ``list(iter_tensors(model.graph))``, if already listed.
 
     The result can be hashed (:func:`hash_model`) on another thread while the model
     is changed: small tensors' bytes are copied, external locations resolved, and
@@ -214,7 +219,8 @@ def prepare_digest(
     # The model is small here (its large tensors are elsewhere): copying it and clearing
     # the copy is much cheaper than rebuilding it field by field in Python.
     skeleton = skeleton_bytes(model, exclude_metadata, rebuild=False)
-    tensors = list(iter_tensors(model.graph))
+    if tensors is None:
+        tensors = list(iter_tensors(model.graph))
     _normalise(model, tensors)
     sources: list[Source] = []
     for src in tensor_sources(model, raw_of, tensors):
@@ -315,7 +321,7 @@ class _Sink:
         self._sha = sha
         self._taggers = tuple(taggers)
 
-    def update(self, data: bytes | memoryview) -> None:
+    def update(self, data: bytes | bytearray | memoryview) -> None:
         if self._sha is not None:
             self._sha.update(data)
         for t in self._taggers:
@@ -358,20 +364,23 @@ class _Feeder:
     """Feeds a hash in order; with ``overlap``, large buffers go to one worker thread.
 
     At most one update is in flight: a call waits for the previous one, so the caller
-    may reuse a buffer once the *next* call has returned.
+    may reuse a buffer once the *next* call has returned. Small pieces (lengths, the
+    many tiny tensors of exported models) are copied into one buffer and hashed
+    together: the same byte stream, a fraction of the calls.
     """
 
     def __init__(self, h: _Sink, overlap: bool) -> None:
         self._h = h
         self._pool = ThreadPoolExecutor(1, "selenc-digest") if overlap else None
         self._pending: Future[None] | None = None
+        self._small = bytearray()
 
     def __enter__(self) -> _Feeder:
         return self
 
     def __exit__(self, *exc: object) -> None:
         try:
-            self._wait()
+            self.flush()
         finally:
             if self._pool is not None:
                 self._pool.shutdown()
@@ -381,11 +390,24 @@ class _Feeder:
             pending, self._pending = self._pending, None
             pending.result()
 
+    def _push_small(self) -> None:
+        if self._small:
+            self._wait()
+            small, self._small = self._small, bytearray()
+            self._h.update(small)
+
     def flush(self) -> None:
         """Wait until everything fed so far is hashed."""
+        self._push_small()
         self._wait()
 
     def __call__(self, data: bytes | memoryview) -> None:
+        if len(data) < _SMALL:
+            self._small += data  # a copy: the caller may change its buffer afterwards
+            if len(self._small) >= _SMALL_BATCH:
+                self._push_small()
+            return
+        self._push_small()
         self._wait()
         if self._pool is not None and len(data) >= _THREAD_MIN:
             self._pending = self._pool.submit(self._h.update, data)

@@ -37,7 +37,14 @@ import numpy as np
 import onnx
 
 from . import _bundle, _seal
-from ._digest import ExternalData, PatchGate, Region, hash_model, prepare_digest
+from ._digest import (
+    ExternalData,
+    PatchGate,
+    Region,
+    hash_model,
+    iter_tensors,
+    prepare_digest,
+)
 from ._graph import subgraphs
 from ._keys import LevelKey, parse_key_file, read_key_file
 from ._masking import kernel_matrix
@@ -177,6 +184,7 @@ class _Opened:
     target: int
     files: list[Path]
     inline: bool
+    tensors: list[onnx.TensorProto]  # iter_tensors of the model, listed once
 
     def digest_inputs(self, *, in_place: bool = False) -> tuple[bytes, list[Any]]:
         """Skeleton and tensor sources of the digest (they no longer depend on the model).
@@ -189,6 +197,7 @@ class _Opened:
             self.path.parent,
             exclude_metadata=_bundle.BUNDLE_KEYS,
             raw_of=self.stripped.region if in_place else self.stripped.raw,
+            tensors=self.tensors,
         )
 
     def model_tag(
@@ -248,12 +257,13 @@ def _open(
 
     # Authenticate the manifest (blob 0); the model is then checked against its digest.
     _seal.open_sealed(keys[0].material, blobs[0], _bundle.blob_aad(manifest.raw, 0))
-    files = external_files(stripped.model, path.parent)
+    tensors = list(iter_tensors(stripped.model.graph))
+    files = external_files(stripped.model, path.parent, tensors)
     # Small external data is loaded inline by restore_model (one serialised model for
     # ONNX Runtime); past that, ONNX Runtime reads the files itself, which keeps the
     # peak lower and is the only way past protobuf's 2 GB limit.
     inline = not files or sum(f.stat().st_size for f in files) < INLINE_EXTERNAL_LIMIT
-    return _Opened(path, stripped, manifest, blobs, keys, target, files, inline)
+    return _Opened(path, stripped, manifest, blobs, keys, target, files, inline, tensors)
 
 
 def _group(

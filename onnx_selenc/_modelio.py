@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,16 +138,26 @@ def load_external_data(model: onnx.ModelProto, path: str | os.PathLike[str]) -> 
         raise FormatError(f"cannot read the external data of {path}: {exc}") from None
 
 
-def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+def _external_tensors(
+    model: onnx.ModelProto, tensors: Iterable[onnx.TensorProto] | None = None
+) -> list[onnx.TensorProto]:
     from ._digest import iter_tensors
 
-    return [t for t in iter_tensors(model.graph) if t.data_location == onnx.TensorProto.EXTERNAL]
+    every = iter_tensors(model.graph) if tensors is None else tensors
+    return [t for t in every if t.data_location == onnx.TensorProto.EXTERNAL]
 
 
-def external_files(model: onnx.ModelProto, base_dir: str | os.PathLike[str]) -> list[Path]:
-    """The external data files a (not yet loaded) model refers to."""
+def external_files(
+    model: onnx.ModelProto,
+    base_dir: str | os.PathLike[str],
+    tensors: Iterable[onnx.TensorProto] | None = None,
+) -> list[Path]:
+    """The external data files a (not yet loaded) model refers to.
+
+    ``tensors``: ``iter_tensors(model.graph)``, if already listed.
+    """
     files = []
-    for t in _external_tensors(model):
+    for t in _external_tensors(model, tensors):
         loc = next((e.value for e in t.external_data if e.key == "location"), None)
         if loc is not None:
             p = (Path(base_dir) / loc).resolve()

@@ -76,7 +76,7 @@ class ModelTagger:
         self._gmac = Cipher(algorithms.AES(_hkdf(level_key, b"model-tag")), modes.GCM(nonce))
         self._ctx = self._gmac.encryptor()
 
-    def update(self, data: bytes | memoryview) -> None:
+    def update(self, data: bytes | bytearray | memoryview) -> None:
         # The binding takes at most 2**31 - 1 bytes per call (it panics past that).
         view = memoryview(data).cast("B")
         for start in range(0, len(view), _GMAC_PIECE):
