@@ -201,7 +201,7 @@ def prepare_digest(
     base_dir: str | os.PathLike[str] | None,
     *,
     exclude_metadata: frozenset[str] = frozenset(),
-    raw_of: Callable[[onnx.TensorProto], memoryview | None] | None = None,
+    raw_of: Callable[[onnx.TensorProto], memoryview | Region | None] | None = None,
     tensors: list[onnx.TensorProto] | None = None,
 ) -> tuple[bytes, list[Source]]:
     """Everything of :func:`model_digest` that reads the model, done now.
@@ -234,7 +234,7 @@ def prepare_digest(
 
 def tensor_sources(
     model: onnx.ModelProto,
-    raw_of: Callable[[onnx.TensorProto], memoryview | None] | None = None,
+    raw_of: Callable[[onnx.TensorProto], memoryview | Region | None] | None = None,
     tensors: Iterable[onnx.TensorProto] | None = None,
 ) -> Iterator[Source]:
     """What the digest hashes for each tensor, in :func:`iter_tensors` order.
