@@ -1,0 +1,39 @@
+"""The task metrics of benchmarks/selection.py measure what their tables say."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks import selection
+
+
+def _yolo_output(boxes: list[list[tuple[float, float, float, float, int]]]) -> np.ndarray:
+    """A fake YOLOv8 output [N, 4 + 2 classes, 8 anchors] holding the given boxes."""
+    out = np.zeros((len(boxes), 6, 8), np.float32)
+    for n, image in enumerate(boxes):
+        for a, (cx, cy, w, h, cls) in enumerate(image):
+            out[n, :4, a] = (cx, cy, w, h)
+            out[n, 4 + cls, a] = 0.9
+    return out
+
+
+def test_detection_agreement_is_pooled_over_boxes() -> None:
+    box = (50.0, 50.0, 20.0, 20.0, 0)
+    plain = _yolo_output([[box], [], [], []])
+    # Three empty images agree trivially; the one box is lost: agreement must be 0.
+    lost = _yolo_output([[], [], [], []])
+    assert selection.detection_agreement([plain], [lost], None) == 0.0
+    assert selection.detection_agreement([plain], [plain], None) == 1.0
+    moved = _yolo_output([[(80.0, 80.0, 20.0, 20.0, 0)], [], [], []])
+    other_class = _yolo_output([[(50.0, 50.0, 20.0, 20.0, 1)], [], [], []])
+    assert selection.detection_agreement([plain], [moved], None) == 0.0
+    assert selection.detection_agreement([plain], [other_class], None) == 0.0
+    extra = _yolo_output([[box, (10.0, 10.0, 5.0, 5.0, 1)], [], [], []])
+    assert selection.detection_agreement([plain], [extra], None) == 2 / 3  # F1 of 1 in 1+2
+
+
+def test_edit_distance() -> None:
+    cases = {("kitten", "sitting"): 3, ("", ""): 0, ("abc", ""): 3, ("", "ab"): 2,
+             ("flaw", "lawn"): 2, ("same", "same"): 0, ("ab", "ba"): 2}
+    for (a, b), d in cases.items():
+        assert selection._edit_distance(a, b) == d, (a, b)
