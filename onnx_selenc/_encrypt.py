@@ -19,7 +19,7 @@ from ._graph import ConvInventory, ConvWeight, UnsupportedConv, walk_conv_weight
 from ._importance import DATA_FREE_SCORERS, score_kernels
 from ._io import refuse_existing, refuse_overwrite_of_input
 from ._keys import LevelKey, new_owner_key, write_key_file
-from ._levels import TOLERANCE, LevelReport, calibrate_levels, check_targets
+from ._levels import TOLERANCE, LevelMetric, LevelReport, calibrate_levels, check_targets
 from ._masking import MASKINGS, MaskedLayer, kernel_matrix, mask_layer
 from ._modelio import external_files, load_external_data, load_model, save_model
 from ._progress import progress
@@ -107,6 +107,7 @@ def encrypt(
     importance: str | None = None,
     calibration: Calibration | None = None,
     level_targets: Sequence[float] | None = None,
+    level_metric: LevelMetric | None = None,
     objective: str = "auto",
     layers: Sequence[str] | None = None,
     level_fractions: Sequence[float] | None = None,
@@ -142,6 +143,10 @@ def encrypt(
             (last 1.0); the level cuts are searched on 75% of ``calibration`` (needs
             it) and reported on the other 25% (``level_report``). Stated tolerance:
             0.10 on unseen inputs, with a few hundred calibration inputs.
+        level_metric: the quality the level targets are stated in, if not the
+            built-in one (top-1 agreement for classifiers, else the share of output
+            error removed): ``metric(plain_outputs, level_outputs) -> float``, 1.0 when
+            they agree, e.g. detection F1 against the plain model's boxes.
         objective: ``"auto"``, ``"kl"`` (classifiers) or ``"mse"``.
         layers: glob patterns on weight names / conv node names; default all convs.
         level_fractions: without targets, the cumulative share of each layer's
@@ -188,6 +193,7 @@ def encrypt(
         importance=importance,
         calibration=calibration,
         level_targets=level_targets,
+        level_metric=level_metric,
         objective=objective,
         layers=layers,
         level_fractions=level_fractions,
@@ -224,6 +230,7 @@ def encrypt_model(
     importance: str | None = None,
     calibration: Calibration | None = None,
     level_targets: Sequence[float] | None = None,
+    level_metric: LevelMetric | None = None,
     objective: str = "auto",
     layers: Sequence[str] | None = None,
     level_fractions: Sequence[float] | None = None,
@@ -248,6 +255,8 @@ def encrypt_model(
     fractions = check_fractions(levels, level_fractions)
     if level_targets is not None:
         check_targets(levels, level_targets)
+    elif level_metric is not None:
+        raise ValueError("level_metric states the quality of level_targets: give those too")
     _check_options(
         importance, allocation, masking, budget, calibration, level_targets, scores, counts
     )
@@ -328,6 +337,7 @@ def encrypt_model(
             layer_sensitivity={k: c.per_weight for k, c in sensitivity.curves.items()}
             if sensitivity is not None
             else None,
+            metric=level_metric,
         )
         misses, held = level_report.misses(), level_report.held_out
         # Warn only past what the held-out sample's own noise explains.

@@ -41,6 +41,8 @@ from ._selection import LayerSelection, Selection
 ORDERS = ("sensitivity", "interleaved")
 TOLERANCE = 0.10
 Order = tuple[np.ndarray, np.ndarray]  # (layer index, kernel position) per restore step
+# A user's quality of a level: (plain model's outputs, level's outputs) -> 1.0 when equal.
+LevelMetric = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], float]
 # At most this many kernels are deferred per level (each costs one more bisection).
 MAX_DEFERRED = 8
 
@@ -100,6 +102,7 @@ def calibrate_levels(
     layer_sensitivity: Mapping[str, float] | None = None,
     tolerance: float = TOLERANCE / 2,
     max_samples: int = 256,
+    metric: LevelMetric | None = None,
 ) -> tuple[Selection, LevelReport]:
     """Re-split the selection's kernels into levels that meet ``targets``.
 
@@ -117,6 +120,11 @@ def calibrate_levels(
             calibration inputs) is kept without trying the other; a kernel that
             carries a level this far past its target is deferred.
         max_samples: at most this many calibration samples are used for the search.
+        metric: the quality targets are stated in, instead of the built-in one:
+            called with the plain model's outputs and a level's outputs (lists of
+            arrays, one per model output, all calibration samples), returns 1.0 when
+            they agree fully (for example detection F1 against the plain boxes).
+            The output-error share does not track such task metrics on detectors.
 
     Returns:
         The selection with new restore levels, and the report.
@@ -142,7 +150,7 @@ def calibrate_levels(
     total = sum(len(layer.kernels) for layer in layers)
     full = _interleaved(layers)
     plain = probe.run_all(calibration, weights_at(full, total))
-    obj = choose_objective(plain, objective)
+    obj = "custom" if metric is not None else choose_objective(plain, objective)
     plain_held = probe.run_all(held_out, weights_at(full, total)) if held_out else None
 
     # Classifiers: top-1 agreement with the plain model. Other models: the share of the
@@ -151,6 +159,8 @@ def calibrate_levels(
     # has a high R^2 against the clean output.)
     def score(reference: list[np.ndarray], test: list[np.ndarray],
               base: float | None) -> float:
+        if metric is not None:
+            return float(metric(reference, test))
         if obj == "kl" or not base:
             return quality(reference, test, obj)
         return max(0.0, 1.0 - distance(reference, test, "mse") / base)

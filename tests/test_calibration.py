@@ -180,3 +180,25 @@ def test_levels_outside_the_tolerance_on_held_out_inputs_warn(tmp_path: Path, mo
     assert report is not None and not report.within(0.0)
     misses = report.misses()
     assert misses is not None and len(misses) == 3 and misses[-1] == 0.0
+
+
+def test_level_metric_replaces_the_built_in_quality() -> None:
+    """Targets can be stated in the user's own metric (e.g. a detector's F1)."""
+    cal = _calib(96)
+
+    def top1(plain, test) -> float:
+        return float(np.mean(plain[0].argmax(1) == test[0].argmax(1)))
+
+    kwargs = dict(levels=3, budget=0.3, calibration=cal, level_targets=[0.5, 0.8, 1.0], seed=0)
+    built_in = encrypt_model(tm.classifier(), **kwargs).level_report
+    custom = encrypt_model(tm.classifier(), level_metric=top1, **kwargs).level_report
+    assert built_in is not None and custom is not None
+    assert custom.objective == "custom"
+    # The built-in quality of a classifier is top-1 agreement: the same cuts.
+    assert custom.restored_kernels == built_in.restored_kernels
+    # A metric that calls every level perfect puts every cut at the start.
+    always = encrypt_model(tm.classifier(), level_metric=lambda p, t: 1.0, **kwargs)
+    assert always.level_report is not None
+    assert always.level_report.restored_kernels[:-1] == (0, 0)
+    with pytest.raises(ValueError, match="level_targets"):
+        encrypt_model(tm.classifier(), calibration=cal, level_metric=top1)
