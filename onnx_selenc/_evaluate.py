@@ -132,7 +132,8 @@ def sweep(
         evaluation: inputs the quality is measured on.
         budgets: fractions of all conv weights (for ``uniform``: per-layer ratios).
         strategies: ``"<importance>:<allocation>"`` pairs, e.g. ``activation:sensitivity``.
-        metric: a name for :func:`builtin_metric`, ``auto``, or a callable.
+        metric: a name for :func:`builtin_metric`, ``auto``, or a callable; a callable
+            used without labels also states the level targets (``level_metric``).
         labels: for ``accuracy`` or ``psnr`` against ground truth.
         level_targets: also calibrate levels to these targets at ``level_budget``.
         level_budget: budget for the level curves (default: the largest budget).
@@ -152,6 +153,13 @@ def sweep(
             "agreement" if choose_objective(plain) == "kl" else "r2")
     name = metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
     measure = builtin_metric(metric) if isinstance(metric, str) else metric
+    # A label-free metric of the user's is also the quality the level targets are in.
+    level_metric = None
+    if not isinstance(metric, str) and labels is None:
+        user_metric = metric
+
+        def level_metric(plain_out: Sequence[np.ndarray], test: Sequence[np.ndarray]) -> float:
+            return float(user_metric(plain_out, test, None))
     plain_quality = measure(plain, plain, labels)
     by_key = inventory.by_key()
     ksize = {w.key: w.kernel_size for w in weights}
@@ -219,7 +227,7 @@ def sweep(
             selection, _ = calibrate_levels(
                 masked_model, by_key, selection, masked, calibration, level_targets,
                 layer_sensitivity={k: c.per_weight for k, c in curves.items()} if curves
-                else None)
+                else None, metric=level_metric)
             per_level = []
             for m in range(levels + 1):
                 restored = {}

@@ -56,3 +56,19 @@ def test_evaluate_cli(tmp_path: Path, capsys) -> None:
                  "--out", str(tmp_path / "out"), "-q"]) == 0
     out = capsys.readouterr().out
     assert "accuracy of the plain model" in out and (tmp_path / "out" / "sweep.csv").exists()
+
+
+def test_a_label_free_metric_also_states_the_level_targets() -> None:
+    """The level search runs on calibration inputs in the user's metric."""
+    sizes: list[int] = []
+
+    def top1(plain, test, labels) -> float:
+        sizes.append(len(plain[0]))
+        return float(np.mean(plain[0].argmax(1) == test[0].argmax(1)))
+
+    result = sweep(tm.classifier(), _cal(48, 0), _cal(40, 1), budgets=[0.3],
+                   strategies=["activation:sensitivity"], metric=top1, level_targets=[0.5, 1.0])
+    assert 40 in sizes  # the sweep points and the levels, on the evaluation inputs
+    assert 48 in sizes  # the level cuts, searched on the calibration inputs
+    (curve,) = result.levels
+    assert curve.quality[-1] == 1.0
