@@ -73,7 +73,7 @@ _IN_MEMORY = "onnx-selenc:in-memory"
 _CONSTANT_DOMAINS = ("", "ai.onnx")
 # Models with less than this in memory are checked before the session is built.
 _INLINE_TAG_BYTES = 256 << 20
-_DIGEST_MISMATCH = "the model was modified after encryption (digest mismatch)"
+_TAG_MISMATCH = "the model was modified after encryption (its level tag does not match)"
 # Smaller tensors go to ONNX Runtime inside the serialised model: per tensor, an
 # in-memory initializer costs more than copying a few KiB.
 _MEMORY_THRESHOLD = 1 << 16
@@ -151,8 +151,8 @@ def restore_model(
     opened = _open(model_path, key, level, passphrase)
     model, base_dir = opened.stripped.model, opened.path.parent
     skeleton, sources = opened.digest_inputs()
-    if not opened.matches(opened.model_tag(skeleton, sources, overlap=True)):
-        raise InvalidBundle(_DIGEST_MISMATCH)
+    if not opened.matches(opened.model_tag(skeleton, sources, overlap=_reads_files(sources))):
+        raise InvalidBundle(_TAG_MISMATCH)
     payloads = opened.payloads()
     _bundle.strip(model)
     if opened.files and opened.inline:
@@ -238,7 +238,7 @@ class _Opened:
 def _open(
     model_path: str | os.PathLike[str], key: KeySource, level: int | None, passphrase: str | None
 ) -> _Opened:
-    """Everything :func:`restore_model` does before the digest, in the same order."""
+    """Everything :func:`restore_model` does before the model check, in the same order."""
     path = resolve_model_path(model_path)
     level_key = open_key(key, passphrase=passphrase)
     stripped = read_stripped(path)
@@ -255,7 +255,7 @@ def _open(
         raise ValueError(f"level must be between 0 and {manifest.levels}, got {target}")
     keys = [level_key.derive(m) for m in range(target + 1)]  # raises LevelNotGranted
 
-    # Authenticate the manifest (blob 0); the model is then checked against its digest.
+    # Authenticate the manifest (blob 0); the model is then checked against its tag.
     _seal.open_sealed(keys[0].material, blobs[0], _bundle.blob_aad(manifest.raw, 0))
     tensors = list(iter_tensors(stripped.model.graph))
     files = external_files(stripped.model, path.parent, tensors)
@@ -535,13 +535,13 @@ def _load_in_memory(
     model, base_dir = opened.stripped.model, opened.path.parent
     skeleton, sources = opened.digest_inputs(in_place=True)
     gate = PatchGate()
-    digest = _DigestCheck(opened, skeleton, sources, gate)
+    check = _TagCheck(opened, skeleton, sources, gate)
     if os.environ.get("ORT_LOAD_CONFIG_FROM_MODEL") == "1":
-        digest.verify()  # the model could set session options: trust it first
-    elif digest.worth_a_thread():
-        digest.start()
+        check.verify()  # the model could set session options: trust it first
+    elif check.worth_a_thread():
+        check.start()
     else:
-        digest.verify()  # cheap: no tampered model ever reaches ONNX Runtime
+        check.verify()  # cheap: no tampered model ever reaches ONNX Runtime
     try:
         payloads = opened.payloads()
         _bundle.strip(model)
@@ -564,18 +564,18 @@ def _load_in_memory(
             if not names or not type(exc).__module__.startswith("onnxruntime"):
                 raise
             # An onnxruntime that takes in-memory initializers differently: build it the
-            # ordinary way (one serialised model), after the digest.
-            digest.verify()
+            # ordinary way (one serialised model), after the check.
+            check.verify()
             restored = restore_model(opened.path, key=opened.keys[-1], level=opened.target)
             return build_session(restored, providers=providers)
     except BaseException:
-        digest.verify()  # a modified model is reported as that, before anything else
+        check.verify()  # a modified model is reported as that, before anything else
         raise
-    digest.verify()
+    check.verify()
     return session
 
 
-class _DigestCheck:
+class _TagCheck:
     """The model's tag, computed on a worker thread while the session is being built."""
 
     def __init__(
@@ -599,10 +599,10 @@ class _DigestCheck:
         return self._reads_files() or in_memory > _INLINE_TAG_BYTES
 
     def _reads_files(self) -> bool:
-        return any(isinstance(s, ExternalData | onnx.TensorProto) for s in self._args[1])
+        return _reads_files(self._args[1])
 
     def start(self) -> None:
-        pool = ThreadPoolExecutor(1, "selenc-digest")
+        pool = ThreadPoolExecutor(1, "selenc-tag")
         self._future = pool.submit(
             self._opened.model_tag, *self._args, overlap=self._reads_files(), gate=self._gate
         )
@@ -615,14 +615,19 @@ class _DigestCheck:
         """
         if self._result is None:
             if self._future is None:
-                # A reading thread pays off only for external files; GMAC outruns memcpy.
                 self._result = self._opened.model_tag(
                     *self._args, overlap=self._reads_files(), gate=self._gate
                 )
             else:
                 self._result = self._future.result()
         if not self._opened.matches(self._result):
-            raise InvalidBundle(_DIGEST_MISMATCH) from None
+            raise InvalidBundle(_TAG_MISMATCH) from None
+
+
+def _reads_files(sources: Sequence[Any]) -> bool:
+    """Whether checking these sources reads external data files: only then does a
+    reader thread pay off (GMAC over bytes already in memory outruns the hand-off)."""
+    return any(isinstance(s, ExternalData | onnx.TensorProto) for s in sources)
 
 
 def _hand_over(

@@ -66,7 +66,6 @@ def dprm_values(
     # One pass over the layer for the per-position moments; the selected rows' share is
     # taken out again to get the public kernels' (no copy of the layer is made).
     count, total, squares, shift = _moments(kernels)
-    chosen = kernels[selected].astype(np.float64) - shift
     n_pub = count - n_sel
     if method == "gaussian" or n_pub < 2:
         # With fewer than two public kernels there is no empirical distribution to draw
@@ -74,6 +73,7 @@ def dprm_values(
         mu, sigma = _mean_std(count, total, squares)
         draw = shift + mu + sigma * rng.standard_normal((n_sel, width))
     else:
+        chosen = kernels[selected].astype(np.float64) - shift
         p_mu, p_sigma = _mean_std(n_pub, total - chosen.sum(axis=0),
                                   squares - np.einsum("ij,ij->j", chosen, chosen))
         public = np.ones(n, dtype=bool)

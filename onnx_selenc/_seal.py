@@ -73,8 +73,8 @@ class ModelTagger:
         if len(nonce) != NONCE_BYTES:
             raise ValueError(f"nonces are {NONCE_BYTES} bytes, got {len(nonce)}")
         self.nonce = nonce
-        self._gmac = Cipher(algorithms.AES(_hkdf(level_key, b"model-tag")), modes.GCM(nonce))
-        self._ctx = self._gmac.encryptor()
+        gmac = Cipher(algorithms.AES(_hkdf(level_key, b"model-tag")), modes.GCM(nonce))
+        self._ctx = gmac.encryptor()
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         # The binding takes at most 2**31 - 1 bytes per call (it panics past that).
