@@ -820,9 +820,7 @@ def _reasons(results: Sequence[ModelResult]) -> list[str]:
             "external file; `load_session` must read, restore and hand over in memory "
             "every tensor with a restored kernel (here all four, 2.4 GB), and ONNX Runtime "
             "copies in-memory initializers while it builds the session. Its L2 column is "
-            "slower than L5 in the interleaved runs, though L2 restores less; loaded alone "
-            "one after the other while building this, L2 and L5 took about the same time "
-            "(22 and 21 s on a busy machine): read it as memory-pressure noise between runs."
+            "slower than L5, though L2 restores less; this is not explained yet."
         )
     off = [
         (r.name, r.inference["restored cpu"].median / r.inference["plain cpu"].median)
@@ -839,12 +837,10 @@ def _reasons(results: Sequence[ModelResult]) -> list[str]:
         )
     lines.append(
         "- Peak memory: `load_session` holds the file's buffer (restored in place) while "
-        "ONNX Runtime copies the in-memory initializers into its own. Measured with ONNX "
-        "Runtime 1.31 while building this: both `add_external_initializers` and "
-        "`add_external_initializers_from_files_in_memory` copy (with graph optimisations "
-        "off, a plain session of the 2.4 GB model maps lazily while `load_session` holds "
-        "two copies), and an anonymous in-memory file (memfd) passed as the external-data "
-        "folder is refused by ONNX Runtime's path validation."
+        "ONNX Runtime copies the in-memory initializers into its own (with ONNX Runtime "
+        "1.31, found while building this: `add_external_initializers_from_files_in_memory` "
+        "copies as well, and an anonymous in-memory file (memfd) passed as the "
+        "external-data folder is refused by ONNX Runtime's path validation)."
     )
     if vgg is not None:
         free, ls = vgg.encrypt["data-free"].median, vgg.encrypt["load+save"].median
