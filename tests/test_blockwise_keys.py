@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from onnx_selenc.blockwise import BlockKey, ImageDomain
+from onnx_selenc.blockwise import BlockKey, ImageDomain, encrypt_images
 from onnx_selenc.blockwise._derive import derive_transform, keyed_orthogonal, keyed_permutation
 from onnx_selenc.exceptions import KeyFileError
 
@@ -55,6 +55,20 @@ def test_key_space_bits() -> None:
     assert _key(patch=2, flip=True).transform_bits == pytest.approx(28.835 + 12, abs=0.01)
     assert math.isinf(_key(patch=2, transform="orthogonal").transform_bits)
     assert not _key(patch=2, transform="orthogonal").weak
+
+
+def test_generated_keys_never_leave_images_unchanged() -> None:
+    # a 2x2 single-channel permutation is the identity for 1 secret in 24: without the
+    # redraw, ~8 of these 200 keys would encrypt nothing
+    images = np.random.default_rng(0).random((1, 1, 8, 8))
+    for _ in range(200):
+        key = BlockKey.generate(patch=2, channels=1)
+        assert not key.derive().is_identity
+        assert not np.array_equal(encrypt_images(images, key), images)
+    assert derive_transform(SECRET, 1, 1, False, False, None, 1.0).is_identity
+    with pytest.raises(ValueError, match="only the identity"):
+        BlockKey.generate(patch=1, channels=1)
+    BlockKey.generate(patch=1, channels=1, flip=True)  # two transforms: one is not identity
 
 
 def test_key_file_round_trip_and_permissions(tmp_path: Path) -> None:

@@ -118,6 +118,18 @@ class BlockTransform:
         """Block vector length ``L = P * P * C``."""
         return self.patch * self.patch * self.channels
 
+    @property
+    def is_identity(self) -> bool:
+        """True when the transform leaves every image unchanged (a key that encrypts nothing)."""
+        if self.flip.any():
+            return False
+        if self.block_perm is not None and not _is_arange(self.block_perm):
+            return False
+        if self.ortho is not None:
+            return bool(np.allclose(self.ortho, np.eye(self.length)))
+        assert self.perm is not None
+        return _is_arange(self.perm)
+
     def mixing(self) -> np.ndarray:
         """Return ``G`` as a dense ``L x L`` float64 matrix."""
         if self.ortho is not None:
@@ -148,6 +160,10 @@ class BlockTransform:
             x = np.empty_like(blocks)
             x[..., self.perm] = blocks
         return np.where(self.flip, self.pixel_max - x, x)
+
+
+def _is_arange(perm: np.ndarray) -> bool:
+    return bool(np.array_equal(perm, np.arange(perm.size)))
 
 
 def log2_factorial(n: int) -> float:

@@ -40,6 +40,8 @@ TRANSFORMS = ("permutation", "orthogonal")
 WEAK_BITS = 128.0
 SECRET_BITS = 256.0
 _MAX_KEY_FILE = 1 << 20
+# the identity has probability <= 1/2 per draw once another transform exists
+_IDENTITY_REDRAWS = 64
 
 
 class WeakKeyWarning(UserWarning):
@@ -119,13 +121,27 @@ class BlockKey:
     def generate(cls, **params: Any) -> BlockKey:
         """Create a key with a fresh secret from :func:`secrets.token_bytes`.
 
+        A secret whose transform is the identity (it would leave images, and the
+        model, unchanged) is redrawn: with small blocks that draw is not rare
+        (1 in 24 for a 2x2 single-channel permutation).
+
         Args:
             **params: The public fields (``patch``, ``channels``, ``layout``, ...).
 
         Raises:
-            ValueError: If a parameter is invalid.
+            ValueError: If a parameter is invalid, or the parameters admit no
+                transform but the identity (a 1x1 single-channel block without
+                flip or scrambling).
         """
-        return cls(secret=secrets.token_bytes(32), **params)
+        for _ in range(_IDENTITY_REDRAWS):
+            key = cls(secret=secrets.token_bytes(32), **params)
+            if not key.derive().is_identity:
+                return key
+        # 64 identity draws in a row: the parameters admit no other transform
+        raise ValueError(
+            f"a {key.patch}x{key.patch} block over {key.channels} channel(s) without flip or "
+            "scrambling has only the identity transform: nothing would be encrypted"
+        )
 
     @property
     def key_id(self) -> str:
