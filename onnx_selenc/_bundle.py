@@ -242,31 +242,35 @@ def decode_payload(data: bytes) -> list[TensorPatch]:
         raise FormatError("sealed payload table is out of range")
     table = json.loads(data[16 : 16 + n])
     body = memoryview(data)[16 + n :]
+    size = len(body)
     patches = []
-    dtypes: dict[str, tuple[np.dtype, str, np.dtype]] = {}  # numpy's dtype.name is slow
+    # Per dtype code: (dtype, its name, the stored little-endian dtype, whether they
+    # differ). numpy's dtype.name and astype are slow next to hundreds of small entries.
+    dtypes: dict[str, tuple[np.dtype, str, np.dtype, bool]] = {}
+    index_dtype = np.dtype("<i8")
+    native_index = index_dtype == np.dtype(np.int64)
     for entry in table:
         code = entry["dtype"]
         if code not in dtypes:
             dt = np.dtype(code)
-            dtypes[code] = (dt, dt.name, dt.newbyteorder("<"))
-        dtype, dtype_name, stored = dtypes[code]
-        shape = tuple(int(d) for d in entry["shape"])
+            stored_dt = dt.newbyteorder("<")
+            dtypes[code] = (dt, dt.name, stored_dt, stored_dt != dt)
+        dtype, dtype_name, stored, swap = dtypes[code]
+        shape = tuple(map(int, entry["shape"]))
         count, offset = int(entry["count"]), int(entry["offset"])
         ksize = math.prod(shape[2:])
         end_idx = offset + 8 * count
         end = end_idx + count * ksize * dtype.itemsize
-        if offset < 0 or end > len(body):
+        if offset < 0 or count < 0 or end > size:
             raise FormatError("sealed payload entry is out of range")
         # Views of the payload where the byte order allows (no copy per entry).
-        kernels = np.frombuffer(body[offset:end_idx], dtype="<i8").astype(np.int64, copy=False)
-        values = np.frombuffer(body[end_idx:end], dtype=stored)
+        kernels = np.frombuffer(body, index_dtype, count, offset)
+        if not native_index:
+            kernels = kernels.astype(np.int64)
+        values = np.frombuffer(body, stored, count * ksize, end_idx)
+        if swap:
+            values = values.astype(dtype)
         patches.append(
-            TensorPatch(
-                str(entry["key"]),
-                dtype_name,
-                shape,
-                kernels,
-                values.astype(dtype, copy=False).reshape(count, ksize),
-            )
+            TensorPatch(str(entry["key"]), dtype_name, shape, kernels, values.reshape(count, ksize))
         )
     return patches

@@ -71,6 +71,8 @@ _DISK_CACHE_OPTIONS = (
 # read the location instead of using the value, it would fail, never run masked weights.
 _IN_MEMORY = "onnx-selenc:in-memory"
 _CONSTANT_DOMAINS = ("", "ai.onnx")
+# The standard operators with graph attributes (others are refused by the checker).
+_SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
 # Models with less than this in memory are checked before the session is built.
 _INLINE_TAG_BYTES = 256 << 20
 _TAG_MISMATCH = "the model was modified after encryption (its level tag does not match)"
@@ -380,9 +382,10 @@ class _Locator:
                     initializers.setdefault(t.name, t)
                 for node in graph.node:
                     if node.op_type == "Constant" and node.output:
-                        value = next((a.t for a in node.attribute if a.name == "value"), None)
-                        if value is not None:
-                            constants.setdefault(node.output[0], value)
+                        for attr in node.attribute:
+                            if attr.name == "value":
+                                constants.setdefault(node.output[0], attr.t)
+                                break
                 self._graphs[graph_path] = (initializers, constants)
         found = self._graphs[graph_path]
         tensor = None
@@ -688,22 +691,30 @@ def _memory_candidates(model: onnx.ModelProto) -> dict[int, tuple[onnx.TensorPro
     replacement and would be an error. A name given twice is left alone.
     """
     graph = model.graph
-    read = _inputs_read(graph)
-    # The values hold the tensors, which keeps their ids unique while the dict lives.
-    found: dict[int, tuple[onnx.TensorProto, str]] = {}
-    seen: dict[str, int] = {}
+    # One pass over the nodes (this runs on every load; Paddle exports hold hundreds).
+    read: set[str] = set()
     candidates: list[tuple[onnx.TensorProto, str]] = [(t, t.name) for t in graph.initializer]
     for node in graph.node:
-        if node.op_type == "Constant" and node.domain in _CONSTANT_DOMAINS and node.output:
-            for attr in node.attribute:
-                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
-                    candidates.append((attr.t, node.output[0]))
+        read.update(node.input)
+        if node.domain in _CONSTANT_DOMAINS:
+            if node.op_type == "Constant" and node.output:
+                for attr in node.attribute:
+                    if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                        candidates.append((attr.t, node.output[0]))
+                continue
+            if node.op_type not in _SUBGRAPH_OPS:
+                continue  # no other standard operator has a graph attribute
+        for _, sub in subgraphs(node):
+            _inputs_read(sub, read)
+    seen: dict[str, int] = {}
     for _, name in candidates:
         seen[name] = seen.get(name, 0) + 1
-    for tensor, name in candidates:
-        if name and name in read and seen[name] == 1:
-            found[id(tensor)] = (tensor, name)
-    return found
+    # The values hold the tensors, which keeps their ids unique while the dict lives.
+    return {
+        id(tensor): (tensor, name)
+        for tensor, name in candidates
+        if name and name in read and seen[name] == 1
+    }
 
 
 def _inputs_read(graph: onnx.GraphProto, names: set[str] | None = None) -> set[str]:
@@ -711,7 +722,9 @@ def _inputs_read(graph: onnx.GraphProto, names: set[str] | None = None) -> set[s
     names = set() if names is None else names
     for node in graph.node:
         names.update(node.input)
-        if node.attribute:  # subgraphs, without a generator per node
+        if node.attribute and (
+            node.domain not in _CONSTANT_DOMAINS or node.op_type in _SUBGRAPH_OPS
+        ):
             for _, sub in subgraphs(node):
                 _inputs_read(sub, names)
     return names

@@ -10,6 +10,7 @@ import pytest
 
 from onnx_selenc import _bundle
 from onnx_selenc._keys import new_owner_key, write_key_file
+from onnx_selenc.exceptions import FormatError
 
 from . import tiny_models as tm
 
@@ -45,6 +46,25 @@ def test_payload_round_trip() -> None:
     assert np.array_equal(back.kernels, patch.kernels) and np.array_equal(back.values,
                                                                           patch.values)
 
+
+
+@pytest.mark.parametrize("field,value", [("count", -1), ("count", 3), ("offset", -8),
+                                         ("offset", 40)])
+def test_payload_entry_out_of_range(field: str, value: int) -> None:
+    import struct
+
+    import numpy as np
+
+    patch = _bundle.TensorPatch("w", "float32", (2, 1, 1, 2), np.array([1]),
+                                np.ones((1, 2), dtype=np.float32))
+    data = _bundle.encode_payload([patch])
+    (n,) = struct.unpack("<Q", data[8:16])
+    table = json.loads(data[16 : 16 + n])
+    table[0][field] = value
+    head = _bundle.canonical_json(table)
+    forged = data[:8] + struct.pack("<Q", len(head)) + head + data[16 + n :]
+    with pytest.raises(FormatError, match="out of range"):
+        _bundle.decode_payload(forged)
 
 GOLDEN_MANIFEST = {
     "blobs": [[0, 28], [28, 1054], [1082, 898], [1980, 898]],
