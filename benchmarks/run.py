@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -85,6 +86,7 @@ class ModelResult:
         providers_used: ``get_providers()`` of the plain and the restored session.
         notes: what was not measured, and why.
         calibration: the data-driven encryption's calibration shape, e.g. ``16x3x32x32``.
+        build_sequence: ``(variant, seconds)`` of the timed builds in the order they ran.
     """
 
     name: str
@@ -99,6 +101,7 @@ class ModelResult:
     providers_used: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     calibration: str = ""
+    build_sequence: list[tuple[str, float]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> ModelResult:
@@ -120,6 +123,7 @@ class ModelResult:
             providers_used=doc["providers_used"],
             notes=list(doc["notes"]),
             calibration=doc.get("calibration", ""),
+            build_sequence=[(str(n), float(t)) for n, t in doc.get("build_sequence", [])],
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -139,6 +143,7 @@ class ModelResult:
             "providers_used": self.providers_used,
             "notes": self.notes,
             "calibration": self.calibration,
+            "build_sequence": [list(x) for x in self.build_sequence],
         }
 
 
@@ -178,15 +183,22 @@ def interleaved(
     repeats: int,
     results: dict[str, Stat],
     cpu: dict[str, Stat] | None = None,
+    sequence: list[tuple[str, float]] | None = None,
 ) -> None:
-    """Time every variant once per repetition, rotating the order each time.
+    """Time every variant once per repetition, changing the order each time.
+
+    The order is rotated by one per repetition and reversed on every other one, so no
+    variant always follows the same other variant (what the previous build left
+    behind, such as memory to reuse, can change the next one's time).
 
     ``cpu`` also receives the process CPU time (all threads) of each call: the work
     done, which other jobs on the machine disturb less than the wall time.
+    ``sequence`` receives ``(variant, seconds)`` in the order the builds ran.
     """
     names = list(variants)
     for rep in range(repeats):
-        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+        order = names[rep % len(names) :] + names[: rep % len(names)]
+        for name in order[::-1] if rep % 2 else order:
             start_cpu = time.process_time()
             seconds, out = timed(variants[name])
             used = time.process_time() - start_cpu
@@ -194,6 +206,8 @@ def interleaved(
             results.setdefault(name, Stat()).add(seconds)
             if cpu is not None:
                 cpu.setdefault(name, Stat()).add(used)
+            if sequence is not None:
+                sequence.append((name, seconds))
 
 
 def build_variants(
@@ -320,7 +334,7 @@ def bench_model(bm: bench_models.BenchModel, settings: Settings, work: Path) -> 
     variants = build_variants(bm.path, enc_path, key, wf, providers)
     interleaved(variants, 1, {})
     repeats = max(1, settings.repeats if not big else min(settings.repeats, 3))
-    interleaved(variants, repeats, result.build, result.build_cpu)
+    interleaved(variants, repeats, result.build, result.build_cpu, result.build_sequence)
     log("build " + ", ".join(f"{k} {v.ms()}" for k, v in result.build.items()))
     # The floor of the integrity check every load does: one level tag (AES-GMAC) over the
     # model's bytes; and, for scale, one SHA-256 pass (what the check cost before).
@@ -819,8 +833,8 @@ def _reasons(results: Sequence[ModelResult]) -> list[str]:
             "- Session build, model over 2 GB (not a goal row): a plain session maps the "
             "external file; `load_session` must read, restore and hand over in memory "
             "every tensor with a restored kernel (here all four, 2.4 GB), and ONNX Runtime "
-            "copies in-memory initializers while it builds the session. Its L2 column is "
-            "slower than L5, though L2 restores less; this is not explained yet."
+            "copies in-memory initializers while it builds the session."
+            + _order_effect(huge)
         )
     off = [
         (r.name, r.inference["restored cpu"].median / r.inference["plain cpu"].median)
@@ -852,6 +866,30 @@ def _reasons(results: Sequence[ModelResult]) -> list[str]:
             f"{free:.2f} s against {ls:.2f} s."
         )
     return lines
+
+
+def _order_effect(result: ModelResult) -> str:
+    """What the previous build did to an in-memory build's time, from the build order."""
+    in_memory = {f"L{MIDDLE}", f"L{LEVELS}"}
+    after_map: list[float] = []
+    after_memory: list[float] = []
+    for (before, _), (name, seconds) in zip(
+        result.build_sequence, result.build_sequence[1:], strict=False
+    ):
+        if name in in_memory:
+            (after_memory if before in in_memory else after_map).append(seconds)
+    if not after_map or not after_memory:
+        return ""
+    return (
+        f" An in-memory build (L{MIDDLE}, L{LEVELS}) took a median "
+        f"{statistics.median(after_map):.1f} s right after a build that only mapped the "
+        f"file (plain, L0; {len(after_map)} builds) and {statistics.median(after_memory):.1f} s "
+        f"after another in-memory build ({len(after_memory)} builds), consistent with the "
+        "gigabytes an in-memory build frees being reused by the next one, while after a "
+        "mapping build the buffers are faulted in afresh (slow in this virtual machine). "
+        "The build order alternates direction, so this no longer weighs on one level "
+        "(with a plain rotation, L2 always followed L0 and looked slower than L5)."
+    )
 
 
 def _providers(used: dict[str, list[str]]) -> str:
