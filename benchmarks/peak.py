@@ -2,8 +2,9 @@
 
 ``python -m benchmarks.peak '<json>'`` imports the same modules for every task (so
 the import footprint is equal), records the resident set, performs the one task the
-JSON names, and prints ``{"peak_mb": ..., "imports_mb": ..., "hwm_mb": ...}``:
-``ru_maxrss``, the resident set after the imports, and ``VmHWM``.
+JSON names, and prints ``{"peak_mb": ..., "imports_mb": ..., "hwm_mb": ...,
+"seconds": ..., "cpu_seconds": ...}``: ``ru_maxrss``, the resident set after the
+imports, ``VmHWM``, and the task's wall and process CPU time.
 
 Start it through :func:`spawn`: Linux carries ``ru_maxrss`` across ``fork`` +
 ``exec`` (a child exec'd straight from the benchmark would report at least the
@@ -12,7 +13,8 @@ benchmark's own size), so it goes through a small shell that forks it.
 Tasks (``"task"`` in the JSON):
 
 - ``plain``: ``onnxruntime.InferenceSession(model)``;
-- ``load``: ``onnx_selenc.load_session(model, key=key)`` at the key's level;
+- ``load``: ``onnx_selenc.load_session(model, key=key)`` at the key's level, or at
+  ``"level"`` when the JSON gives one;
 - ``whole``: the whole-file AES-GCM baseline (``benchmarks.wholefile.load_session``);
 - ``encrypt``: ``onnx_selenc.encrypt(model, out, key_file=...)`` (data-free defaults);
 - ``load_save``: ``onnx.load(model)`` then ``onnx.save`` (external data when the
@@ -24,6 +26,7 @@ from __future__ import annotations
 import json
 import resource
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -51,10 +54,13 @@ def run(spec: dict[str, Any]) -> dict[str, float]:
     task, model = spec["task"], Path(spec["model"])
     providers = spec.get("providers")
     keep: object = None  # the result stays alive until the peak is read
+    start, start_cpu = time.perf_counter(), time.process_time()
     if task == "plain":
         keep = ort.InferenceSession(str(model), providers=providers)
     elif task == "load":
-        keep = se.load_session(model, key=spec["key"], providers=providers)
+        keep = se.load_session(
+            model, key=spec["key"], level=spec.get("level"), providers=providers
+        )
     elif task == "whole":
         keep = wholefile.load_session(model, bytes.fromhex(spec["aes_key"]), providers)
     elif task == "encrypt":
@@ -75,9 +81,16 @@ def run(spec: dict[str, Any]) -> dict[str, float]:
         keep = loaded
     else:
         raise ValueError(f"unknown task {task!r}")
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     del keep
-    return {"peak_mb": peak_mb, "imports_mb": imports_mb, "hwm_mb": _hwm_mb()}
+    return {
+        "peak_mb": peak_mb,
+        "imports_mb": imports_mb,
+        "hwm_mb": _hwm_mb(),
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+    }
 
 
 def _hwm_mb() -> float:

@@ -57,15 +57,3 @@ def test_build_order_gives_every_variant_several_predecessors() -> None:
     assert all(len(prevs) >= 2 for prevs in predecessors(7).values())
     few = predecessors(3)  # the model over 2 GB: its in-memory levels still vary
     assert len(few["L2"]) >= 2 and len(few["L5"]) >= 2
-
-
-def test_order_effect_splits_in_memory_builds_by_predecessor() -> None:
-    from benchmarks import run
-
-    result = run.ModelResult("huge_2gb", 2400.0, build_sequence=[
-        ("plain", 7.0), ("L0", 7.0), ("L2", 17.0), ("L5", 10.0),
-        ("L5", 11.0), ("L2", 10.0), ("L0", 7.0), ("plain", 7.0), ("L5", 16.0)])
-    text = run._order_effect(result)
-    assert "16.5 s right after a build that only mapped" in text
-    assert "10.0 s after another in-memory build (3 builds)" in text
-    assert run._order_effect(run.ModelResult("x", 1.0)) == ""
