@@ -522,7 +522,8 @@ def render(
         "",
         f"Command: `{command}` ({settings.repeats} repetitions of each session build; "
         f"{settings.encrypt_repeats} of each data-free encryption and of load + save, one "
-        "data-driven encryption; on the model over 2 GB, 3 builds and 1 encryption). Figures are "
+        "data-driven encryption; on the model over 2 GB, 3 builds, each in a fresh process, and "
+        "1 encryption). Figures are "
         "`median (min-max)`.",
         "",
         "Models: the five real models of `samples/real_models.py`; `vgg19_cifar`, a "
@@ -945,7 +946,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--quick", action="store_true", help="skip the model over 2 GB; fewer repetitions"
     )
     parser.add_argument(
-        "--repeats", type=int, help="session-build repetitions (default 7; 3 quick)"
+        "--repeats",
+        type=int,
+        help="session-build repetitions (default 15; 3 quick; at most 3 on the model over 2 GB)",
     )
     parser.add_argument(
         "--models",
@@ -986,7 +989,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import onnxruntime as ort
 
     ort.set_default_logger_severity(3)  # every session alike: no warning spam on stderr
-    repeats = args.repeats or (3 if args.quick else 7)
+    repeats = args.repeats or (3 if args.quick else 15)
     settings = Settings(
         repeats=repeats,
         encrypt_repeats=2 if args.quick else 3,
