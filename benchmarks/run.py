@@ -213,18 +213,33 @@ def build_order(names: list[str], rep: int) -> list[str]:
     return order[::-1] if rep % 2 else order
 
 
-def fresh_process_builds(
-    specs: dict[str, dict[str, Any]], repeats: int, result: ModelResult
-) -> None:
-    """Time each build in a fresh process (``benchmarks.peak``), in :func:`build_order`.
+def mapped_then_in_memory(mapping: list[str], in_memory: list[str], rep: int) -> list[str]:
+    """Repetition ``rep``'s order: each in-memory build right after a mapping build.
 
-    For the model over 2 GB: in one process an in-memory build reuses the gigabytes the
-    previous in-memory build freed and runs seconds faster than one after a build that
-    only mapped the file, so the timings would depend on the order; a user's one load
-    in a fresh process pays for fresh memory, as each build does here.
+    Pairs ``(mapping[i], in_memory[i])``, rotated by ``rep``: every in-memory build
+    follows a build that freed little memory, so none of them gets memory the previous
+    one freed (see :func:`fresh_process_builds`).
     """
+    pairs = list(zip(mapping, in_memory, strict=True))
+    k = rep % len(pairs)
+    return [name for pair in pairs[k:] + pairs[:k] for name in pair]
+
+
+def fresh_process_builds(
+    specs: dict[str, dict[str, Any]], in_memory: list[str], repeats: int, result: ModelResult
+) -> None:
+    """Time each build in a fresh process (``benchmarks.peak``), in a balanced order.
+
+    For the model over 2 GB: an in-memory build (a level with restored kernels) that
+    follows another runs seconds faster than one that follows a build which only
+    mapped the file, in one process and, less so, across processes (the memory the
+    previous build freed is reused; fresh memory is faulted in, slowly in a virtual
+    machine). Fresh processes, as a user's one load, and each in-memory build right
+    after a mapping one keep the order out of the levels' times.
+    """
+    mapping = [name for name in specs if name not in in_memory]
     for rep in range(repeats):
-        for name in build_order(list(specs), rep):
+        for name in mapped_then_in_memory(mapping, in_memory, rep):
             measured = child_peak(specs[name])
             result.build.setdefault(name, Stat()).add(measured["seconds"])
             result.build_cpu.setdefault(name, Stat()).add(measured["cpu_seconds"])
@@ -360,7 +375,7 @@ def bench_model(bm: bench_models.BenchModel, settings: Settings, work: Path) -> 
         for level in (0, MIDDLE, LEVELS):
             specs[f"L{level}"] = {"task": "load", "model": str(enc_path), "key": str(key),
                                   "level": level, "providers": providers}
-        fresh_process_builds(specs, repeats, result)
+        fresh_process_builds(specs, [f"L{MIDDLE}", f"L{LEVELS}"], repeats, result)
         result.notes.append(
             "session builds timed in a fresh process each (benchmarks.peak), interleaved"
         )
@@ -522,8 +537,8 @@ def render(
         "",
         f"Command: `{command}` ({settings.repeats} repetitions of each session build; "
         f"{settings.encrypt_repeats} of each data-free encryption and of load + save, one "
-        "data-driven encryption; on the model over 2 GB, 3 builds, each in a fresh process, and "
-        "1 encryption). Figures are "
+        "data-driven encryption; on the model over 2 GB, 3 builds, each in a fresh process, "
+        "and 1 encryption). Figures are "
         "`median (min-max)`.",
         "",
         "Models: the five real models of `samples/real_models.py`; `vgg19_cifar`, a "
@@ -867,12 +882,11 @@ def _reasons(results: Sequence[ModelResult]) -> list[str]:
             "- Session build, model over 2 GB (not a goal row): a plain session maps the "
             "external file; `load_session` must read, restore and hand over in memory "
             "every tensor with a restored kernel (here all four, 2.4 GB), and ONNX Runtime "
-            "copies in-memory initializers while it builds the session. Each of its builds "
-            "is timed in a fresh process, as a user's one load runs: in a shared process an "
-            "in-memory build reuses the gigabytes the previous one freed and runs seconds "
-            "faster than one that follows a build which only mapped the file (plain, L0), "
-            "so the order of builds showed in the levels' times (L2, always run right after "
-            "L0, looked slower than L5)."
+            "copies in-memory initializers while it builds the session. Each build runs "
+            "in a fresh process, and each in-memory build (L2, L5) right after a mapping "
+            "one (plain, L0): an in-memory build that follows another is seconds faster "
+            "(it reuses the memory that one freed), which made the levels' times depend "
+            "on the order (L2, run right after L0, looked slower than L5)."
         )
     off = [
         (r.name, r.inference["restored cpu"].median / r.inference["plain cpu"].median)

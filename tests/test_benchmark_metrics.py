@@ -57,3 +57,13 @@ def test_build_order_gives_every_variant_several_predecessors() -> None:
     assert all(len(prevs) >= 2 for prevs in predecessors(7).values())
     few = predecessors(3)  # the model over 2 GB: its in-memory levels still vary
     assert len(few["L2"]) >= 2 and len(few["L5"]) >= 2
+
+
+def test_in_memory_builds_of_the_huge_model_follow_mapping_builds() -> None:
+    from benchmarks import run
+
+    sequence = [n for rep in range(3)
+                for n in run.mapped_then_in_memory(["plain", "L0"], ["L2", "L5"], rep)]
+    assert sorted(sequence) == sorted(["plain", "L0", "L2", "L5"] * 3)
+    for prev, name in itertools.pairwise(sequence):
+        assert (name in ("L2", "L5")) != (prev in ("L2", "L5"))
