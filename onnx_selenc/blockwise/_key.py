@@ -139,8 +139,9 @@ class BlockKey:
                 return key
         # 64 identity draws in a row: the parameters admit no other transform
         raise ValueError(
-            f"a {key.patch}x{key.patch} block over {key.channels} channel(s) without flip or "
-            "scrambling has only the identity transform: nothing would be encrypted"
+            f"these key parameters (a {key.patch}x{key.patch} block over {key.channels} "
+            "channel(s)) admit only the identity transform: nothing would be encrypted; "
+            "add flip, scrambling of several blocks, or use a larger block"
         )
 
     @property
