@@ -184,7 +184,8 @@ def encrypt(
     refuse_overwrite_of_input(key_file, inputs)
     if external_data is None:
         external_data = len(inputs) > 1
-    load_external_data(model, model_path)  # parsed once: the skeleton told us the inputs
+    # Parsed once, above; its external data is read only now the outputs are checked.
+    load_external_data(model, model_path)
     enc = encrypt_model(
         model,
         levels=levels,

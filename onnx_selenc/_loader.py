@@ -71,7 +71,7 @@ _DISK_CACHE_OPTIONS = (
 # read the location instead of using the value, it would fail, never run masked weights.
 _IN_MEMORY = "onnx-selenc:in-memory"
 _CONSTANT_DOMAINS = ("", "ai.onnx")
-# The standard operators with graph attributes (others are refused by the checker).
+# The standard operators with graph attributes (see _may_hold_subgraphs).
 _SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
 # Models with less than this in memory are checked before the session is built.
 _INLINE_TAG_BYTES = 256 << 20
@@ -696,16 +696,13 @@ def _memory_candidates(model: onnx.ModelProto) -> dict[int, tuple[onnx.TensorPro
     candidates: list[tuple[onnx.TensorProto, str]] = [(t, t.name) for t in graph.initializer]
     for node in graph.node:
         read.update(node.input)
-        if node.domain in _CONSTANT_DOMAINS:
-            if node.op_type == "Constant" and node.output:
-                for attr in node.attribute:
-                    if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
-                        candidates.append((attr.t, node.output[0]))
-                continue
-            if node.op_type not in _SUBGRAPH_OPS:
-                continue  # no other standard operator has a graph attribute
-        for _, sub in subgraphs(node):
-            _inputs_read(sub, read)
+        if node.op_type == "Constant" and node.domain in _CONSTANT_DOMAINS and node.output:
+            for attr in node.attribute:
+                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                    candidates.append((attr.t, node.output[0]))
+        elif _may_hold_subgraphs(node):
+            for _, sub in subgraphs(node):
+                _inputs_read(sub, read)
     seen: dict[str, int] = {}
     for _, name in candidates:
         seen[name] = seen.get(name, 0) + 1
@@ -722,9 +719,15 @@ def _inputs_read(graph: onnx.GraphProto, names: set[str] | None = None) -> set[s
     names = set() if names is None else names
     for node in graph.node:
         names.update(node.input)
-        if node.attribute and (
-            node.domain not in _CONSTANT_DOMAINS or node.op_type in _SUBGRAPH_OPS
-        ):
+        if _may_hold_subgraphs(node):
             for _, sub in subgraphs(node):
                 _inputs_read(sub, names)
     return names
+
+
+def _may_hold_subgraphs(node: onnx.NodeProto) -> bool:
+    """Cheaper than :func:`subgraphs` on every node: of the standard operators only
+    If, Loop, Scan and SequenceMap have graph attributes (the checker refuses others)."""
+    return bool(node.attribute) and (
+        node.domain not in _CONSTANT_DOMAINS or node.op_type in _SUBGRAPH_OPS
+    )

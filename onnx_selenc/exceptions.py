@@ -49,22 +49,23 @@ class UnsafeSessionOptions(SelencError, ValueError):
     """Session options that would write restored (plaintext) weights to disk."""
 
 
-__all__ = [
-    "FormatError",
-    "InvalidBundle",
-    "KeyFileError",
-    "KeyMismatch",
-    "LevelNotGranted",
-    "NotEncrypted",
-    "SelencError",
-    "UnsafeSessionOptions",
-    "UnsupportedModel",
-]
-
-
 class LevelTargetWarning(UserWarning):
     """A level missed its quality target on held-out inputs by more than the tolerance.
 
     The model is still written; the level report (``EncryptResult.level_report``)
     says what each level reached.
     """
+
+
+__all__ = [
+    "FormatError",
+    "InvalidBundle",
+    "KeyFileError",
+    "KeyMismatch",
+    "LevelNotGranted",
+    "LevelTargetWarning",
+    "NotEncrypted",
+    "SelencError",
+    "UnsafeSessionOptions",
+    "UnsupportedModel",
+]
