@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import _seal
-from ._io import atomic_write, refuse_existing
+from ._io import Staging, refuse_existing, same_file, staged_outputs, write_new_file
 from .exceptions import KeyFileError
 
 KEY_FORMAT = "onnx-selenc-key"
@@ -102,14 +102,56 @@ def key_file_bytes(key: LevelKey, *, passphrase: str | None = None) -> bytes:
 def write_key_file(
     path: str | os.PathLike[str], key: LevelKey, *, passphrase: str | None = None
 ) -> Path:
-    """Write a key file with 0600 permissions; refuse to replace an existing file.
+    """Write a key file with 0600 permissions, atomically; never over an existing file.
 
     Raises:
         FileExistsError: ``path`` exists (losing an owner key loses the model).
     """
     refuse_existing(path, "key file")
-    atomic_write(path, key_file_bytes(key, passphrase=passphrase), mode=0o600)
+    with staged_outputs() as stage:
+        stage_key_file(stage, path, key, passphrase=passphrase)
     return Path(path)
+
+
+def stage_key_file(
+    stage: Staging,
+    path: str | os.PathLike[str],
+    key: LevelKey,
+    *,
+    passphrase: str | None = None,
+    replace: bool = False,
+) -> Path:
+    """Add a key file (0600) to a set of outputs: it appears when the set is committed.
+
+    ``replace``: over an existing file (tier keys only, see :func:`export_key`); else
+    the commit fails if one has appeared meanwhile.
+    """
+    write_new_file(stage.path(path), key_file_bytes(key, passphrase=passphrase), mode=0o600)
+    stage.place(path, replace=replace)
+    return Path(path)
+
+
+def key_file_levels(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """``(level, levels)`` of the key file at ``path``; ``None`` if it is not one."""
+    try:
+        with open(path, "rb") as fh:
+            doc = _parse(fh.read(MAX_KEY_FILE_BYTES + 1), str(path))
+        return int(doc["level"]), int(doc["levels"])  # type: ignore[call-overload]
+    except (OSError, KeyFileError, KeyError, ValueError, TypeError):
+        return None
+
+
+def refuse_replacing_key_file(path: str | os.PathLike[str]) -> None:
+    """Refuse to write a model over a key file (a mistyped ``-o`` with ``--overwrite``).
+
+    Raises:
+        FileExistsError: ``path`` holds an onnx-selenc key file.
+    """
+    if os.path.isfile(path) and key_file_levels(path) is not None:
+        raise FileExistsError(
+            f"{path} is an onnx-selenc key file; refusing to replace it, even with "
+            "--overwrite (losing a key loses access): choose another output path"
+        )
 
 
 def is_protected(path: str | os.PathLike[str]) -> bool:
@@ -191,15 +233,18 @@ def export_key(
     *,
     passphrase: str | None = None,
     new_passphrase: str | None = None,
+    overwrite: bool = False,
 ) -> LevelKey:
     """Derive a lower-tier key file from a higher one (e.g. the owner key).
 
     Args:
         key_file: a key file of level ``>= level``.
         level: the tier to hand out.
-        output: the new key file (must not exist).
+        output: the new key file: must not exist, or with ``overwrite`` hold a key
+            file below its top level (a tier key; an owner key is never replaced).
         passphrase: of ``key_file`` if it is protected.
         new_passphrase: protect the new key file with this passphrase.
+        overwrite: replace an existing tier key file at ``output`` (atomically).
 
     Returns:
         The exported key.
@@ -207,16 +252,37 @@ def export_key(
     Raises:
         LevelNotGranted: ``key_file`` is below ``level``.
         KeyFileError: ``key_file`` is malformed or its passphrase is wrong.
-        FileExistsError: ``output`` exists.
+        FileExistsError: ``output`` exists (with ``overwrite``: and is not a tier key).
+        ValueError: ``output`` is ``key_file``.
 
     Example:
         >>> export_key("owner.key", 2, "tier2.key")  # doctest: +SKIP
     """
-    if Path(output).resolve() == Path(key_file).resolve():
-        raise ValueError("refusing to overwrite the input key file")
-    refuse_existing(output, "key file")
-    lower = read_key_file(key_file, passphrase=passphrase).derive(level)
-    write_key_file(output, lower, passphrase=new_passphrase)
+    source, out = Path(key_file), Path(output)
+    if same_file(out, source):
+        raise ValueError(
+            f"refusing to overwrite the source key file {source}: choose another output path"
+        )
+    if os.path.lexists(out):
+        if not overwrite:
+            raise FileExistsError(
+                f"key file {out} already exists; refusing to replace it (move it away "
+                "first, or pass --overwrite / overwrite=True to replace a tier key file)"
+            )
+        levels = key_file_levels(out)
+        if levels is None:
+            raise FileExistsError(
+                f"{out} exists and is not an onnx-selenc key file; refusing to replace it "
+                "(--overwrite replaces only a tier key file)"
+            )
+        if levels[0] == levels[1]:
+            raise FileExistsError(
+                f"{out} holds a top-level (owner) key; refusing to replace it, even with "
+                "--overwrite (losing an owner key loses access to its model)"
+            )
+    lower = read_key_file(source, passphrase=passphrase).derive(level)
+    with staged_outputs() as stage:
+        stage_key_file(stage, out, lower, passphrase=new_passphrase, replace=overwrite)
     return lower
 
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +21,13 @@ import onnx
 from google.protobuf.message import DecodeError, EncodeError
 
 from ._digest import Region
-from ._io import atomic_write, refuse_overwrite_of_input
+from ._io import (
+    Staging,
+    refuse_existing_outputs,
+    refuse_overwrite_of_input,
+    staged_outputs,
+    write_new_file,
+)
 from ._tensors import external_info
 from .exceptions import FormatError
 
@@ -463,49 +467,74 @@ def save_model(
     *,
     external_data: bool,
     protect: list[Path] | None = None,
+    replace: bool = True,
+    stage: Staging | None = None,
 ) -> list[Path]:
-    """Write a model atomically; with external data, beside it as ``<name>.data``.
+    """Write a model; with external data, beside it as ``<name>.data``.
 
-    Returns the files written. ``protect`` lists input files that must not be touched.
-    With external data the model is left as written: its large initializers point to
-    the data file and hold no raw data any more.
+    The model and its data are written under temporary names and appear together
+    (see :func:`onnx_selenc._io.staged_outputs`): with ``stage``, when that set of
+    outputs is committed (the caller adds its own files to it); without, before this
+    returns. Replacing an earlier output also removes a ``<name>.data`` the new model
+    does not use. With external data the model is left as written: its large
+    initializers point to the data file and hold no raw data any more.
+
+    Args:
+        protect: input files that must not be touched.
+        replace: replace an existing model / ``<name>.data`` (else refuse them).
+
+    Returns:
+        The files written (the model, then its data if any).
 
     Raises:
         ValueError: an output path would overwrite a protected input.
+        FileExistsError: an output exists and ``replace`` is false, or is a folder.
     """
     path = Path(path)
-    data_name = path.name + ".data"
+    data_path = path.with_name(path.name + ".data")
     refuse_overwrite_of_input(path, list(protect or []))
-    refuse_overwrite_of_input(path.parent / data_name, list(protect or []))
+    refuse_overwrite_of_input(data_path, list(protect or []))
+    refuse_existing_outputs([path, data_path], overwrite=replace, how="choose another path")
+    with contextlib.ExitStack() as stack:
+        if stage is None:
+            stage = stack.enter_context(staged_outputs())
+        staged = stage.path(path)
+        written = [path]
+        if _write_model(model, staged, data_path.name, external_data=external_data):
+            assert stage.path(data_path) == staged.with_name(data_path.name)
+            stage.place(data_path, replace=replace)  # the data first: the model needs it
+            written.append(data_path)
+        stage.place(path, replace=replace)
+        if replace and len(written) == 1:
+            stage.drop(data_path)  # an earlier model's data; after the model that used it
+    return written
+
+
+def _write_model(
+    model: onnx.ModelProto, path: Path, data_name: str, *, external_data: bool
+) -> bool:
+    """Write a model to the new file ``path``, its external data (if any) beside it.
+
+    Returns:
+        Whether the data file was written.
+    """
     if not external_data:
         serialised = _serialise_if_small(model)
         if serialised is not None:
-            atomic_write(path, serialised)
-            return [path]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        if _plain_for_external(model) and _file_format(path) in (None, "protobuf"):
-            wrote_data = _save_external(model, tmp / path.name, data_name)
-        else:  # tensors already marked external: let onnx resolve them as it always has
-            onnx.save_model(
-                model,
-                str(tmp / path.name),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=data_name,
-                size_threshold=_EXTERNAL_SIZE_THRESHOLD,
-            )
-            wrote_data = (tmp / data_name).exists()
-        written = [path]
-        if wrote_data:
-            os.replace(tmp / data_name, path.parent / data_name)
-            written.append(path.parent / data_name)
-        os.replace(tmp / path.name, path)
-        return written
-    finally:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(tmp)
+            write_new_file(path, serialised)
+            return False
+    if _plain_for_external(model) and _file_format(path) in (None, "protobuf"):
+        return _save_external(model, path, data_name)
+    # tensors already marked external: let onnx resolve them as it always has
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data_name,
+        size_threshold=_EXTERNAL_SIZE_THRESHOLD,
+    )
+    return (path.parent / data_name).exists()
 
 
 def _serialise_if_small(model: onnx.ModelProto) -> bytes | None:
