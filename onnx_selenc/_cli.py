@@ -211,7 +211,12 @@ def cmd_export_key(args: argparse.Namespace) -> int:
     passphrase = _key_passphrase(args, args.key_file)
     protect = _passphrase(args, "protect_env", "protect", "new key passphrase: ")
     key = export_key(
-        args.key_file, args.level, args.output, passphrase=passphrase, new_passphrase=protect
+        args.key_file,
+        args.level,
+        args.output,
+        passphrase=passphrase,
+        new_passphrase=protect,
+        overwrite=args.overwrite,
     )
     print(f"wrote level-{key.level} key (id {key.key_id}) to {args.output}")
     return 0
@@ -370,7 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-key", help="derive a lower-tier key file")
     p.add_argument("key_file")
     p.add_argument("--level", type=int, required=True)
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-o", "--output", required=True,
+                   help="tier key file to create (never the source key file)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing tier key file at -o; never an owner "
+                        "(top-level) key or any other file")
     _add_passphrase_args(p, new=True)
     p.set_defaults(func=cmd_export_key)
 
