@@ -19,6 +19,7 @@ import binascii
 import hashlib
 import json
 import math
+import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from . import _seal
+from . import _seal, _strict
 from .exceptions import FormatError, NotEncrypted
 
 MANIFEST_KEY = "onnx_selenc.manifest"
@@ -139,8 +140,7 @@ def read_bundle(model: onnx.ModelProto) -> tuple[Manifest, list[bytes]]:
         raise NotEncrypted("this model was not encrypted by onnx-selenc (no manifest found)")
     if SEALED_KEY not in entries:
         raise FormatError("the encrypted model has a manifest but no sealed data")
-    raw = entries[MANIFEST_KEY].encode("utf-8")
-    manifest = parse_manifest(raw)
+    manifest = parse_manifest(_entry_bytes(entries[MANIFEST_KEY]))
     try:
         sealed = base64.b64decode(entries[SEALED_KEY], validate=True)
     except (binascii.Error, ValueError):
@@ -158,18 +158,37 @@ def read_bundle(model: onnx.ModelProto) -> tuple[Manifest, list[bytes]]:
     return manifest, [sealed[o : o + n] for o, n in manifest.blobs]
 
 
+def _entry_bytes(value: str | bytes) -> bytes:
+    """A metadata value as bytes: protobuf hands over ``bytes`` when it is not UTF-8."""
+    return value if isinstance(value, bytes) else value.encode("utf-8", "surrogatepass")
+
+
+# Text fields of the manifest, as docs/manifest.schema.json states them.
+_KEY_ID = re.compile(r"[0-9a-f]{32}")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_TAG = re.compile(r"[0-9a-f]{24}:[0-9a-f]{32}")
+_COUNTS = frozenset({"weights", "conv_weights", "layers", "fraction"})
+
+
 def parse_manifest(raw: bytes) -> Manifest:
+    """Parse and type-check a manifest exactly as docs/manifest.schema.json states it.
+
+    Nothing is coerced: a level count of ``2.0`` or ``true``, a string where a number
+    belongs, a blob table of the wrong length are all refused.
+
+    Raises:
+        FormatError: not ASCII JSON, a field unknown, missing or of the wrong type or
+            range, an unknown version.
+    """
     if len(raw) > MAX_MANIFEST_BYTES:
         raise FormatError("the manifest is too large")
-    try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise FormatError("the manifest is not valid JSON (truncated or edited)") from None
+    doc = _strict.load(raw, "the manifest", ascii_only=True)
     if not isinstance(doc, dict) or doc.get("format") != MODEL_FORMAT:
         raise FormatError("the manifest is not an onnx-selenc manifest")
-    if doc.get("version") != FORMAT_VERSION:
+    version = doc.get("version")
+    if not _strict.is_int(version) or version != FORMAT_VERSION:
         raise FormatError(
-            f"encrypted-model format version {doc.get('version')!r} is unknown; "
+            f"encrypted-model format version {_strict.show(version)} is unknown; "
             f"this onnx-selenc reads version {FORMAT_VERSION}"
         )
     unknown = set(doc) - _MANIFEST_FIELDS
@@ -179,35 +198,58 @@ def parse_manifest(raw: bytes) -> Manifest:
             f"the manifest has unknown fields {sorted(unknown)} or lacks {sorted(missing)}"
         )
     if doc["cipher"] != _seal.CIPHER_ID or doc["chain"] != _seal.CHAIN_ID:
-        raise FormatError(f"unsupported cipher {doc['cipher']!r} / chain {doc['chain']!r}")
-    try:
-        levels = int(doc["levels"])
-        blobs = tuple((int(o), int(n)) for o, n in doc["blobs"])
-        level_weights = tuple(int(x) for x in doc["level_weights"])
-        tags = doc["model_tags"]
-        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-            raise ValueError("model_tags is not a list of strings")
-        if (
-            not 1 <= levels <= 255
-            or len(blobs) != levels + 1
-            or len(level_weights) != levels + 1
-            or len(tags) != levels + 1
-        ):
-            raise ValueError("level counts disagree")
-        return Manifest(
-            str(doc["key_id"]),
-            levels,
-            str(doc["model_digest"]),
-            tuple(tags),
-            blobs,
-            dict(doc["encrypted"]),
-            level_weights,
-            dict(doc["selection"]),
-            str(doc["tool"]),
-            raw,
+        raise FormatError(
+            f"unsupported cipher {_strict.show(doc['cipher'])} / chain {_strict.show(doc['chain'])}"
         )
-    except (TypeError, ValueError) as exc:
-        raise FormatError(f"the manifest is malformed: {exc}") from None
+    levels = _strict.integer(doc["levels"], "the manifest's levels", 1, 255)
+    return Manifest(
+        _strict.string(doc["key_id"], "the manifest's key_id", _KEY_ID),
+        levels,
+        _strict.string(doc["model_digest"], "the manifest's model_digest", _DIGEST),
+        tuple(
+            _strict.string(t, "a model tag in the manifest", _TAG)
+            for t in _strict.array(doc["model_tags"], "the manifest's model_tags", levels + 1)
+        ),
+        _blob_table(doc["blobs"], levels),
+        _encrypted_counts(doc["encrypted"]),
+        _level_weights(doc["level_weights"], levels),
+        _strict.mapping(doc["selection"], "the manifest's selection"),
+        _strict.string(doc["tool"], "the manifest's tool"),
+        raw,
+    )
+
+
+def _blob_table(value: object, levels: int) -> tuple[tuple[int, int], ...]:
+    """``[offset, length]`` per level; read_bundle checks they tile the sealed data."""
+    blobs = []
+    for pair in _strict.array(value, "the manifest's blobs", levels + 1):
+        offset, length = _strict.array(pair, "a blob entry in the manifest", 2)
+        blobs.append(
+            (
+                _strict.integer(offset, "a blob offset in the manifest"),
+                _strict.integer(length, "a blob length in the manifest"),
+            )
+        )
+    return tuple(blobs)
+
+
+def _encrypted_counts(value: object) -> dict[str, float]:
+    counts = _strict.mapping(value, "the manifest's encrypted counts", _COUNTS)
+    for k in ("weights", "conv_weights", "layers"):
+        _strict.integer(counts[k], f"the manifest's encrypted.{k}")
+    _strict.number(counts["fraction"], "the manifest's encrypted.fraction", 0, 1)
+    return dict(counts)
+
+
+def _level_weights(value: object, levels: int) -> tuple[int, ...]:
+    """Weights restored at each level: cumulative, so from 0 and never decreasing."""
+    weights = tuple(
+        _strict.integer(w, "a level_weights entry in the manifest")
+        for w in _strict.array(value, "the manifest's level_weights", levels + 1)
+    )
+    if weights[0] != 0 or list(weights) != sorted(weights):
+        raise FormatError("the manifest's level_weights must start at 0 and never decrease")
+    return weights
 
 
 def encode_payload(patches: Sequence[TensorPatch]) -> bytes:
@@ -233,6 +275,70 @@ def encode_payload(patches: Sequence[TensorPatch]) -> bytes:
     return _PAYLOAD_MAGIC + struct.pack("<Q", len(head)) + head + b"".join(chunks)
 
 
+# Fixed-size numeric dtypes a payload may hold, with their sizes: anything else in a
+# table is refused before numpy sees it (np.dtype parses far more than dtype names).
+_PAYLOAD_DTYPES = {
+    "float16": 2, "float32": 4, "float64": 8, "int8": 1, "uint8": 1, "int16": 2,
+    "uint16": 2, "int32": 4, "uint32": 4, "int64": 8, "uint64": 8,
+}  # fmt: skip
+_ENTRY_FIELDS = frozenset({"key", "dtype", "shape", "count", "offset"})
+_MAX_RANK = 16
+_ENTRY = "a sealed payload entry"
+
+
+def _payload_table(raw: bytes | memoryview) -> list[object]:
+    """The JSON table of a payload, strictly parsed: a list (entries checked one by one)."""
+    return _strict.array(_strict.load(raw, "the sealed payload table"), "the sealed payload table")
+
+
+def _payload_entry(entry: object) -> tuple[str, str, tuple[int, ...], int, int]:
+    """``(key, dtype, shape, count, offset)`` of a table entry, type- and range-checked.
+
+    The payload is authenticated, so only a key holder can write a bad one; decoding
+    it must still raise nothing but FormatError. One expression checks the usual case
+    (hundreds of entries per load); the field readers word what is wrong otherwise.
+    """
+    if type(entry) is dict and entry.keys() == _ENTRY_FIELDS:
+        key, dtype, dims = entry["key"], entry["dtype"], entry["shape"]
+        count, offset = entry["count"], entry["offset"]
+        if (
+            type(key) is str
+            and type(dtype) is str
+            and dtype in _PAYLOAD_DTYPES
+            and type(dims) is list
+            and 2 <= len(dims) <= _MAX_RANK
+            and all(type(d) is int and d >= 0 for d in dims)
+            and type(count) is int
+            and count >= 0
+            and type(offset) is int
+            and offset >= 0
+        ):
+            shape = tuple(dims)
+            if math.prod(shape) * _PAYLOAD_DTYPES[dtype] <= _strict.INT64_MAX:
+                return key, dtype, shape, count, offset
+    raise FormatError(_entry_problem(entry))
+
+
+def _entry_problem(entry: object) -> str:
+    """What is wrong with a table entry :func:`_payload_entry` refused."""
+    try:
+        fields = _strict.mapping(entry, _ENTRY, _ENTRY_FIELDS)
+        _strict.string(fields["key"], f"{_ENTRY}'s key")
+        dtype = _strict.string(fields["dtype"], f"{_ENTRY}'s dtype")
+        if dtype not in _PAYLOAD_DTYPES:
+            return f"{_ENTRY} has the unknown dtype {_strict.show(dtype)}"
+        dims = _strict.array(fields["shape"], f"{_ENTRY}'s shape")
+        if not 2 <= len(dims) <= _MAX_RANK:
+            return f"{_ENTRY}'s shape must have 2 to {_MAX_RANK} dimensions, not {len(dims)}"
+        for d in dims:
+            _strict.integer(d, f"a dimension of {_ENTRY}'s shape")
+        _strict.integer(fields["count"], f"{_ENTRY}'s count")
+        _strict.integer(fields["offset"], f"{_ENTRY}'s offset")
+    except FormatError as exc:
+        return str(exc)
+    return f"{_ENTRY}'s shape {dims} is too large"
+
+
 def decode_payload(data: bytes) -> list[TensorPatch]:
     """Inverse of :func:`encode_payload`, bounds-checked (it is authenticated already)."""
     if data[:8] != _PAYLOAD_MAGIC or len(data) < 16:
@@ -240,7 +346,7 @@ def decode_payload(data: bytes) -> list[TensorPatch]:
     (n,) = struct.unpack("<Q", data[8:16])
     if n > len(data) - 16:
         raise FormatError("sealed payload table is out of range")
-    table = json.loads(data[16 : 16 + n])
+    table = _payload_table(data[16 : 16 + n])
     body = memoryview(data)[16 + n :]
     size = len(body)
     patches = []
@@ -250,14 +356,12 @@ def decode_payload(data: bytes) -> list[TensorPatch]:
     index_dtype = np.dtype("<i8")
     native_index = index_dtype == np.dtype(np.int64)
     for entry in table:
-        code = entry["dtype"]
+        _, code, shape, count, offset = _payload_entry(entry)
         if code not in dtypes:
             dt = np.dtype(code)
             stored_dt = dt.newbyteorder("<")
             dtypes[code] = (dt, dt.name, stored_dt, stored_dt != dt)
         dtype, dtype_name, stored, swap = dtypes[code]
-        shape = tuple(map(int, entry["shape"]))
-        count, offset = int(entry["count"]), int(entry["offset"])
         ksize = math.prod(shape[2:])
         end_idx = offset + 8 * count
         end = end_idx + count * ksize * dtype.itemsize

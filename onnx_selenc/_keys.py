@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import _seal
+from . import _seal, _strict
 from ._io import Staging, refuse_existing, same_file, staged_outputs, write_new_file
 from .exceptions import KeyFileError
 
@@ -175,27 +176,28 @@ def read_key_file(path: str | os.PathLike[str], *, passphrase: str | None = None
 def parse_key_file(
     data: bytes, *, source: str = "key file", passphrase: str | None = None
 ) -> LevelKey:
-    """Parse key-file bytes (see :func:`read_key_file`)."""
+    """Parse key-file bytes (see :func:`read_key_file`).
+
+    Every field is type-checked as docs/keyfile.schema.json states it, nothing coerced:
+    ``"level": 1.9``, ``"version": true`` or ``"levels": "3"`` are refused, not rounded.
+
+    Raises:
+        KeyFileError: see :func:`read_key_file`.
+    """
     doc = _parse(data, source)
     if doc["check"] != _check(doc):
         raise KeyFileError(f"{source} is corrupted (its check digest does not match)")
-    try:
-        key_id, level, levels = str(doc["key_id"]), int(doc["level"]), int(doc["levels"])
-        if not 0 <= level <= levels <= 255:
-            raise ValueError("level out of range")
-        header = {k: doc[k] for k in ("format", "version", "key_id", "level", "levels", "chain")}
-        if "protected" in doc:
-            if passphrase is None:
-                raise KeyFileError(f"{source} is passphrase-protected: a passphrase is needed")
-            material = _seal.unwrap_with_passphrase(
-                doc["protected"],
-                passphrase,  # type: ignore[arg-type]
-                _canonical(header),
-            )
-        else:
-            material = bytes.fromhex(str(doc["key"]))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise KeyFileError(f"{source} is malformed: {exc}") from None
+    key_id, level, levels = _header_fields(doc, source)
+    header = {k: doc[k] for k in ("format", "version", "key_id", "level", "levels", "chain")}
+    if "protected" in doc:
+        protected = _protected_fields(doc["protected"], source)
+        if passphrase is None:
+            raise KeyFileError(f"{source} is passphrase-protected: a passphrase is needed")
+        material = _seal.unwrap_with_passphrase(protected, passphrase, _canonical(header))
+    else:
+        material = bytes.fromhex(
+            _strict.string(doc["key"], f"the 'key' of {source}", _HEX64, error=KeyFileError)
+        )
     if len(material) != _seal.KEY_BYTES:
         raise KeyFileError(f"{source} holds a key of the wrong size")
     key = LevelKey(key_id, level, levels, material)
@@ -204,25 +206,68 @@ def parse_key_file(
     return key
 
 
+_REQUIRED = frozenset({"format", "version", "key_id", "level", "levels", "chain", "check"})
+_PROTECTED = frozenset({"kdf", "n", "r", "p", "salt", "nonce", "wrapped"})
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_SALT = re.compile(r"(?:[0-9a-f]{2}){16,64}")
+_NONCE = re.compile(r"[0-9a-f]{24}")
+_WRAPPED = re.compile(r"[0-9a-f]{96}")  # a 32-byte key and its 16-byte GCM tag
+# scrypt needs 128 * n * r bytes: a key file must not make a load allocate gigabytes.
+_MAX_SCRYPT_MEMORY = 1 << 30
+
+
+def _header_fields(doc: dict[str, object], source: str) -> tuple[str, int, int]:
+    """``key_id``, ``level`` and ``levels``, type- and range-checked."""
+    key_id = _strict.string(doc["key_id"], f"the 'key_id' of {source}", _HEX32, error=KeyFileError)
+    level = _strict.integer(doc["level"], f"the 'level' of {source}", 0, 255, error=KeyFileError)
+    levels = _strict.integer(doc["levels"], f"the 'levels' of {source}", 1, 255, error=KeyFileError)
+    if level > levels:
+        raise KeyFileError(f"{source} is for level {level} of a model with {levels} levels")
+    if doc["chain"] != _seal.CHAIN_ID:
+        raise KeyFileError(
+            f"{source} uses the key chain {_strict.show(doc['chain'])}; "
+            f"this onnx-selenc knows {_seal.CHAIN_ID}"
+        )
+    return key_id, level, levels
+
+
+def _protected_fields(value: object, source: str) -> dict[str, object]:
+    """The scrypt parameters and wrapped key, checked before any work is spent on them."""
+    what = f"the 'protected' entry of {source}"
+    fields = _strict.mapping(value, what, _PROTECTED, error=KeyFileError)
+    if fields["kdf"] != "scrypt":
+        raise KeyFileError(f"{source} uses the unknown KDF {_strict.show(fields['kdf'])}")
+    n = _strict.integer(fields["n"], f"scrypt n in {what}", 2, 2**20, error=KeyFileError)
+    r = _strict.integer(fields["r"], f"scrypt r in {what}", 1, 32, error=KeyFileError)
+    _strict.integer(fields["p"], f"scrypt p in {what}", 1, 16, error=KeyFileError)
+    if n & (n - 1) or 128 * n * r > _MAX_SCRYPT_MEMORY:
+        raise KeyFileError(f"the scrypt parameters in {what} are out of range (n={n}, r={r})")
+    for name, pattern in (("salt", _SALT), ("nonce", _NONCE), ("wrapped", _WRAPPED)):
+        _strict.string(fields[name], f"the {name} in {what}", pattern, error=KeyFileError)
+    return fields
+
+
 def _parse(data: bytes, source: str) -> dict[str, object]:
     if len(data) > MAX_KEY_FILE_BYTES:
         raise KeyFileError(f"{source} is too large to be an onnx-selenc key file")
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise KeyFileError(f"{source} is not a valid key file (truncated or not JSON)") from None
+    doc = _strict.load(data, source, error=KeyFileError)
     if not isinstance(doc, dict) or doc.get("format") != KEY_FORMAT:
         raise KeyFileError(f"{source} is not an onnx-selenc key file")
-    if doc.get("version") != KEY_VERSION:
+    version = doc.get("version")
+    if not _strict.is_int(version) or version != KEY_VERSION:
         raise KeyFileError(
-            f"{source} has key-file version {doc.get('version')!r}; "
+            f"{source} has key-file version {_strict.show(version)}; "
             f"this onnx-selenc reads version {KEY_VERSION}"
         )
     unknown = set(doc) - _FIELDS
     if unknown:
         raise KeyFileError(f"{source} has unknown fields: {', '.join(sorted(unknown))}")
-    if "check" not in doc or ("key" in doc) == ("protected" in doc):
-        raise KeyFileError(f"{source} is malformed (needs 'check' and one of 'key'/'protected')")
+    missing = _REQUIRED - set(doc)
+    if missing:
+        raise KeyFileError(f"{source} is malformed (it lacks {', '.join(sorted(missing))})")
+    if ("key" in doc) == ("protected" in doc):
+        raise KeyFileError(f"{source} is malformed (needs one of 'key'/'protected')")
     return doc
 
 
@@ -312,5 +357,8 @@ def key_from_env(variable: str, *, passphrase: str | None = None) -> LevelKey:
     except KeyError:
         raise KeyError(f"environment variable {variable} (onnx-selenc key) is not set") from None
     if value.lstrip().startswith("{"):
-        return parse_key_file(value.encode("utf-8"), source=f"${variable}", passphrase=passphrase)
+        # surrogateescape: bytes the OS could not decode come back as they were (and
+        # are refused as not UTF-8) instead of raising UnicodeEncodeError here.
+        content = value.encode("utf-8", "surrogateescape")
+        return parse_key_file(content, source=f"${variable}", passphrase=passphrase)
     return read_key_file(value, passphrase=passphrase)

@@ -243,7 +243,7 @@ def serving_key(
                 f"{source} names the key file {value}, which does not exist"
             ) from None
         except KeyFileError:
-            raw = value.encode("utf-8") if content else _read_small(value)
+            raw = value.encode("utf-8", "surrogateescape") if content else _read_small(value)
             where = source if content else f"{value} (from {source})"
             _explain_protected(raw, where, passphrase, passphrase_env)
             raise
@@ -287,7 +287,7 @@ def _explain_protected(
         return
     try:
         protected = "protected" in json.loads(raw)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # malformed: the KeyFileError says so
         return
     if protected:
         where = (
