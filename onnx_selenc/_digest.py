@@ -183,13 +183,15 @@ def skeleton_bytes(
         if not rebuild:
             raise _HasUnknownFields
         skeleton = _skeleton_model(model, exclude_metadata)
-    except _HasUnknownFields:  # rebuilding would drop them: copy everything, then clear
+    # Unknown fields would be dropped by rebuilding; text that is not UTF-8 (protobuf
+    # gives bytes) cannot be set field by field: copy everything, then clear.
+    except (_HasUnknownFields, UnicodeDecodeError):
         skeleton = onnx.ModelProto()
         skeleton.CopyFrom(model)
         for t in iter_tensors(skeleton.graph):
             for name in _STORAGE:
                 t.ClearField(name)
-        kept = [(p.key, p.value) for p in skeleton.metadata_props if p.key not in exclude_metadata]
+        kept = _metadata_pairs(skeleton, exclude_metadata)
         del skeleton.metadata_props[:]
         for k, v in kept:
             skeleton.metadata_props.add(key=k, value=v)
@@ -416,13 +418,31 @@ class _Feeder:
 
 
 def _resolve_external(tensor: onnx.TensorProto, base_dir: str | os.PathLike[str]) -> ExternalData:
+    """Where an external tensor's bytes are; without a stored length, its shape's size.
+
+    Raises:
+        FormatError: see ``_tensors.external_info``; no length and a data type of no
+            known size, or a negative dimension.
+    """
     info = external_info(tensor, base_dir)
-    itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    length = info.length if info.length is not None else _stored_size(tensor)
+    return ExternalData(tensor.name, info.path, info.offset, length)
+
+
+def _stored_size(tensor: onnx.TensorProto) -> int:
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        raise FormatError(
+            f"external tensor '{tensor.name}' has no length and a data type "
+            f"({tensor.data_type}) of no known size"
+        ) from None
+    if any(d < 0 for d in tensor.dims):
+        raise FormatError(f"external tensor '{tensor.name}' has a negative dimension")
     count = 1
     for d in tensor.dims:
         count *= int(d)
-    length = info.length if info.length is not None else count * itemsize
-    return ExternalData(tensor.name, info.path, info.offset, length)
+    return count * itemsize
 
 
 def _hash_external(feed: _Feeder, data: ExternalData) -> None:
@@ -492,10 +512,25 @@ def _skeleton_model(model: onnx.ModelProto, exclude_metadata: frozenset[str]) ->
     if model.HasField("graph"):
         skeleton.graph.SetInParent()
         _skeleton_graph(model.graph, skeleton.graph)
-    for p in model.metadata_props:
-        if p.key not in exclude_metadata:
-            skeleton.metadata_props.add(key=p.key, value=p.value)
+    for k, v in _metadata_pairs(model, exclude_metadata):
+        skeleton.metadata_props.add(key=k, value=v)
     return skeleton
+
+
+def _metadata_pairs(
+    model: onnx.ModelProto, exclude: frozenset[str] = frozenset()
+) -> list[tuple[str, str]]:
+    """The metadata entries kept, as text; the digest rewrites them as plain pairs.
+
+    Raises:
+        FormatError: an entry is not UTF-8 (protobuf hands it over as bytes, which
+            cannot be written back).
+    """
+    pairs = [(p.key, p.value) for p in model.metadata_props if p.key not in exclude]
+    for k, v in pairs:
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise FormatError(f"the model's metadata entry {k!r} is not valid UTF-8 text")
+    return pairs
 
 
 def _skeleton_graph(src: onnx.GraphProto, dst: onnx.GraphProto) -> None:
@@ -616,7 +651,7 @@ def _normalise(model: onnx.ModelProto, tensors: Iterable[onnx.TensorProto] | Non
     """
     for t in iter_tensors(model.graph) if tensors is None else tensors:
         t.SetInParent()
-    kept = [(p.key, p.value) for p in model.metadata_props]
+    kept = _metadata_pairs(model)
     del model.metadata_props[:]
     for k, v in kept:
         model.metadata_props.add(key=k, value=v)

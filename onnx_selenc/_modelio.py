@@ -16,8 +16,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import google.protobuf.json_format
+import google.protobuf.text_format
 import numpy as np
 import onnx
+import onnx.parser
 from google.protobuf.message import DecodeError, EncodeError
 
 from ._digest import Region
@@ -28,7 +31,7 @@ from ._io import (
     staged_outputs,
     write_new_file,
 )
-from ._tensors import external_info
+from ._tensors import external_info, external_location
 from .exceptions import FormatError
 
 # Protobuf cannot serialise a message of 2 GiB or more; leave headroom for metadata.
@@ -87,6 +90,15 @@ def read_model_buffer(path: str | os.PathLike[str]) -> memoryview:
     return view[:got]
 
 
+# What the text serialisations onnx picks by file suffix (.textproto, .json, .onnxtxt)
+# raise on bytes they cannot parse: plain Exception subclasses, unlike DecodeError.
+_TEXT_PARSE_ERRORS = (
+    google.protobuf.text_format.Error,
+    google.protobuf.json_format.Error,
+    onnx.parser.ParseError,
+)
+
+
 def parse_model(data: Buffer, path: str | os.PathLike[str]) -> onnx.ModelProto:
     """Parse serialised model bytes with a clear error for anything that is not a model.
 
@@ -95,7 +107,7 @@ def parse_model(data: Buffer, path: str | os.PathLike[str]) -> onnx.ModelProto:
     """
     try:
         model = onnx.load_model_from_string(bytes(data), format=_file_format(path))
-    except (DecodeError, RuntimeWarning, ValueError) as exc:
+    except (DecodeError, RuntimeWarning, ValueError, *_TEXT_PARSE_ERRORS) as exc:
         raise FormatError(f"{path} is not a valid ONNX model: {exc}") from None
     _check_model(model, path)
     return model
@@ -159,12 +171,18 @@ def external_files(
     """The external data files a (not yet loaded) model refers to.
 
     ``tensors``: ``iter_tensors(model.graph)``, if already listed.
+
+    Raises:
+        FormatError: a tensor names no file, or one outside ``base_dir`` or missing.
     """
-    files = []
+    files: list[Path] = []
+    seen: set[object] = set()
     for t in _external_tensors(model, tensors):
-        loc = next((e.value for e in t.external_data if e.key == "location"), None)
-        if loc is not None:
-            p = (Path(base_dir) / loc).resolve()
+        # Each location is checked once: models hold hundreds of tensors in one file.
+        loc = {e.key: e.value for e in t.external_data}.get("location")
+        if loc not in seen:
+            seen.add(loc)
+            p = external_location(t, base_dir)
             if p not in files:
                 files.append(p)
     return files

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import stat
 import sys
 from pathlib import Path
 
@@ -116,26 +118,76 @@ class ExternalInfo:
 
 
 def external_info(tensor: onnx.TensorProto, base_dir: str | os.PathLike[str]) -> ExternalInfo:
-    entries = {e.key: e.value for e in tensor.external_data}
-    location = entries.get("location")
+    """Where an external tensor's bytes are, every entry checked against the file.
+
+    Raises:
+        FormatError: no or an unusable location (see :func:`external_location`), an
+            offset or length that is not a decimal integer, or one past the file's end.
+    """
+    entries = _external_entries(tensor)
+    path, size = _external_file(tensor, base_dir, entries.get("location"))
+    offset = _external_number(tensor, entries.get("offset", "0"), "offset")
+    length = (
+        None if "length" not in entries else _external_number(tensor, entries["length"], "length")
+    )
+    if offset > size or (length is not None and offset + length > size):
+        raise FormatError(f"external data of '{tensor.name}' lies outside {path.name}")
+    return ExternalInfo(path, offset, length)
+
+
+def external_location(tensor: onnx.TensorProto, base_dir: str | os.PathLike[str]) -> Path:
+    """The file holding an external tensor's data: resolved, inside ``base_dir``, a file.
+
+    Raises:
+        FormatError: no location, one that is not a file name (not UTF-8, a NUL byte),
+            points outside ``base_dir``, or names no readable regular file.
+    """
+    return _external_file(tensor, base_dir, _external_entries(tensor).get("location"))[0]
+
+
+def _external_entries(tensor: onnx.TensorProto) -> dict[object, object]:
+    # protobuf hands over bytes for a key or value that is not UTF-8: kept, and refused
+    # where it is used, instead of failing in Path or int with an undocumented error.
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def _external_file(
+    tensor: onnx.TensorProto, base_dir: str | os.PathLike[str], location: object
+) -> tuple[Path, int]:
+    """Resolve, contain and stat a location; returns the path and the file's size."""
     if not location:
         raise FormatError(f"tensor '{tensor.name}' is external but names no file")
+    if not isinstance(location, str) or "\0" in location:
+        raise FormatError(f"the external data location of '{tensor.name}' is not a file name")
     base = Path(base_dir).resolve()
-    path = (base / location).resolve()
+    try:
+        path = (base / location).resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a name too long
+        raise FormatError(
+            f"the external data location of '{tensor.name}' cannot be resolved"
+        ) from None
     # A model must not make us read files outside its own folder.
     if base != path and base not in path.parents:
         raise FormatError(f"external data of '{tensor.name}' points outside the model folder")
-    if not path.is_file():
-        raise FormatError(f"external data file {path} of '{tensor.name}' is missing")
     try:
-        offset = int(entries.get("offset", 0))
-        length = int(entries["length"]) if "length" in entries else None
-    except ValueError:
-        raise FormatError(f"external data entry of '{tensor.name}' is malformed") from None
-    size = path.stat().st_size
-    if offset < 0 or (length is not None and (length < 0 or offset + length > size)):
-        raise FormatError(f"external data of '{tensor.name}' lies outside {path.name}")
-    return ExternalInfo(path, offset, length)
+        info = path.stat()
+    except (OSError, ValueError):
+        info = None
+    if info is None or not stat.S_ISREG(info.st_mode):
+        raise FormatError(f"external data file {path} of '{tensor.name}' is missing")
+    return path, info.st_size
+
+
+_DECIMAL = re.compile(r"[0-9]{1,19}")  # int() would also take "+1", " 1", "1_0", "١"
+
+
+def _external_number(tensor: onnx.TensorProto, value: object, field: str) -> int:
+    if not isinstance(value, str) or not _DECIMAL.fullmatch(value):
+        raise FormatError(
+            f"external data entry of '{tensor.name}' is malformed: its {field} is not "
+            "a decimal integer"
+        )
+    return int(value)
 
 
 def has_external_data(model: onnx.ModelProto) -> bool:
