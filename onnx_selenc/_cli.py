@@ -8,8 +8,11 @@ import json
 import os
 import sys
 import warnings
+import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -245,16 +248,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     session = load_session(
         args.model, key=_cli_key(args), level=args.level, providers=args.providers
     )
-    inputs = session.get_inputs()
-    feeds = {}
-    for spec in args.input:
-        name, _, file = spec.rpartition("=")
-        if not name:
-            if len(inputs) != 1:
-                raise ValueError("the model has several inputs: give --input NAME=FILE.npy")
-            name = inputs[0].name
-        feeds[name] = np.load(file, allow_pickle=False)
-    outputs = session.run(None, feeds)
+    feeds = _feeds(session.get_inputs(), args.input)
+    try:
+        outputs = session.run(None, feeds)
+    except Exception as exc:
+        if not _from_onnxruntime(exc):
+            raise
+        raise ValueError(f"ONNX Runtime could not run the model on these inputs: {exc}") from None
     print(f"providers: {', '.join(session.get_providers())}")
     for meta, value in zip(session.get_outputs(), outputs, strict=True):
         arr = np.asarray(value)
@@ -274,6 +274,99 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         print(f"wrote {out}")
     return 0
+
+
+# ONNX Runtime's input types, as ``NodeArg.type`` names them, and their numpy dtypes.
+_ORT_DTYPES = {
+    f"tensor({name})": np.dtype(dtype)
+    for name, dtype in (
+        ("float", "float32"), ("double", "float64"), ("float16", "float16"),
+        ("int8", "int8"), ("uint8", "uint8"), ("int16", "int16"), ("uint16", "uint16"),
+        ("int32", "int32"), ("uint32", "uint32"), ("int64", "int64"), ("uint64", "uint64"),
+        ("bool", "bool"),
+    )
+}  # fmt: skip
+
+
+def _feeds(inputs: Sequence[Any], specs: Sequence[str]) -> dict[str, np.ndarray]:
+    """The arrays ``--input [NAME=]FILE`` names, checked against the model's inputs.
+
+    A ``.npy`` file is one input (NAME may be left out when the model has one); a
+    ``.npz`` file gives the inputs its arrays are named after. Checking here turns
+    a wrong shape or dtype into one line naming what the model expects.
+
+    Raises:
+        ValueError: an unknown or missing input, or an array of the wrong shape or dtype.
+        FormatError: a file numpy cannot read as .npy/.npz.
+    """
+    by_name = {i.name: i for i in inputs}
+    feeds: dict[str, np.ndarray] = {}
+    for spec in specs:
+        name, _, file = spec.rpartition("=")
+        arrays = _load_arrays(file)
+        if None in arrays:
+            if not name:
+                if len(inputs) != 1:
+                    raise ValueError("the model has several inputs: give --input NAME=FILE.npy")
+                name = inputs[0].name
+            arrays = {name: arrays[None]}
+        elif name:
+            raise ValueError(f"{file} names its arrays: give it without {name}=")
+        for key, array in arrays.items():
+            assert key is not None
+            if key not in by_name:
+                raise ValueError(
+                    f"the model has no input '{key}' (from {file}); its inputs: "
+                    + ", ".join(by_name)
+                )
+            _check_input(by_name[key], array, file)
+            feeds[key] = array
+    missing = [n for n in by_name if n not in feeds]
+    if missing:
+        raise ValueError(f"no value for the model's input(s) {', '.join(missing)}: add --input")
+    return feeds
+
+
+def _load_arrays(file: str) -> dict[str | None, np.ndarray]:
+    """``{None: array}`` of a .npy file, ``{name: array}`` of a .npz file.
+
+    Raises:
+        FormatError: not a file numpy reads (without pickles).
+        FileNotFoundError: no such file.
+    """
+    try:
+        with open(file, "rb") as fh:
+            loaded = np.load(fh, allow_pickle=False)
+            if isinstance(loaded, np.lib.npyio.NpzFile):
+                with loaded:
+                    return {k: loaded[k] for k in loaded.files}
+            return {None: loaded}
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise exceptions.FormatError(f"{file} is not a .npy or .npz file: {exc}") from None
+
+
+def _check_input(meta: Any, array: np.ndarray, file: str) -> None:
+    """Raise ValueError unless ``array`` has the rank, fixed dimensions and dtype of ``meta``."""
+    expected = _ORT_DTYPES.get(meta.type)
+    shape = list(meta.shape)
+    fits_shape = array.ndim == len(shape) and all(
+        not isinstance(d, int) or d < 0 or d == n for d, n in zip(shape, array.shape, strict=True)
+    )
+    if fits_shape and (expected is None or array.dtype == expected):
+        return
+    dims = ", ".join(str(d) if isinstance(d, int) and d >= 0 else (d or "?") for d in shape)
+    dtype = expected.name if expected is not None else meta.type
+    raise ValueError(
+        f"input '{meta.name}' must have shape [{dims}] and dtype {dtype}; "
+        f"{file} holds shape {list(array.shape)} and dtype {array.dtype}"
+    )
+
+
+def _from_onnxruntime(exc: BaseException) -> bool:
+    """ONNX Runtime's errors are plain Exception subclasses from its own module."""
+    return type(exc).__module__.split(".")[0] == "onnxruntime"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -400,7 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--key-env", metavar="VAR", help="environment variable holding a key file's path or content"
     )
     p.add_argument("--level", type=int, help="level to restore (default: the key's)")
-    p.add_argument("--input", action="append", required=True, metavar="[NAME=]FILE.npy")
+    p.add_argument("--input", action="append", required=True, metavar="[NAME=]FILE.npy",
+                   help="an input array (NAME= when the model has several inputs), or an "
+                        ".npz whose arrays are named after the inputs; repeatable")
     p.add_argument("--output", help="save outputs to this .npz")
     p.add_argument("--providers", nargs="+", help="ONNX Runtime providers in order")
     _add_passphrase_args(p)
@@ -447,15 +542,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if isinstance(exc, kind):
                     print(f"error: {_describe(exc)}", file=sys.stderr)
                     return code
+            if _from_onnxruntime(exc):  # it refused the model or its options: not our bug
+                print(f"error: ONNX Runtime: {_describe(exc)}", file=sys.stderr)
+                return 1
             raise
 
 
 def _describe(exc: BaseException) -> str:
+    """The error's message on one line (ONNX Runtime's and numpy's may span several)."""
     if isinstance(exc, exceptions.SelencError):
-        return f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, KeyError) and exc.args:
-        return str(exc.args[0])  # str() of a KeyError adds quotes
-    return str(exc)
+        text = f"{type(exc).__name__}: {exc}"
+    elif isinstance(exc, KeyError) and exc.args:
+        text = str(exc.args[0])  # str() of a KeyError adds quotes
+    else:
+        text = str(exc)
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

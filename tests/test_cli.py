@@ -153,3 +153,23 @@ def test_calibration_images_size_from_model_or_option(tmp_path: Path, capsys) ->
     assert main(["encrypt", str(tmp_path / "dyn.onnx"), "-o", str(tmp_path / "e2.onnx"),
                  "--keys", str(tmp_path / "k2.key"), "--calib-images", str(tmp_path / "imgs"),
                  "--calib-size", "8", "-q"]) == 1
+
+
+def test_run_names_the_input_it_expects(encrypted, capsys, tmp_path: Path) -> None:
+    """A wrong shape or dtype is one error line naming what the model takes (it was
+    ONNX Runtime's traceback); an .npz gives inputs by name; a broken file is exit 6."""
+    run = ["run", str(encrypted["enc"]), "--key", str(encrypted["owner"]), "--input"]
+    for name, array in {"shape": np.zeros((2, 3, 4, 4), np.float32),
+                        "dtype": np.zeros((2, 3, 8, 8))}.items():
+        path = tmp_path / f"{name}.npy"
+        np.save(path, array)
+        assert main([*run, str(path)]) == 1
+        assert capsys.readouterr().err.splitlines() == [
+            f"error: input 'x' must have shape [?, 3, 8, 8] and dtype float32; {path} holds "
+            f"shape {list(array.shape)} and dtype {array.dtype}"]
+    np.savez(tmp_path / "in.npz", x=np.load(encrypted["x"]))
+    assert main([*run, str(tmp_path / "in.npz")]) == 0
+    (tmp_path / "broken.npy").write_bytes(b"\x93NUMPY\x01")
+    assert main([*run, str(tmp_path / "broken.npy")]) == 6
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: FormatError: ")
