@@ -8,8 +8,8 @@ by ``samples/exporters``), through the public API only:
 1. ``inspect_model``; every node whose op type contains "Conv" (main graph, subgraphs,
    model-local functions) must be an encryption candidate or reported unsupported;
 2. a plain run in ONNX Runtime (CPU) on one seeded input batch;
-3. ``encrypt`` with 3 levels and budget 0.01 (seed 0). A refusal (an onnx-selenc
-   error) must leave no output file behind;
+3. ``encrypt`` with 3 levels and budget 0.01 (seed 0). A refusal (``UnsupportedModel``;
+   any other error is a failure) must leave no output file behind;
 4. the encrypted file runs in plain ONNX Runtime and its outputs differ from the plain
    model's;
 5. the owner key restores every weight bit for bit (all initializers, sparse
@@ -47,7 +47,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 import onnx_selenc as se
-from onnx_selenc.exceptions import SelencError
+from onnx_selenc.exceptions import UnsupportedModel
 from samples import conformance
 from samples._report import machine, update_section
 
@@ -318,7 +318,7 @@ def _check(name: str, work: Path, out: Outcome) -> None:
             result = se.encrypt(
                 path, enc_path, key_file=owner, levels=LEVELS, budget=BUDGET, seed=0
             )
-    except SelencError as exc:
+    except UnsupportedModel as exc:
         left = _files(enc_dir)
         if left:
             out.fail("encrypt", f"refused ({_err(exc)}) but left {left}")
