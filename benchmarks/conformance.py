@@ -410,7 +410,24 @@ def table(outcomes: Sequence[Outcome]) -> str:
     return "\n".join(lines)
 
 
-def section(outcomes: Sequence[Outcome], seconds: float) -> str:
+def product_rev() -> str:
+    """The git commit of the onnx_selenc being measured (and whether it has local edits)."""
+    import subprocess
+
+    folder = Path(se.__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    rev = git("rev-parse", "--short", "HEAD")
+    if not rev:
+        return "unknown commit"
+    dirty = git("status", "--porcelain", "--", ".")
+    return f"commit {rev}" + (" with uncommitted changes" if dirty else "")
+
+
+def section(outcomes: Sequence[Outcome], seconds: float, rev: str) -> str:
     counts = collections.Counter(o.status for o in outcomes)
     producers = {o.made_by.split(" ")[0].split("/")[0].lower() for o in outcomes}
     steps = collections.Counter(o.step for o in outcomes if o.status == "FAIL")
@@ -430,7 +447,8 @@ def section(outcomes: Sequence[Outcome], seconds: float) -> str:
         f"{counts['FAIL']} FAIL** "
         + (f"(first failing step: {', '.join(f'{s} {n}' for s, n in steps.most_common())}). "
            if steps else "")
-        + f"Whole run {seconds:.0f} s on {machine()}, onnxruntime {ort.__version__}, "
+        + f"onnx-selenc at {rev}. "
+        f"Whole run {seconds:.0f} s on {machine()}, onnxruntime {ort.__version__}, "
         f"onnx {onnx.__version__}.",
         "",
         table(outcomes),
@@ -448,6 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     parser.add_argument("--json", type=Path, help="also write the outcomes as JSON here")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--product-rev", help="what onnx-selenc is measured (default: from git)")
     args = parser.parse_args(argv)
     names = args.models.split(",") if args.models else conformance.names()
     outcomes = []
@@ -463,7 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps([asdict(o) for o in outcomes], indent=1))
     if not args.no_write and not args.models:
-        update_section(args.output, "conformance", section(outcomes, seconds))
+        rev = args.product_rev or product_rev()
+        update_section(args.output, "conformance", section(outcomes, seconds, rev))
     elif not args.no_write:
         print("(a subset: BENCHMARKS.md left alone)", file=sys.stderr)
     return 0
