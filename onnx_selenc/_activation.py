@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from ._calibration import Calibration
-from ._graph import ConvWeight
+from ._graph import TRANSPOSED_OPS, ConvWeight
 from ._masking import kernel_matrix
 from ._probe import Probe
 
@@ -27,7 +27,7 @@ def channel_rms(
         {
             name
             for w in weights
-            if not w.graph_path
+            if w.in_main_graph
             for name in w.data_inputs
             if name not in graph_inputs
         }
@@ -67,7 +67,7 @@ def activation_scores(
         r = rms.get(name)
         if r is None:
             continue
-        if op == "ConvTranspose":
+        if op in TRANSPOSED_OPS:
             channel = np.repeat(np.arange(a), b)  # W[i, o] reads input channel i
         else:
             per_group_out = max(1, a // max(1, group))

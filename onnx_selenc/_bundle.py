@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 
 from . import _seal, _strict
+from ._graph import weight_key
 from .exceptions import FormatError, NotEncrypted
 
 MANIFEST_KEY = "onnx_selenc.manifest"
@@ -51,7 +52,10 @@ _MANIFEST_FIELDS = {
     "selection",
     "tool",
 }
-_PAYLOAD_MAGIC = b"SELENCP1"
+# P2 tables address tensors by escaped key (``_graph.weight_key``); P1, written by 0.1,
+# joined path and name with "/" unescaped (read as such, for files that worked then).
+_PAYLOAD_MAGIC = b"SELENCP2"
+_LEGACY_PAYLOAD_MAGIC = b"SELENCP1"
 _DOMAIN = b"onnx-selenc/v1/blob/"
 
 
@@ -341,8 +345,9 @@ def _entry_problem(entry: object) -> str:
 
 def decode_payload(data: bytes) -> list[TensorPatch]:
     """Inverse of :func:`encode_payload`, bounds-checked (it is authenticated already)."""
-    if data[:8] != _PAYLOAD_MAGIC or len(data) < 16:
+    if data[:8] not in (_PAYLOAD_MAGIC, _LEGACY_PAYLOAD_MAGIC) or len(data) < 16:
         raise FormatError("sealed payload has an unknown layout")
+    legacy = data[:8] == _LEGACY_PAYLOAD_MAGIC
     (n,) = struct.unpack("<Q", data[8:16])
     if n > len(data) - 16:
         raise FormatError("sealed payload table is out of range")
@@ -375,6 +380,18 @@ def decode_payload(data: bytes) -> list[TensorPatch]:
         if swap:
             values = values.astype(dtype)
         patches.append(
-            TensorPatch(str(entry["key"]), dtype_name, shape, kernels, values.reshape(count, ksize))
+            TensorPatch(
+                _legacy_key(str(entry["key"])) if legacy else str(entry["key"]),
+                dtype_name,
+                shape,
+                kernels,
+                values.reshape(count, ksize),
+            )
         )
     return patches
+
+
+def _legacy_key(key: str) -> str:
+    """A 0.1 payload key (``"<step>/.../<name>"``, unescaped) as a :func:`weight_key`."""
+    *path, name = key.split("/")
+    return weight_key(tuple(path), name)

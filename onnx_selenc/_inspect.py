@@ -7,7 +7,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import _bundle
-from ._graph import ConvWeight, UnsupportedConv, walk_conv_weights
+from ._graph import (
+    ConvWeight,
+    UnsupportedConv,
+    conv_functions,
+    inline_conv_functions,
+    walk_conv_weights,
+)
 from ._loader import resolve_model_path
 from ._modelio import load_model
 
@@ -22,6 +28,9 @@ class ModelReport:
     weights: tuple[ConvWeight, ...]
     unsupported: tuple[UnsupportedConv, ...]
     manifest: dict[str, object] | None
+    # ``domain:name`` of the local functions holding convolutions: the inventory is that
+    # of the model with them inlined, as ``encrypt`` sees it.
+    inlined_functions: tuple[str, ...] = ()
 
     @property
     def conv_weights(self) -> int:
@@ -38,6 +47,7 @@ class ModelReport:
                 {**asdict(w), "kernels": w.n_kernels, "params": w.n_weights} for w in self.weights
             ],
             "unsupported": [asdict(u) for u in self.unsupported],
+            "inlined_functions": list(self.inlined_functions),
             "manifest": self.manifest,
         }
 
@@ -53,13 +63,16 @@ def inspect_model(model_path: str | os.PathLike[str]) -> ModelReport:
     """
     path = resolve_model_path(model_path)
     model = load_model(path, load_external=False)
-    inventory = walk_conv_weights(model)
+    functions = tuple(f"{d}:{n}" for d, n in conv_functions(model))
+    inventory = walk_conv_weights(inline_conv_functions(model))
     manifest = None
     if _bundle.is_encrypted(model):
         manifest = _bundle.read_bundle(model)[0].as_dict()
     producer = f"{model.producer_name} {model.producer_version}".strip()
     opsets = {o.domain or "ai.onnx": int(o.version) for o in model.opset_import}
-    return ModelReport(path, producer, opsets, inventory.weights, inventory.unsupported, manifest)
+    return ModelReport(
+        path, producer, opsets, inventory.weights, inventory.unsupported, manifest, functions
+    )
 
 
 def format_report(report: ModelReport) -> str:
@@ -85,6 +98,11 @@ def format_report(report: ModelReport) -> str:
     lines.append(f"{len(report.weights)} conv weights, {report.conv_weights} parameters")
     for u in report.unsupported:
         lines.append(f"not encryptable: {u.node}: {u.reason}")
+    if report.inlined_functions:
+        lines.append(
+            "convolutions inside local functions, listed as encrypt inlines them: "
+            + ", ".join(report.inlined_functions)
+        )
     m = report.manifest
     if m is not None:
         enc = m["encrypted"]

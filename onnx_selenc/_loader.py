@@ -45,7 +45,7 @@ from ._digest import (
     iter_tensors,
     prepare_digest,
 )
-from ._graph import subgraphs
+from ._graph import split_key, subgraphs
 from ._keys import LevelKey, parse_key_file, read_key_file
 from ._masking import kernel_matrix
 from ._modelio import PROTO_LIMIT, StrippedModel, external_files, read_stripped
@@ -150,7 +150,11 @@ def restore_model(
         InvalidBundle: the model, its sealed data or the key failed authentication.
         FormatError, KeyFileError: malformed or truncated files.
     """
-    opened = _open(model_path, key, level, passphrase)
+    return restore_opened(_open(model_path, key, level, passphrase))
+
+
+def restore_opened(opened: _Opened) -> RestoredModel:
+    """:func:`restore_model` after :func:`_open` (``encrypt``'s self-check opens bytes)."""
     model, base_dir = opened.stripped.model, opened.path.parent
     skeleton, sources = opened.digest_inputs()
     if not opened.matches(opened.model_tag(skeleton, sources, overlap=_reads_files(sources))):
@@ -238,12 +242,19 @@ class _Opened:
 
 
 def _open(
-    model_path: str | os.PathLike[str], key: KeySource, level: int | None, passphrase: str | None
+    model_path: str | os.PathLike[str],
+    key: KeySource,
+    level: int | None,
+    passphrase: str | None,
+    data: bytes | None = None,
 ) -> _Opened:
-    """Everything :func:`restore_model` does before the model check, in the same order."""
-    path = resolve_model_path(model_path)
+    """Everything :func:`restore_model` does before the model check, in the same order.
+
+    With ``data`` the model is those bytes, not the file (the path names its folder).
+    """
+    path = resolve_model_path(model_path) if data is None else Path(model_path)
     level_key = open_key(key, passphrase=passphrase)
-    stripped = read_stripped(path)
+    stripped = read_stripped(path, data)
     manifest, blobs = _bundle.read_bundle(stripped.model)
     if level_key.key_id != manifest.key_id:
         raise KeyMismatch(
@@ -293,7 +304,7 @@ def _patched(
     locate = _Locator(model)
     names: dict[np.dtype, str] = {}  # numpy's dtype.name is slow; hundreds of tensors
     for key, patches in _group(payloads).items():
-        graph_path, name = tuple(key.split("/")[:-1]), key.split("/")[-1]
+        graph_path, name = split_key(key)
         tensor = locate(graph_path, name)
         values, owned = _values(tensor, base_dir, stripped)
         if values.dtype not in names:
@@ -731,3 +742,8 @@ def _may_hold_subgraphs(node: onnx.NodeProto) -> bool:
     return bool(node.attribute) and (
         node.domain not in _CONSTANT_DOMAINS or node.op_type in _SUBGRAPH_OPS
     )
+
+
+def open_bytes(data: bytes, key: LevelKey, level: int) -> _Opened:
+    """Open an encrypted model held in memory (no external data) as the loader would a file."""
+    return _open(Path("in-memory.onnx"), key, level, None, data)

@@ -97,7 +97,7 @@ def build_program(model: onnx.ModelProto, weights: Sequence[ConvWeight],
     plain = _declare_shapes(work, sample)
     obj = choose_objective(plain, objective)
 
-    gates = _insert_gates(work, [w for w in weights if not w.graph_path
+    gates = _insert_gates(work, [w for w in weights if w.in_main_graph
                                  and w.dtype in ("float32", "float16", "float64")
                                  and set(w.op_types) <= {"Conv", "ConvTranspose"}])
     if not gates:
