@@ -66,16 +66,21 @@ def dprm_values(
     # One pass over the layer for the per-position moments; the selected rows' share is
     # taken out again to get the public kernels' (no copy of the layer is made).
     count, total, squares, shift = _moments(kernels)
+    mu, sigma = _mean_std(count, total, squares)
+    # Where every kernel shares one value at a position (pruned or constant weights) a
+    # draw from the position's own spread is that value: use the whole layer's spread.
+    layer_sigma = float(np.sqrt(np.mean(sigma**2) + np.var(mu)))
     n_pub = count - n_sel
     if method == "gaussian" or n_pub < 2:
         # With fewer than two public kernels there is no empirical distribution to draw
         # from; only the layer's per-position mean and std are used (no single weight).
-        mu, sigma = _mean_std(count, total, squares)
+        sigma = np.where(sigma > 0, sigma, layer_sigma)
         draw = shift + mu + sigma * rng.standard_normal((n_sel, width))
     else:
         chosen = kernels[selected].astype(np.float64) - shift
-        p_mu, p_sigma = _mean_std(n_pub, total - chosen.sum(axis=0),
-                                  squares - np.einsum("ij,ij->j", chosen, chosen))
+        p_mu, p_sigma = _mean_std(
+            n_pub, total - chosen.sum(axis=0), squares - np.einsum("ij,ij->j", chosen, chosen)
+        )
         public = np.ones(n, dtype=bool)
         public[selected] = False
         public_rows = np.flatnonzero(public)
@@ -88,7 +93,49 @@ def dprm_values(
             p_sigma, np.sqrt(p_sigma**2 + h**2), where=p_sigma > 0, out=np.ones_like(p_sigma)
         )
         draw = shift + p_mu + (smoothed - p_mu) * scale
-    return _to_dtype(draw, kernels.dtype)
+        flat = p_sigma == 0
+        if flat.any():
+            draw[:, flat] += layer_sigma * rng.standard_normal((n_sel, int(flat.sum())))
+    values = _to_dtype(draw, kernels.dtype)
+    return _differ(values, kernels[selected], layer_sigma, rng)
+
+
+def _differ(
+    values: np.ndarray, originals: np.ndarray, spread: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Make every replacement row differ from its original in at least one position.
+
+    A draw can round back to the original (int8 weights with a small spread, float16):
+    such a kernel would be "encrypted" and unchanged. One random position of each such
+    row moves by the layer's spread (at least one step of the dtype), inside its range.
+    """
+    same = np.flatnonzero(np.all(values == originals, axis=1))
+    if not same.size:
+        return values
+    if spread == 0:
+        raise UnmaskableLayer("every weight of the layer has the same value")
+    pos = rng.integers(0, values.shape[1], size=same.size)
+    base = originals[same, pos].astype(np.float64)
+    sign = np.where(rng.random(same.size) < 0.5, -1.0, 1.0)
+    if np.issubdtype(values.dtype, np.integer):
+        info = np.iinfo(values.dtype)
+        step = max(1.0, round(spread))
+        moved = base + sign * step
+        moved = np.where((moved < info.min) | (moved > info.max), base - sign * step, moved)
+    else:
+        moved = base + sign * spread
+    values = values.copy()
+    values[same, pos] = _to_dtype(moved, values.dtype)
+    # float16 can still round a tiny spread back: step to the next representable value.
+    still = values[same, pos] == originals[same, pos]
+    if still.any() and not np.issubdtype(values.dtype, np.integer):
+        idx = (same[still], pos[still])
+        values[idx] = np.nextafter(originals[idx], np.inf * sign[still]).astype(values.dtype)
+    return values
+
+
+class UnmaskableLayer(ValueError):
+    """No replacement can differ from the original without leaving the layer's range."""
 
 
 _MOMENT_ROWS = 1 << 14  # rows per chunk: float64 temporaries stay small
