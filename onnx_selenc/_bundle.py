@@ -292,7 +292,9 @@ _ENTRY = "a sealed payload entry"
 
 def _payload_table(raw: bytes | memoryview) -> list[object]:
     """The JSON table of a payload, strictly parsed: a list (entries checked one by one)."""
-    return _strict.array(_strict.load(raw, "the sealed payload table"), "the sealed payload table")
+    # No walk over the whole table: _payload_entry checks every value of every entry.
+    table = _strict.load(raw, "the sealed payload table", walk=False)
+    return _strict.array(table, "the sealed payload table")
 
 
 def _payload_entry(entry: object) -> tuple[str, str, tuple[int, ...], int, int]:

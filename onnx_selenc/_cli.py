@@ -36,6 +36,7 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (exceptions.UnsupportedModel, 7),
     (exceptions.NotEncrypted, 8),
     (exceptions.UnsafeSessionOptions, 9),
+    (exceptions.SelfCheckFailed, 10),  # a bug in onnx-selenc: nothing was written
     (exceptions.SelencError, 1),
     (FileExistsError, 1),
     (FileNotFoundError, 1),
@@ -159,6 +160,7 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
         passphrase=protect,
         external_data=args.external_data,
         show_progress=not args.quiet,
+        overwrite=args.overwrite,
     )
     for u in result.unsupported:
         print(f"warning: not encrypted: {u.node}: {u.reason}", file=sys.stderr)
@@ -384,8 +386,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("encrypt", help="encrypt a model into tiered levels")
     p.add_argument("model")
-    p.add_argument("-o", "--output", required=True, help="encrypted model path")
-    p.add_argument("--keys", required=True, help="owner key file to create (must not exist)")
+    p.add_argument("-o", "--output", required=True,
+                   help="encrypted model path (with external data also <output>.data); "
+                        "must not exist unless --overwrite")
+    p.add_argument("--keys", required=True,
+                   help="owner key file to create: must not exist, even with --overwrite "
+                        "(losing an owner key loses access to its model)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing encrypted model at -o and its <output>.data "
+                        "(the tier keys handed out for it stop working); never a key file")
     p.add_argument("--levels", type=int, default=5, help="number of service levels (default 5)")
     p.add_argument(
         "--budget",
@@ -415,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--level-fractions",
         type=_floats,
         metavar="F1,F2,...",
-        help="cumulative share of encrypted kernels each level restores",
+        help="cumulative share of all encrypted kernels each level restores (increasing)",
     )
     p.add_argument(
         "--level-order",

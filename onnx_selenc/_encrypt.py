@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +15,26 @@ from . import _bundle, _seal
 from ._activation import activation_scorer
 from ._calibration import Calibration
 from ._digest import model_digest
-from ._graph import ConvInventory, ConvWeight, UnsupportedConv, walk_conv_weights
+from ._graph import (
+    ConvInventory,
+    ConvWeight,
+    UnsupportedConv,
+    conv_functions,
+    inline_conv_functions,
+    walk_conv_weights,
+)
 from ._importance import DATA_FREE_SCORERS, score_kernels
-from ._io import refuse_existing, refuse_overwrite_of_input
-from ._keys import LevelKey, new_owner_key, write_key_file
+from ._io import (
+    refuse_existing,
+    refuse_existing_outputs,
+    refuse_overwrite_of_input,
+    same_file,
+    staged_outputs,
+)
+from ._keys import LevelKey, new_owner_key, refuse_replacing_key_file, stage_key_file
 from ._levels import TOLERANCE, LevelMetric, LevelReport, calibrate_levels, check_targets
 from ._masking import MASKINGS, MaskedLayer, kernel_matrix, mask_layer
-from ._modelio import external_files, load_external_data, load_model, save_model
+from ._modelio import PROTO_LIMIT, external_files, load_external_data, load_model, save_model
 from ._progress import progress
 from ._selection import (
     ALLOCATIONS,
@@ -34,7 +47,8 @@ from ._selection import (
 )
 from ._sensitivity import SensitivityAllocator
 from ._tensors import read_array, weight_tensor, write_array
-from .exceptions import LevelTargetWarning, SelencError, UnsupportedModel
+from ._verify import verify_encrypted
+from .exceptions import LevelCountWarning, LevelTargetWarning, SelencError, UnsupportedModel
 
 # Data-driven scorers and allocators (calibration-based) plug in here: given the
 # model, the chosen weights and their current values, return scores / kernel counts.
@@ -94,6 +108,8 @@ class EncryptedModel:
     inventory: ConvInventory
     masked: tuple[MaskedLayer, ...]
     level_report: LevelReport | None = None
+    # Original values of the encrypted weights, by key: what the self-check compares.
+    originals: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 def encrypt(
@@ -117,6 +133,8 @@ def encrypt(
     passphrase: str | None = None,
     external_data: bool | None = None,
     show_progress: bool = False,
+    verify: bool = True,
+    overwrite: bool = False,
 ) -> EncryptResult:
     """Encrypt the most important conv kernels of an ONNX model into tiered levels.
 
@@ -125,10 +143,16 @@ def encrypt(
     ``key_file`` receives the owner (top-level) key; lower tiers come from
     :func:`onnx_selenc.export_key`.
 
+    The key file, the model and its external data appear together as the last step,
+    or not at all: an error, Ctrl-C or SIGTERM leaves no new file (and no temporary
+    one) and, with ``overwrite``, the old model and data in place.
+
     Args:
         model_path: the plain model (external data beside it is read).
-        output_path: where the encrypted model goes (never the input).
-        key_file: where the owner key goes; must not exist yet.
+        output_path: where the encrypted model goes (never an input, never the key
+            file); must not exist yet, nor ``<output>.data``, unless ``overwrite``.
+        key_file: where the owner key goes; must not exist yet, even with
+            ``overwrite`` (losing an owner key loses access to its model).
         levels: number of service levels M (level M restores the original).
         budget: with ``"balanced"`` or ``"sensitivity"`` allocation, the fraction of
             *all* conv weights to encrypt; with ``"uniform"``, the kernel ratio in
@@ -149,8 +173,9 @@ def encrypt(
             they agree, e.g. detection F1 against the plain model's boxes.
         objective: ``"auto"``, ``"kl"`` (classifiers) or ``"mse"``.
         layers: glob patterns on weight names / conv node names; default all convs.
-        level_fractions: without targets, the cumulative share of each layer's
-            encrypted kernels each level restores; default equal steps ``m/M``.
+        level_fractions: without targets, the cumulative share of all encrypted
+            kernels (merged over layers by relative rank) each level restores,
+            increasing; default equal steps ``m/M``.
         level_order: without targets, ``"most-important-first"`` or
             ``"least-important-first"``.
         masking: ``"empirical"`` (default) or ``"gaussian"`` DPRM.
@@ -158,6 +183,13 @@ def encrypt(
         passphrase: protect the owner key file with scrypt.
         external_data: write weights to ``<output>.data``; default: as the input did.
         show_progress: progress bars on stderr.
+        verify: before anything is written, restore the output in memory with the
+            owner key and compare every conv weight bit for bit, check each level's
+            sealed set and that plain ONNX Runtime loads the public model (on by
+            default; ``SelfCheckFailed`` if not).
+        overwrite: replace an existing model at ``output_path`` and its
+            ``<output>.data`` (the tier keys handed out for it stop working). Never a
+            key file.
 
     Returns:
         What was written and what was encrypted.
@@ -169,19 +201,35 @@ def encrypt(
     Raises:
         UnsupportedModel: no conv weight can be encrypted.
         FormatError: the input is not a valid ONNX model.
-        FileExistsError: ``key_file`` exists.
-        ValueError: bad arguments, or an output path that is an input.
+        FileExistsError: ``key_file`` exists, or an output does (unless
+            ``overwrite``), or an output is a key file or a folder.
+        SelfCheckFailed: the output failed the self-check (a bug; nothing is written).
+        ValueError: bad arguments, or an output path that is an input or the key file.
 
     Example:
         >>> result = encrypt("model.onnx", "model.enc.onnx", key_file="owner.key",
         ...                  levels=5, budget=0.01)  # doctest: +SKIP
     """
-    model_path = Path(model_path)
+    model_path, output_path = Path(model_path), Path(output_path)
+    data_path = output_path.with_name(output_path.name + ".data")
     refuse_existing(key_file, "key file")
     model = load_model(model_path, load_external=False)
     inputs = [model_path, *external_files(model, model_path.parent)]
-    refuse_overwrite_of_input(output_path, inputs)
-    refuse_overwrite_of_input(key_file, inputs)
+    for out in (output_path, data_path, key_file):
+        refuse_overwrite_of_input(out, inputs)
+    if same_file(output_path, key_file) or same_file(data_path, key_file):
+        raise ValueError(
+            f"the owner key file {key_file} would be overwritten by the encrypted model "
+            f"({output_path} and its {data_path.name}): choose different paths"
+        )
+    refuse_existing_outputs(
+        [output_path, data_path],
+        overwrite=overwrite,
+        how="pass --overwrite (overwrite=True) to replace it; "
+        "the tier keys handed out for it stop working",
+    )
+    for out in (output_path, data_path):
+        refuse_replacing_key_file(out)
     if external_data is None:
         external_data = len(inputs) > 1
     # Parsed once, above; its external data is read only now the outputs are checked.
@@ -203,12 +251,34 @@ def encrypt(
         seed=seed,
         show_progress=show_progress,
     )
-    key_path = write_key_file(key_file, enc.owner_key, passphrase=passphrase)
-    try:
-        written = save_model(enc.model, output_path, external_data=external_data, protect=inputs)
-    except BaseException:
-        os.unlink(key_path)  # a key without its model is useless and blocks a retry
-        raise
+    checked = (
+        verify_encrypted(
+            enc.model, enc.owner_key, enc.selection, enc.masked, enc.inventory.by_key(),
+            enc.originals,
+        )
+        if verify
+        else None
+    )  # fmt: skip
+    # Written as checked: the self-check's serialised bytes are the file's (one encoding).
+    serialised = checked.serialised if checked is not None and not external_data else None
+    # The outputs appear together or not at all (_io.staged_outputs): all are written
+    # under temporary names, then moved into place, the key first, then the data, then
+    # the model. An error, Ctrl-C or SIGTERM at any point rolls the folders back as they
+    # were. Only an uncatchable end (SIGKILL, power loss) between two moves can leave
+    # part of the set, and this order makes that part an owner key without its model
+    # (it blocks a retry; nothing is lost), never a model, or a replaced one, whose key
+    # was never written.
+    with staged_outputs() as stage:
+        key_path = stage_key_file(stage, key_file, enc.owner_key, passphrase=passphrase)
+        written = save_model(
+            enc.model,
+            output_path,
+            external_data=external_data,
+            protect=inputs,
+            replace=overwrite,
+            stage=stage,
+            serialised=serialised,
+        )
     return EncryptResult(
         model_files=tuple(written),
         key_file=key_path,
@@ -262,16 +332,25 @@ def encrypt_model(
         importance, allocation, masking, budget, calibration, level_targets, scores, counts
     )
 
+    model = _inline_conv_functions(model)
     inventory = walk_conv_weights(model)
     if not inventory.weights:
         detail = "; ".join(f"{u.node}: {u.reason}" for u in inventory.unsupported)
         raise UnsupportedModel(
             "no encryptable conv weights found" + (f" ({detail})" if detail else "")
         )
-    for u in inventory.unsupported:
-        warnings.warn(f"skipping {u.node}: {u.reason}", stacklevel=2)
     chosen = filter_layers(inventory.weights, layers)
     arrays = {w.key: read_array(weight_tensor(model, w), None) for w in chosen}
+    chosen, constant = _drop_constant_layers(chosen, arrays)
+    inventory = ConvInventory(inventory.weights, (*inventory.unsupported, *constant))
+    if not chosen:
+        raise UnsupportedModel(
+            "no conv weight can be masked: "
+            + "; ".join(f"{u.node}: {u.reason}" for u in inventory.unsupported)
+        )
+    for u in inventory.unsupported:
+        warnings.warn(f"skipping {u.node}: {u.reason}", stacklevel=2)
+    arrays = {w.key: arrays[w.key] for w in chosen}
     rng = np.random.default_rng(seed)
     sub_seed = int(rng.integers(2**31))
 
@@ -286,7 +365,7 @@ def encrypt_model(
         }
     # selection
     sensitivity = None
-    budget_weights = round(budget * inventory.total_weights)
+    budget_weights = max(1, round(budget * inventory.total_weights))
     if counts is None and allocation == "sensitivity":
         assert calibration is not None
         sensitivity = SensitivityAllocator(
@@ -303,6 +382,7 @@ def encrypt_model(
         layer_counts = allocate_uniform(chosen, budget)
     else:
         layer_counts = allocate_balanced(chosen, budget_weights)
+    layer_counts = _at_least_one_per_level(layer_counts, chosen, levels)
     selection = select(
         layer_scores,
         layer_counts,
@@ -382,7 +462,77 @@ def encrypt_model(
         },
     )
     _bundle.attach(model, manifest_raw, blobs)
-    return EncryptedModel(model, owner, selection, inventory, tuple(masked), level_report)
+    return EncryptedModel(
+        model, owner, selection, inventory, tuple(masked), level_report, originals=arrays
+    )
+
+
+def _inline_conv_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Inline the model-local functions that hold convolutions (see ``_graph``)."""
+    if not conv_functions(model):
+        return model
+    if model.ByteSize() >= PROTO_LIMIT:
+        raise UnsupportedModel(
+            "convolutions inside model-local functions of a model over 2 GB: inline them "
+            "first (onnx.inliner.inline_local_functions) with external data"
+        )
+    return inline_conv_functions(model)
+
+
+def _drop_constant_layers(
+    chosen: Sequence[ConvWeight], arrays: Mapping[str, np.ndarray]
+) -> tuple[list[ConvWeight], list[UnsupportedConv]]:
+    """Leave out weights whose values are all equal: no random replacement of such a
+    kernel can both differ from the original and keep the layer's distribution."""
+    kept, dropped = [], []
+    for w in chosen:
+        a = arrays[w.key]
+        if a.size and bool(np.all(a == a.flat[0])):
+            dropped.append(
+                UnsupportedConv(
+                    ", ".join(w.consumers),
+                    w.graph_path,
+                    f"every value of weight '{w.name}' is {a.flat[0]!r}: a replacement would "
+                    "equal the original or stand out, so it is not encrypted",
+                )
+            )
+        else:
+            kept.append(w)
+    return kept, dropped
+
+
+def _at_least_one_per_level(
+    counts: Mapping[str, int], chosen: Sequence[ConvWeight], levels: int
+) -> dict[str, int]:
+    """Raise the kernel counts so each of the ``levels`` levels restores one kernel.
+
+    With fewer encrypted kernels than levels, two tier keys would be equal (or a tier
+    key equal to the owner's); the largest layers give the extra kernels, with a warning.
+    """
+    out = {k: int(v) for k, v in counts.items()}
+    short = levels - sum(out.values())
+    if short <= 0:
+        return out
+    room = sorted(chosen, key=lambda w: w.n_kernels - out.get(w.key, 0), reverse=True)
+    available = sum(w.n_kernels - out.get(w.key, 0) for w in room)
+    if available < short:
+        raise ValueError(
+            f"{levels} distinct levels need at least {levels} encrypted kernels, and the "
+            f"chosen conv weights hold only {sum(out.values()) + available}: use fewer levels"
+        )
+    before = sum(out.values())
+    while short > 0:
+        for w in room:
+            if short and out.get(w.key, 0) < w.n_kernels:
+                out[w.key] = out.get(w.key, 0) + 1
+                short -= 1
+    warnings.warn(
+        f"the budget selects {before} kernels for {levels} levels; encrypting {levels} "
+        "so that every level restores at least one kernel more than the one below",
+        LevelCountWarning,
+        stacklevel=3,
+    )
+    return out
 
 
 def _check_options(

@@ -37,7 +37,7 @@ from ._graph import ConvWeight
 from ._masking import MaskedLayer, kernel_matrix
 from ._objective import choose_objective, distance, quality
 from ._probe import Probe
-from ._selection import LayerSelection, Selection
+from ._selection import LayerSelection, Selection, distinct_cuts
 
 ORDERS = ("sensitivity", "interleaved")
 TOLERANCE = 0.10
@@ -258,6 +258,8 @@ def _search(
         cuts.append(k)
         lo = k
     cuts.append(total)
+    # Adjacent levels must differ: two cuts at one kernel would give equal keys.
+    cuts = distinct_cuts(cuts, total)
     return cuts, order, [q(0), *(q(k) for k in cuts)]
 
 

@@ -487,6 +487,7 @@ def save_model(
     protect: list[Path] | None = None,
     replace: bool = True,
     stage: Staging | None = None,
+    serialised: bytes | None = None,
 ) -> list[Path]:
     """Write a model; with external data, beside it as ``<name>.data``.
 
@@ -500,6 +501,8 @@ def save_model(
     Args:
         protect: input files that must not be touched.
         replace: replace an existing model / ``<name>.data`` (else refuse them).
+        serialised: ``model.SerializeToString()`` if the caller has it already (the
+            self-check does): written as it is when the model goes in one file.
 
     Returns:
         The files written (the model, then its data if any).
@@ -518,7 +521,9 @@ def save_model(
             stage = stack.enter_context(staged_outputs())
         staged = stage.path(path)
         written = [path]
-        if _write_model(model, staged, data_path.name, external_data=external_data):
+        if _write_model(
+            model, staged, data_path.name, external_data=external_data, serialised=serialised
+        ):
             assert stage.path(data_path) == staged.with_name(data_path.name)
             stage.place(data_path, replace=replace)  # the data first: the model needs it
             written.append(data_path)
@@ -529,7 +534,12 @@ def save_model(
 
 
 def _write_model(
-    model: onnx.ModelProto, path: Path, data_name: str, *, external_data: bool
+    model: onnx.ModelProto,
+    path: Path,
+    data_name: str,
+    *,
+    external_data: bool,
+    serialised: bytes | None = None,
 ) -> bool:
     """Write a model to the new file ``path``, its external data (if any) beside it.
 
@@ -537,7 +547,8 @@ def _write_model(
         Whether the data file was written.
     """
     if not external_data:
-        serialised = _serialise_if_small(model)
+        if serialised is None:
+            serialised = serialise_if_small(model)
         if serialised is not None:
             write_new_file(path, serialised)
             return False
@@ -555,7 +566,7 @@ def _write_model(
     return (path.parent / data_name).exists()
 
 
-def _serialise_if_small(model: onnx.ModelProto) -> bytes | None:
+def serialise_if_small(model: onnx.ModelProto) -> bytes | None:
     """The serialised model if it is under PROTO_LIMIT, else ``None``.
 
     ``ByteSize()`` costs a full encoding with upb, so the model is encoded once and

@@ -112,17 +112,62 @@ def level_split(
 ) -> np.ndarray:
     """Level (1..M) restoring each of ``n_selected`` kernels ranked most important first.
 
-    ``fractions[m-1]`` is the cumulative share of the layer's chosen kernels that level
-    m restores (non-decreasing, last = 1). With ``least-important-first`` level 1
-    restores the least important kernels, which keeps low tiers weak for longer.
+    ``fractions[m-1]`` is the cumulative share of the kernels that level m restores
+    (increasing, last = 1). With ``least-important-first`` level 1 restores the least
+    important kernels, which keeps low tiers weak for longer. Every level restores at
+    least one kernel more than the one below (``n_selected >= M``).
     """
-    cum = np.ceil(np.asarray(fractions, dtype=np.float64) * n_selected).astype(np.int64)
+    cum = distinct_cuts(
+        np.ceil(np.asarray(fractions, dtype=np.float64) * n_selected).astype(np.int64).tolist(),
+        n_selected,
+    )
     rank = np.arange(n_selected)
     if order == "least-important-first":
         rank = rank[::-1]
     elif order != "most-important-first":
         raise ValueError(f"unknown level order {order!r} (known: {', '.join(LEVEL_ORDERS)})")
-    return (np.searchsorted(cum, rank, side="right") + 1).astype(np.int16)
+    return (np.searchsorted(np.asarray(cum), rank, side="right") + 1).astype(np.int16)
+
+
+def distinct_cuts(cuts: Sequence[int], total: int) -> list[int]:
+    """Cumulative kernel counts per level made strictly increasing, the last ``total``.
+
+    A level that adds nothing would hand out a key equal to the level below it (or,
+    for the level under the top, to the owner key).
+    """
+    if total < len(cuts):
+        raise ValueError(f"{len(cuts)} levels need at least {len(cuts)} kernels, got {total}")
+    out: list[int] = []
+    for i, c in enumerate(cuts):
+        low = out[-1] + 1 if out else 1
+        out.append(min(max(int(c), low), total - (len(cuts) - 1 - i)))
+    return out
+
+
+def global_levels(
+    counts: Sequence[int], fractions: Sequence[float], order: str = "most-important-first"
+) -> list[np.ndarray]:
+    """Restore levels of every layer's chosen kernels, split over the whole model.
+
+    Scores are not comparable across layers, so the layers are merged by relative rank
+    (a layer's top kernel ranks with every other layer's top share): level m restores
+    about ``fractions[m-1]`` of *all* chosen kernels, not of each layer's. A per-layer
+    split gives every layer's first kernel to level 1, which with one or two kernels per
+    layer hands level 1 most of the model.
+    """
+    if order not in LEVEL_ORDERS:
+        raise ValueError(f"unknown level order {order!r} (known: {', '.join(LEVEL_ORDERS)})")
+    sizes = np.asarray(counts, dtype=np.int64)
+    total = int(sizes.sum())
+    layer = np.repeat(np.arange(len(sizes)), sizes)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    rank = np.arange(total) - starts[layer]
+    if order == "least-important-first":
+        rank = sizes[layer] - 1 - rank
+    merged = np.argsort((rank + 0.5) / sizes[layer], kind="stable")
+    levels = np.empty(total, dtype=np.int16)
+    levels[merged] = level_split(total, fractions)
+    return np.split(levels, np.cumsum(sizes)[:-1])
 
 
 def check_fractions(levels: int, fractions: Sequence[float] | None) -> tuple[float, ...]:
@@ -134,8 +179,11 @@ def check_fractions(levels: int, fractions: Sequence[float] | None) -> tuple[flo
     fr = tuple(float(f) for f in fractions)
     if len(fr) != levels:
         raise ValueError(f"{len(fr)} level fractions given for {levels} levels")
-    if any(b < a for a, b in itertools.pairwise(fr)) or fr[0] < 0 or fr[-1] != 1.0:
-        raise ValueError("level fractions must be non-decreasing, >= 0, and end at 1.0")
+    if any(b <= a for a, b in itertools.pairwise(fr)) or fr[0] <= 0 or fr[-1] != 1.0:
+        raise ValueError(
+            "level fractions must be increasing, > 0, and end at 1.0 (a level that adds "
+            "nothing would give a key equal to the level below it)"
+        )
     return fr
 
 
@@ -149,17 +197,25 @@ def select(
     total_weights: int,
     kernel_sizes: Mapping[str, int],
 ) -> Selection:
-    """Pick the top ``counts[key]`` kernels of each layer by score and assign levels."""
-    layers = []
-    selected = 0
-    for key in sorted(counts):
-        k = int(counts[key])
-        if k <= 0:
-            continue
-        top = top_kernels(scores[key], k)
-        layers.append(LayerSelection(key, top, level_split(k, fractions, order)))
-        selected += k * kernel_sizes[key]
-    return Selection(tuple(layers), levels, selected, total_weights)
+    """Pick the top ``counts[key]`` kernels of each layer by score and assign levels.
+
+    Raises:
+        ValueError: fewer kernels are chosen than there are levels.
+    """
+    keys = [key for key in sorted(counts) if int(counts[key]) > 0]
+    tops = [top_kernels(scores[key], int(counts[key])) for key in keys]
+    n_chosen = sum(len(t) for t in tops)
+    if n_chosen < levels:
+        raise ValueError(
+            f"{levels} distinct levels need at least {levels} encrypted kernels, "
+            f"{n_chosen} chosen: raise the budget or lower the level count"
+        )
+    restore = global_levels([len(t) for t in tops], fractions, order)
+    layers = tuple(
+        LayerSelection(key, top, lv) for key, top, lv in zip(keys, tops, restore, strict=True)
+    )
+    selected = sum(len(t) * kernel_sizes[key] for key, t in zip(keys, tops, strict=True))
+    return Selection(layers, levels, selected, total_weights)
 
 
 def top_kernels(scores: np.ndarray, k: int) -> np.ndarray:

@@ -19,22 +19,15 @@ from .exceptions import FormatError
 
 # No document of ours nests deeper than 4 levels (a payload table: list, entry, shape).
 MAX_DEPTH = 16
-# Every integer of ours fits in int64; longer digit strings are refused unparsed
-# (int() of more than 4300 digits raises ValueError, and is slow long before that).
-MAX_INT_DIGITS = 19
+# Every integer of ours fits in int64 (json itself refuses more than 4300 digits).
 INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
 
 _ErrorType = type[FormatError]
 
 
 class _Refused(ValueError):
     """A JSON value outside what the formats allow (raised inside the parser hooks)."""
-
-
-def _parse_int(text: str) -> int:
-    if len(text) - text.startswith("-") > MAX_INT_DIGITS:
-        raise _Refused(f"an integer of {len(text)} digits is too large")
-    return int(text)
 
 
 def _parse_float(text: str) -> float:
@@ -61,6 +54,7 @@ def load(
     *,
     error: _ErrorType = FormatError,
     ascii_only: bool = False,
+    walk: bool = True,
 ) -> Any:
     """Parse UTF-8 JSON bytes, refusing anything the module docstring lists.
 
@@ -69,6 +63,9 @@ def load(
         what: how messages name it ("the manifest", "key.json").
         error: the exception raised (``KeyFileError`` for key files).
         ascii_only: refuse any byte above 0x7f (canonical JSON is ASCII).
+        walk: check depth, integer sizes and strings over the whole document. A caller
+            that type-checks every value itself may skip it (payload tables: hundreds
+            of entries on every load, where the walk would cost more than parsing).
 
     Raises:
         error: not (ASCII) UTF-8, not JSON, or a value the module docstring lists.
@@ -83,7 +80,6 @@ def load(
     try:
         doc = json.loads(
             text,
-            parse_int=_parse_int,
             parse_float=_parse_float,
             parse_constant=_parse_constant,
             object_pairs_hook=_object,
@@ -92,18 +88,25 @@ def load(
         raise error(f"{what} is malformed: {exc}") from None
     except RecursionError:
         raise error(f"{what} is malformed: it is nested too deeply") from None
-    except ValueError:  # json.JSONDecodeError
+    except json.JSONDecodeError:
         raise error(f"{what} is not valid JSON (truncated or edited)") from None
-    _check_tree(doc, what, error)
+    except ValueError:  # int() past sys.get_int_max_str_digits() (4300 by default)
+        raise error(f"{what} is malformed: an integer in it is too large") from None
+    if walk:
+        _check_tree(doc, what, error)
     return doc
 
 
 def _check_tree(doc: object, what: str, error: _ErrorType) -> None:
-    """Depth at most MAX_DEPTH; every string encodable (no lone surrogates from ``\\ud800``)."""
+    """Depth at most MAX_DEPTH, integers within int64, every string encodable (no lone
+    surrogates from ``\\ud800``)."""
     stack: list[tuple[object, int]] = [(doc, 1)]
     while stack:
         value, depth = stack.pop()
-        if isinstance(value, str):
+        if type(value) is int:
+            if not INT64_MIN <= value <= INT64_MAX:
+                raise error(f"{what} is malformed: the integer {show(value)} is too large")
+        elif isinstance(value, str):
             if not value.isascii():
                 _check_text(value, what, error)
         elif isinstance(value, list | dict):
@@ -116,7 +119,9 @@ def _check_tree(doc: object, what: str, error: _ErrorType) -> None:
                 items = value.values()
             else:
                 items = value
-            stack.extend((item, depth + 1) for item in items if isinstance(item, str | list | dict))
+            stack.extend(
+                (item, depth + 1) for item in items if isinstance(item, int | str | list | dict)
+            )
 
 
 def _check_text(value: str, what: str, error: _ErrorType) -> None:

@@ -45,8 +45,20 @@ class InvalidBundle(SelencError):
     """
 
 
+class SelfCheckFailed(SelencError):
+    """Encrypt's output failed its own check before being written: a bug in onnx-selenc.
+
+    Nothing is left on disk; the message names the model's producer and the tensor.
+    """
+
+
 class UnsafeSessionOptions(SelencError, ValueError):
     """Session options that would write restored (plaintext) weights to disk."""
+
+
+class LevelCountWarning(UserWarning):
+    """The budget chose fewer kernels than there are levels; more are encrypted so that
+    every level restores at least one kernel more than the level below it."""
 
 
 class LevelTargetWarning(UserWarning):
@@ -63,9 +75,11 @@ __all__ = [
     "KeyFileError",
     "KeyMismatch",
     "LevelNotGranted",
+    "LevelCountWarning",
     "LevelTargetWarning",
     "NotEncrypted",
     "SelencError",
+    "SelfCheckFailed",
     "UnsafeSessionOptions",
     "UnsupportedModel",
 ]

@@ -67,12 +67,12 @@ def test_payload_entry_out_of_range(field: str, value: int) -> None:
         _bundle.decode_payload(forged)
 
 GOLDEN_MANIFEST = {
-    "blobs": [[0, 28], [28, 1054], [1082, 898], [1980, 898]],
+    "blobs": [[0, 28], [28, 966], [994, 962], [1956, 922]],
     "chain": "HKDF-SHA256-chain-v1",
     "cipher": "AES-256-GCM",
     "encrypted": {"conv_weights": 1768, "fraction": 0.20248869, "layers": 4, "weights": 358},
     "format": "onnx-selenc-model",
-    "level_weights": [0, 140, 249, 358],
+    "level_weights": [0, 122, 245, 358],
     "levels": 3,
     "model_digest": "sha256:cb14b7a54c8a20a7d161a70cfb6ff0e57961a654832bb3d67fdb00c11c5ac9ae",
     "selection": {"allocation": "balanced", "budget": 0.2, "importance": "magnitude",
