@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import google.protobuf.json_format
 import google.protobuf.text_format
@@ -128,13 +129,48 @@ def load_model(path: str | os.PathLike[str], *, load_external: bool = True) -> o
 
     Raises:
         FileNotFoundError: no such file.
-        FormatError: not a valid ONNX model, or its external data is missing/out of range.
+        FormatError: not a valid ONNX model, text in it that is not UTF-8, or its
+            external data is missing/out of range.
     """
     path = Path(path)
     model = parse_model(read_model_bytes(path), path)
+    field_name = undecodable_text(model)
+    if field_name is not None:
+        raise FormatError(f"{path} is not a valid ONNX model: a {field_name} is not UTF-8 text")
     if load_external:
         load_external_data(model, path)
     return model
+
+
+def undecodable_text(message: object) -> str | None:
+    """The first string field, anywhere in the message, that is not UTF-8; else ``None``.
+
+    protobuf parses such a field and hands it over as ``bytes`` where every reader
+    expects ``str`` (``"conv" in op_type`` then raises TypeError). Checked on the paths
+    that read a model's graph (encrypt, inspect); the loader needs no walk: its tag
+    check refuses any model but the one encrypted.
+    """
+    stack: list[Any] = [message]
+    while stack:
+        m = stack.pop()
+        for fd in m.DESCRIPTOR.fields:
+            if fd.type == fd.TYPE_STRING:
+                value = getattr(m, fd.name)
+                if isinstance(value, bytes) or (
+                    not isinstance(value, str) and any(isinstance(v, bytes) for v in value)
+                ):
+                    return fd.full_name
+            elif fd.type == fd.TYPE_MESSAGE:
+                if _is_repeated(fd):
+                    stack.extend(getattr(m, fd.name))
+                elif m.HasField(fd.name):
+                    stack.append(getattr(m, fd.name))
+    return None
+
+
+def _is_repeated(fd: Any) -> bool:
+    flag = getattr(fd, "is_repeated", None)
+    return bool(flag) if flag is not None else fd.label == fd.LABEL_REPEATED  # older protobuf
 
 
 def load_external_data(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
