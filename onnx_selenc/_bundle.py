@@ -363,7 +363,7 @@ def decode_payload(data: bytes) -> list[TensorPatch]:
     index_dtype = np.dtype("<i8")
     native_index = index_dtype == np.dtype(np.int64)
     for entry in table:
-        _, code, shape, count, offset = _payload_entry(entry)
+        key, code, shape, count, offset = _payload_entry(entry)
         if code not in dtypes:
             dt = np.dtype(code)
             stored_dt = dt.newbyteorder("<")
@@ -383,7 +383,7 @@ def decode_payload(data: bytes) -> list[TensorPatch]:
             values = values.astype(dtype)
         patches.append(
             TensorPatch(
-                _legacy_key(str(entry["key"])) if legacy else str(entry["key"]),
+                _legacy_key(key) if legacy else key,
                 dtype_name,
                 shape,
                 kernels,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from .exceptions import FormatError
@@ -112,13 +113,12 @@ def _check_tree(doc: object, what: str, error: _ErrorType) -> None:
         elif isinstance(value, list | dict):
             if depth > MAX_DEPTH:
                 raise error(f"{what} is malformed: it is nested more than {MAX_DEPTH} deep")
+            items: Iterable[Any] = value
             if isinstance(value, dict):
                 for k in value:
                     if not k.isascii():
                         _check_text(k, what, error)
                 items = value.values()
-            else:
-                items = value
             stack.extend(
                 (item, depth + 1) for item in items if isinstance(item, int | str | list | dict)
             )
