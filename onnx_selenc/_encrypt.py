@@ -47,7 +47,7 @@ from ._selection import (
 )
 from ._sensitivity import SensitivityAllocator
 from ._tensors import read_array, weight_tensor, write_array
-from ._verify import verify_encrypted
+from ._verify import keep_originals, verify_encrypted, verify_written
 from .exceptions import LevelCountWarning, LevelTargetWarning, SelencError, UnsupportedModel
 
 # Data-driven scorers and allocators (calibration-based) plug in here: given the
@@ -108,8 +108,9 @@ class EncryptedModel:
     inventory: ConvInventory
     masked: tuple[MaskedLayer, ...]
     level_report: LevelReport | None = None
-    # Original values of the encrypted weights, by key: what the self-check compares.
-    originals: Mapping[str, np.ndarray] = field(default_factory=dict)
+    # What the encrypted weights were before masking, by key, for the self-check: the
+    # arrays themselves, or past ORIGINALS_IN_MEMORY bytes a BLAKE2b digest of each.
+    originals: Mapping[str, np.ndarray | bytes] = field(default_factory=dict)
 
 
 def encrypt(
@@ -279,6 +280,15 @@ def encrypt(
             stage=stage,
             serialised=serialised,
         )
+        if checked is not None and serialised is None:
+            # Written otherwise than as checked (external data, or past 2 GB): the files,
+            # still under temporary names, must be the model the check restored. The
+            # in-memory model is done with: freed first (a 2 GB model is read again).
+            enc.model.Clear()
+            del model
+            verify_written(
+                stage.path(output_path), enc.owner_key, public_session=not checked.public_session
+            )
     return EncryptResult(
         model_files=tuple(written),
         key_file=key_path,
@@ -351,6 +361,7 @@ def encrypt_model(
     for u in inventory.unsupported:
         warnings.warn(f"skipping {u.node}: {u.reason}", stacklevel=2)
     arrays = {w.key: arrays[w.key] for w in chosen}
+    originals = keep_originals(arrays)
     rng = np.random.default_rng(seed)
     sub_seed = int(rng.integers(2**31))
 
@@ -463,7 +474,7 @@ def encrypt_model(
     )
     _bundle.attach(model, manifest_raw, blobs)
     return EncryptedModel(
-        model, owner, selection, inventory, tuple(masked), level_report, originals=arrays
+        model, owner, selection, inventory, tuple(masked), level_report, originals=originals
     )
 
 

@@ -9,15 +9,17 @@ A failure is a bug in onnx-selenc, reported as :class:`SelfCheckFailed`.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
 
 from ._graph import ConvWeight
 from ._keys import LevelKey
-from ._loader import open_bytes, restore_opened
+from ._loader import _open, _reads_files, open_bytes, restore_opened
 from ._masking import MaskedLayer, kernel_matrix
 from ._modelio import serialise_if_small
 from ._selection import Selection
@@ -42,9 +44,9 @@ def verify_encrypted(
     selection: Selection,
     masked: Sequence[MaskedLayer],
     weights: Mapping[str, ConvWeight],
-    originals: Mapping[str, np.ndarray],
+    originals: Mapping[str, np.ndarray | bytes],
 ) -> SelfCheck:
-    """Prove that ``model`` (encrypted, data in memory) restores to ``originals``.
+    """Prove that ``model`` (encrypted, data in memory) restores to the original.
 
     Args:
         model: the encrypted model as it will be written.
@@ -52,7 +54,7 @@ def verify_encrypted(
         selection: which kernels each level restores.
         masked: the originals and replacements of each selected layer.
         weights: every conv weight of the model, by key.
-        originals: the original values of every selected weight, by key.
+        originals: :func:`keep_originals` of the encrypted weights, taken before masking.
 
     Raises:
         SelfCheckFailed: the output would not restore; nothing may be written.
@@ -75,7 +77,7 @@ def verify_encrypted(
     if data is None:
         # Past protobuf's limit no serialised copy can exist in memory: check the sealed
         # data against the model itself (the tag and session checks need the file).
-        return _verify_large(model, owner_key, selection, weights, originals, fail)
+        return _verify_large(model, owner_key, selection, masked, weights, originals, fail)
     try:
         opened = open_bytes(data, owner_key, owner_key.level)
         payloads = opened.payloads()
@@ -86,10 +88,10 @@ def verify_encrypted(
     compared = 0
     for key, w in weights.items():
         values = read_array(weight_tensor(restored, w), None)
-        expected = originals.get(key)
-        if expected is None:
-            expected = read_array(weight_tensor(model, w), None)  # not encrypted: unchanged
-        if values.dtype != expected.dtype or values.tobytes() != expected.tobytes():
+        original = originals.get(key)
+        if original is None:  # not encrypted: the public values are the plain ones
+            original = read_array(weight_tensor(model, w), None)
+        if not _same(values, original):
             raise fail("a restored weight differs from the original", key)
         compared += 1
     _check_public_session(data, fail)
@@ -114,7 +116,7 @@ def _check_levels(payloads: Sequence[Sequence[object]], selection: Selection, fa
             raise fail(f"level {m} seals {len(got)} kernels where {len(want)} were assigned")
 
 
-def _check_public_session(data: bytes, fail: object) -> None:
+def _check_public_session(data: bytes | str, fail: object) -> None:
     assert callable(fail)
     import onnxruntime as ort
 
@@ -134,8 +136,9 @@ def _verify_large(
     model: onnx.ModelProto,
     owner_key: LevelKey,
     selection: Selection,
+    masked: Sequence[MaskedLayer],
     weights: Mapping[str, ConvWeight],
-    originals: Mapping[str, np.ndarray],
+    originals: Mapping[str, np.ndarray | bytes],
     fail: object,
 ) -> SelfCheck:
     """The self-check of a model over 2 GB: sealed originals against the model's tensors."""
@@ -155,16 +158,82 @@ def _verify_large(
     ]
     _check_levels(payloads, selection, fail)
     locate = _Locator(model)
+    records = {r.key: r for r in masked}
     compared = 0
     for patches in payloads:
         for p in patches:
             path, name = split_key(p.key)
             public = kernel_matrix(read_array(locate(path, name), None))
-            want = kernel_matrix(originals[p.key])
-            if p.values.tobytes() != want[p.kernels].tobytes():
+            record = records[p.key]
+            row = {int(k): i for i, k in enumerate(record.kernels)}
+            want = record.originals[[row[int(k)] for k in p.kernels]]
+            if p.values.tobytes() != want.tobytes():
                 raise fail("a sealed kernel differs from the original", p.key)
-            if (public[p.kernels] == want[p.kernels]).all(axis=1).any():
+            if (public[p.kernels] == want).all(axis=1).any():
                 raise fail("an encrypted kernel equals its original", p.key)
-            compared += 1
-    del weights
+    # The model's tensors with every level's originals put back must be the plain ones.
+    for key, record in records.items():
+        w = weights[key]
+        values = read_array(weight_tensor(model, w), None).copy()
+        kernel_matrix(values)[record.kernels] = record.originals
+        if not _same(values, originals[key]):
+            raise fail("a weight with its originals put back differs from the plain one", key)
+        compared += 1
     return SelfCheck(compared, len(payloads), False)
+
+
+# Below this many bytes of encrypted weights their arrays are kept for the self-check;
+# above it (models near or past 2 GB) only a digest of each, to keep the peak down.
+ORIGINALS_IN_MEMORY = 1 << 30
+
+
+def keep_originals(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray | bytes]:
+    """What the self-check compares restored weights with: the arrays, or digests."""
+    if sum(a.nbytes for a in arrays.values()) < ORIGINALS_IN_MEMORY:
+        return dict(arrays)
+    return {key: _digest(a) for key, a in arrays.items()}
+
+
+def _digest(values: np.ndarray) -> bytes:
+    h = hashlib.blake2b(values.dtype.str.encode() + repr(values.shape).encode())
+    h.update(np.ascontiguousarray(values).data)
+    return h.digest()
+
+
+def _same(values: np.ndarray, original: np.ndarray | bytes) -> bool:
+    """``values`` equal the original (or its :func:`_digest`) bit for bit."""
+    if isinstance(original, bytes):
+        return _digest(values) == original
+    return values.dtype == original.dtype and values.tobytes() == original.tobytes()
+
+
+def verify_written(model_path: Path, owner_key: LevelKey, *, public_session: bool) -> None:
+    """Check model files as written (temporary names) against the manifest's level-0 tag.
+
+    The tag covers every byte the digest does, whether inline or external, so the
+    files the loader will read are the model :func:`verify_encrypted` restored. Used
+    where the written bytes are not the checked ones: external data, models over 2 GB.
+    ``public_session``: also build a plain ONNX Runtime session from the files (the in-
+    memory check could not, past 2 GB).
+    """
+    producer = "unknown producer"
+
+    def fail(what: str) -> SelfCheckFailed:
+        return SelfCheckFailed(
+            f"bug in onnx-selenc: the written encrypted model failed its self-check ({what}; "
+            f"model from {producer}); nothing was written. Please report it with the "
+            "model's producer and this message."
+        )
+
+    try:
+        opened = _open(model_path, owner_key.derive(0), 0, None)
+        model = opened.stripped.model
+        producer = f"{model.producer_name} {model.producer_version}".strip() or producer
+        skeleton, sources = opened.digest_inputs()
+        tag = opened.model_tag(skeleton, sources, overlap=_reads_files(sources))
+    except SelencError as exc:
+        raise fail(f"the files do not open: {type(exc).__name__}: {exc}") from exc
+    if not opened.matches(tag):
+        raise fail("the files differ from the model that was checked")
+    if public_session:
+        _check_public_session(str(model_path), fail)

@@ -479,3 +479,32 @@ def test_inspect_lists_function_convs_as_encrypt_sees_them(tmp_path: Path) -> No
     assert report.inlined_functions == ("pkg.blocks:Block",)
     assert len(report.weights) == 2 and not report.unsupported
     assert "pkg.blocks:Block" in onnx_selenc._inspect.format_report(report)
+
+
+def test_external_data_output_is_checked_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With external data the written files are not the checked bytes: they are checked
+    too, under their temporary names, and a corrupted write leaves nothing behind."""
+    from onnx_selenc import _modelio
+
+    onnx.save(tm.cnn(), tmp_path / "p.onnx")
+    result = onnx_selenc.encrypt(tmp_path / "p.onnx", tmp_path / "ok.onnx", budget=0.2,
+                                 key_file=tmp_path / "ok.key", external_data=True)  # fmt: skip
+    assert [p.name for p in result.model_files] == ["ok.onnx", "ok.onnx.data"]
+    real = _modelio._save_external
+
+    def flip_a_byte(model, path, data_name):
+        wrote = real(model, path, data_name)
+        data = path.parent / data_name
+        raw = bytearray(data.read_bytes())
+        raw[len(raw) // 2] ^= 1
+        data.write_bytes(bytes(raw))
+        return wrote
+
+    monkeypatch.setattr(_modelio, "_save_external", flip_a_byte)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(exceptions.SelfCheckFailed, match="written encrypted model"):
+        onnx_selenc.encrypt(tmp_path / "p.onnx", tmp_path / "e.onnx", budget=0.2,
+                            key_file=tmp_path / "k", external_data=True)  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
