@@ -255,7 +255,7 @@ def encrypt(
     checked = (
         verify_encrypted(
             enc.model, enc.owner_key, enc.selection, enc.masked, enc.inventory.by_key(),
-            enc.originals,
+            enc.originals, model_path,
         )
         if verify
         else None
@@ -287,7 +287,10 @@ def encrypt(
             enc.model.Clear()
             del model
             verify_written(
-                stage.path(output_path), enc.owner_key, public_session=not checked.public_session
+                stage.path(output_path),
+                enc.owner_key,
+                public_session=not checked.public_session,
+                plain=model_path,
             )
     return EncryptResult(
         model_files=tuple(written),

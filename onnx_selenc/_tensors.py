@@ -77,7 +77,11 @@ def read_array(tensor: onnx.TensorProto, base_dir: str | os.PathLike[str] | None
         if out.dtype != dtype:  # a big-endian host
             out = out.astype(dtype)
         return out.reshape(tuple(tensor.dims))
-    return numpy_helper.to_array(tensor)
+    try:
+        return numpy_helper.to_array(tensor)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        # A size that does not fit the dims, an unknown data type: a malformed model.
+        raise FormatError(f"tensor '{tensor.name}' is malformed: {exc}") from None
 
 
 # Plain numeric dtypes: from_array stores them as little-endian raw_data, nothing else.

@@ -508,3 +508,38 @@ def test_external_data_output_is_checked_as_written(
         onnx_selenc.encrypt(tmp_path / "p.onnx", tmp_path / "e.onnx", budget=0.2,
                             key_file=tmp_path / "k", external_data=True)  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_malformed_plain_model_is_a_format_error(tmp_path: Path) -> None:
+    """A weight whose bytes do not fit its dims: FormatError, nothing written."""
+    model = tm.cnn()
+    init = next(i for i in model.graph.initializer if i.name == "w2")
+    init.raw_data = init.raw_data[:-4]
+    (tmp_path / "p.onnx").write_bytes(model.SerializeToString())
+    with pytest.raises(exceptions.FormatError, match="'w2' is malformed"):
+        onnx_selenc.encrypt(tmp_path / "p.onnx", tmp_path / "e.onnx", key_file=tmp_path / "k")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.onnx"]
+
+
+def test_model_onnx_runtime_cannot_load_still_encrypts(tmp_path: Path) -> None:
+    """A custom operator (its library not registered): the public-session part of the
+    self-check is skipped with a warning, not reported as a bug; the weights restore."""
+    w1, w2 = _weights(16, (8, 3, 3, 3), (4, 8, 3, 3))
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Swish", ["a"], ["s"], domain="vendor.custom"),
+        helper.make_node("Conv", ["s", "w2"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    model = _model(
+        nodes, [tm.x_info()], [tm.y_info()],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+        opsets=[helper.make_opsetid("vendor.custom", 1)],
+    )  # fmt: skip
+    onnx.save(model, tmp_path / "p.onnx")
+    with pytest.warns(UserWarning, match="does not load the plain model either"):
+        onnx_selenc.encrypt(tmp_path / "p.onnx", tmp_path / "e.onnx", key_file=tmp_path / "k",
+                            budget=0.3, levels=2)  # fmt: skip
+    restored = onnx_selenc.restore_model(tmp_path / "e.onnx", key=tmp_path / "k").model
+    for name, values in (("w1", w1), ("w2", w2)):
+        got = next(i for i in restored.graph.initializer if i.name == name)
+        assert numpy_helper.to_array(got).tobytes() == values.tobytes()

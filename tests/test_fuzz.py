@@ -467,6 +467,29 @@ def test_inspect_reads_a_mutated_model_or_refuses_it(sample: Sample, data) -> No
         format_report(inspect_model(path))
 
 
+@fuzz(60)
+@given(st.data())
+def test_encrypt_of_a_mutated_plain_model_restores_or_refuses(sample: Sample, data) -> None:
+    """``encrypt`` of any bytes: a documented refusal with nothing written, or an output
+    its own self-check proved restorable (it found models ONNX Runtime cannot load
+    being blamed on onnx-selenc)."""
+    from onnx_selenc import encrypt
+
+    source = data.draw(st.sampled_from([tm.cnn().SerializeToString(),
+                                        tm.if_subgraph().SerializeToString()]))  # fmt: skip
+    folder = Path(tempfile.mkdtemp(dir=sample.folder))
+    (folder / "p.onnx").write_bytes(data.draw(mutated_bytes(source, [(0, len(source))])))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            encrypt(folder / "p.onnx", folder / "e.onnx", key_file=folder / "k", levels=2,
+                    budget=0.2)  # fmt: skip
+        except (FormatError, UnsupportedModel, ValueError):  # SelfCheckFailed is a failure
+            assert sorted(p.name for p in folder.iterdir()) == ["p.onnx"]
+            return
+    assert restore_model(folder / "e.onnx", key=folder / "k").level == 2
+
+
 def test_model_text_that_is_not_utf8_is_a_format_error(tmp_path: Path, capsys) -> None:
     path = tmp_path / "m.onnx"
     path.write_bytes(tm.cnn().SerializeToString().replace(b"Conv", b"C\xffnv", 1))
