@@ -153,13 +153,17 @@ def restore_model(
     return restore_opened(_open(model_path, key, level, passphrase))
 
 
-def restore_opened(opened: _Opened) -> RestoredModel:
-    """:func:`restore_model` after :func:`_open` (``encrypt``'s self-check opens bytes)."""
+def restore_opened(
+    opened: _Opened, payloads: list[list[_bundle.TensorPatch]] | None = None
+) -> RestoredModel:
+    """:func:`restore_model` after :func:`_open` (``encrypt``'s self-check opens bytes;
+    it has opened the ``payloads`` already)."""
     model, base_dir = opened.stripped.model, opened.path.parent
     skeleton, sources = opened.digest_inputs()
     if not opened.matches(opened.model_tag(skeleton, sources, overlap=_reads_files(sources))):
         raise InvalidBundle(_TAG_MISMATCH)
-    payloads = opened.payloads()
+    if payloads is None:
+        payloads = opened.payloads()
     _bundle.strip(model)
     if opened.files and opened.inline:
         onnx.load_external_data_for_model(model, str(base_dir))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import onnx
 
 from ._graph import ConvWeight
 from ._keys import LevelKey
-from ._loader import _open, _reads_files, open_bytes, restore_opened
+from ._loader import _Locator, _open, _reads_files, open_bytes, restore_opened
 from ._masking import MaskedLayer, kernel_matrix
 from ._modelio import serialise_if_small
 from ._selection import Selection
@@ -81,24 +82,41 @@ def verify_encrypted(
         # Past protobuf's limit no serialised copy can exist in memory: check the sealed
         # data against the model itself (the tag and session checks need the file).
         return _verify_large(model, owner_key, selection, masked, weights, originals, fail)
-    try:
-        opened = open_bytes(data, owner_key, owner_key.level)
-        payloads = opened.payloads()
-        restored = restore_opened(opened).model
-    except SelencError as exc:
-        raise fail(f"the owner key does not restore it: {type(exc).__name__}: {exc}") from exc
-    _check_levels(payloads, selection, fail)
-    compared = 0
+    # ONNX Runtime builds the public session on a worker while the restore runs here:
+    # both spend most of their time outside the GIL (session init, AES, GMAC, memcmp).
+    with ThreadPoolExecutor(1) as pool:
+        session = pool.submit(_session_problem, data, plain)
+        try:
+            opened = open_bytes(data, owner_key, owner_key.level)
+            payloads = opened.payloads()
+            restored = restore_opened(opened, payloads).model
+        except SelencError as exc:
+            raise fail(f"the owner key does not restore it: {type(exc).__name__}: {exc}") from exc
+        _check_levels(payloads, selection, fail)
+        compared = _compare(restored, model, weights, originals, fail)
+        problem = session.result()
+    _raise_or_warn(problem, fail)
+    return SelfCheck(compared, len(payloads), True, data)
+
+
+def _compare(
+    restored: onnx.ModelProto,
+    model: onnx.ModelProto,
+    weights: Mapping[str, ConvWeight],
+    originals: Mapping[str, np.ndarray | bytes],
+    fail: object,
+) -> int:
+    """Every restored conv weight is its original, bit for bit; returns how many."""
+    assert callable(fail)
+    in_restored, in_public = _Locator(restored), _Locator(model)
     for key, w in weights.items():
-        values = read_array(weight_tensor(restored, w), None)
+        values = read_array(in_restored(w.graph_path, w.name), None)
         original = originals.get(key)
         if original is None:  # not encrypted: the public values are the plain ones
-            original = read_array(weight_tensor(model, w), None)
+            original = read_array(in_public(w.graph_path, w.name), None)
         if not _same(values, original):
             raise fail("a restored weight differs from the original", key)
-        compared += 1
-    _check_public_session(data, fail, plain)
-    return SelfCheck(compared, len(payloads), True, data)
+    return len(weights)
 
 
 def _check_levels(payloads: Sequence[Sequence[object]], selection: Selection, fail: object) -> None:
@@ -107,26 +125,46 @@ def _check_levels(payloads: Sequence[Sequence[object]], selection: Selection, fa
     if len(payloads) != selection.levels:
         raise fail(f"{len(payloads)} sealed levels for {selection.levels}")
     for m, patches in enumerate(payloads, start=1):
-        got = {(p.key, int(k)) for p in patches for k in p.kernels}  # type: ignore[attr-defined]
+        got = {p.key: np.sort(p.kernels) for p in patches}  # type: ignore[attr-defined]
         want = {
-            (layer.key, int(k))
+            layer.key: np.sort(layer.kernels[layer.restore_level == m])
             for layer in selection.layers
-            for k in layer.kernels[layer.restore_level == m]
+            if (layer.restore_level == m).any()
         }
         if not want:
             raise fail(f"level {m} restores nothing more than level {m - 1}")
-        if got != want:
-            raise fail(f"level {m} seals {len(got)} kernels where {len(want)} were assigned")
+        if got.keys() != want.keys() or any(not np.array_equal(got[k], want[k]) for k in want):
+            raise fail(f"level {m} does not seal exactly the kernels assigned to it")
 
 
 def _check_public_session(data: bytes | str, fail: object, plain: Path | None) -> None:
-    """Plain ONNX Runtime loads the public model, if it loads the plain one (``plain``).
+    assert callable(fail)
+    _raise_or_warn(_session_problem(data, plain), fail)
+
+
+def _raise_or_warn(problem: tuple[str, bool] | None, fail: object) -> None:
+    assert callable(fail)
+    if problem is None:
+        return
+    message, plain_fails_too = problem
+    if plain_fails_too:
+        warnings.warn(
+            "ONNX Runtime does not load the plain model either, so the self-check did not "
+            f"build a session of the encrypted one: {message}",
+            stacklevel=4,
+        )
+        return
+    raise fail(f"plain ONNX Runtime does not load the public model: {message}")
+
+
+def _session_problem(data: bytes | str, plain: Path | None) -> tuple[str, bool] | None:
+    """Why plain ONNX Runtime does not load the public model (and whether it does not
+    load the plain one either), or None if it loads.
 
     A model ONNX Runtime cannot load as it is (custom operators from a library it was
     not given, an opset it does not know) is not made loadable by encrypting it: then
     the check is skipped with a warning instead of blaming onnx-selenc.
     """
-    assert callable(fail)
     try:
         _session(data)
     except Exception as exc:  # ONNX Runtime's own exception types
@@ -134,13 +172,9 @@ def _check_public_session(data: bytes | str, fail: object, plain: Path | None) -
             try:
                 _session(str(plain))
             except Exception as plain_exc:
-                warnings.warn(
-                    "ONNX Runtime does not load the plain model either, so the self-check "
-                    f"did not build a session of the encrypted one: {plain_exc}",
-                    stacklevel=4,
-                )
-                return
-        raise fail(f"plain ONNX Runtime does not load the public model: {exc}") from exc
+                return str(plain_exc), True
+        return str(exc), False
+    return None
 
 
 def _session(model: bytes | str) -> None:
@@ -168,7 +202,6 @@ def _verify_large(
     assert callable(fail)
     from . import _bundle, _seal
     from ._graph import split_key
-    from ._loader import _Locator
 
     manifest, blobs = _bundle.read_bundle(model)
     keys = [owner_key.derive(m) for m in range(owner_key.level + 1)]
