@@ -135,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in names:
         print(f"[selfcheck] {name}", file=sys.stderr, flush=True)
         results[name] = measure(name, args.huge_repeats if name == "huge_2gb" else args.repeats)
-    text = render(results, args.repeats, args.huge_repeats if args.huge else None)  # machine facts (load) taken at the end
+    # The machine facts (load average) are taken at the end.
+    text = render(results, args.repeats, args.huge_repeats if args.huge else None)
     print(text)
     if not args.no_write:
         write_section(text, Path(__file__).resolve().parent.parent / "BENCHMARKS.md")
