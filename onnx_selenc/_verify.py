@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from ._bundle import TensorPatch
 from ._graph import ConvWeight
 from ._keys import LevelKey
 from ._loader import _Locator, _open, _reads_files, open_bytes, restore_opened
@@ -27,6 +28,9 @@ from ._modelio import serialise_if_small
 from ._selection import Selection
 from ._tensors import read_array, weight_tensor
 from .exceptions import SelencError, SelfCheckFailed
+
+# Builds the SelfCheckFailed to raise: what failed, and the tensor if one.
+Fail = Callable[..., SelfCheckFailed]
 
 
 @dataclass(frozen=True)
@@ -104,10 +108,9 @@ def _compare(
     model: onnx.ModelProto,
     weights: Mapping[str, ConvWeight],
     originals: Mapping[str, np.ndarray | bytes],
-    fail: object,
+    fail: Fail,
 ) -> int:
     """Every restored conv weight is its original, bit for bit; returns how many."""
-    assert callable(fail)
     in_restored, in_public = _Locator(restored), _Locator(model)
     for key, w in weights.items():
         values = read_array(in_restored(w.graph_path, w.name), None)
@@ -119,13 +122,14 @@ def _compare(
     return len(weights)
 
 
-def _check_levels(payloads: Sequence[Sequence[object]], selection: Selection, fail: object) -> None:
+def _check_levels(
+    payloads: Sequence[Sequence[TensorPatch]], selection: Selection, fail: Fail
+) -> None:
     """Level m's sealed kernels are exactly those the selection gives it, and some."""
-    assert callable(fail)
     if len(payloads) != selection.levels:
         raise fail(f"{len(payloads)} sealed levels for {selection.levels}")
     for m, patches in enumerate(payloads, start=1):
-        got = {p.key: np.sort(p.kernels) for p in patches}  # type: ignore[attr-defined]
+        got = {p.key: np.sort(p.kernels) for p in patches}
         want = {
             layer.key: np.sort(layer.kernels[layer.restore_level == m])
             for layer in selection.layers
@@ -137,13 +141,11 @@ def _check_levels(payloads: Sequence[Sequence[object]], selection: Selection, fa
             raise fail(f"level {m} does not seal exactly the kernels assigned to it")
 
 
-def _check_public_session(data: bytes | str, fail: object, plain: Path | None) -> None:
-    assert callable(fail)
+def _check_public_session(data: bytes | str, fail: Fail, plain: Path | None) -> None:
     _raise_or_warn(_session_problem(data, plain), fail)
 
 
-def _raise_or_warn(problem: tuple[str, bool] | None, fail: object) -> None:
-    assert callable(fail)
+def _raise_or_warn(problem: tuple[str, bool] | None, fail: Fail) -> None:
     if problem is None:
         return
     message, plain_fails_too = problem
@@ -196,10 +198,9 @@ def _verify_large(
     masked: Sequence[MaskedLayer],
     weights: Mapping[str, ConvWeight],
     originals: Mapping[str, np.ndarray | bytes],
-    fail: object,
+    fail: Fail,
 ) -> SelfCheck:
     """The self-check of a model over 2 GB: sealed originals against the model's tensors."""
-    assert callable(fail)
     from . import _bundle, _seal
     from ._graph import split_key
 
