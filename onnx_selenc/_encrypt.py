@@ -33,7 +33,7 @@ from ._io import (
 )
 from ._keys import LevelKey, new_owner_key, refuse_replacing_key_file, stage_key_file
 from ._levels import TOLERANCE, LevelMetric, LevelReport, calibrate_levels, check_targets
-from ._masking import MASKINGS, MaskedLayer, kernel_matrix, mask_layer
+from ._masking import MASKINGS, MaskedLayer, UnmaskableLayer, kernel_matrix, mask_layer
 from ._modelio import PROTO_LIMIT, external_files, load_external_data, load_model, save_model
 from ._progress import progress
 from ._selection import (
@@ -410,7 +410,12 @@ def encrypt_model(
     by_key = inventory.by_key()
     masked = []
     for layer in progress(selection.layers, desc="masking", enabled=show_progress):
-        new_values, record = mask_layer(layer.key, arrays[layer.key], layer.kernels, rng, masking)
+        try:
+            new_values, record = mask_layer(
+                layer.key, arrays[layer.key], layer.kernels, rng, masking
+            )
+        except UnmaskableLayer as exc:  # all-equal weights are left out above: say which
+            raise UnsupportedModel(f"weight {layer.key!r} cannot be masked: {exc}") from None
         write_array(weight_tensor(model, by_key[layer.key]), new_values)
         masked.append(record)
     # levels calibrated to targets

@@ -69,7 +69,9 @@ def dprm_values(
     mu, sigma = _mean_std(count, total, squares)
     # Where every kernel shares one value at a position (pruned or constant weights) a
     # draw from the position's own spread is that value: use the whole layer's spread.
-    layer_sigma = float(np.sqrt(np.mean(sigma**2) + np.var(mu)))
+    # (mu is relative to shift, the rough per-position mean: add it back for the spread
+    # across positions, all a single-kernel layer has.)
+    layer_sigma = float(np.sqrt(np.mean(sigma**2) + np.var(shift + mu)))
     n_pub = count - n_sel
     if method == "gaussian" or n_pub < 2:
         # With fewer than two public kernels there is no empirical distribution to draw
@@ -113,7 +115,7 @@ def _differ(
     if not same.size:
         return values
     if spread == 0:
-        raise UnmaskableLayer("every weight of the layer has the same value")
+        raise UnmaskableLayer("every weight of the weight tensor has the same value")
     pos = rng.integers(0, values.shape[1], size=same.size)
     base = originals[same, pos].astype(np.float64)
     sign = np.where(rng.random(same.size) < 0.5, -1.0, 1.0)

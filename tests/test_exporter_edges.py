@@ -543,3 +543,26 @@ def test_model_onnx_runtime_cannot_load_still_encrypts(tmp_path: Path) -> None:
     for name, values in (("w1", w1), ("w2", w2)):
         got = next(i for i in restored.graph.initializer if i.name == name)
         assert numpy_helper.to_array(got).tobytes() == values.tobytes()
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 7), (1, 1, 1, 32), (1, 3, 3, 3)])
+def test_single_kernel_layers_are_masked(shape: tuple[int, ...], tmp_path: Path) -> None:
+    """A weight with one kernel (silero's [1,1,7] filter, basic-pitch's [1,1,1,256] row):
+    its replacement is drawn from the spread across its positions (was refused as if
+    every value were equal)."""
+    rank = len(shape) - 2
+    (w_one,) = _weights(17, shape)
+    (w_big,) = _weights(18, (8, shape[0], *shape[2:]))
+    kernel = list(shape[2:])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, shape[1], *[80] * rank])
+    nodes = [
+        helper.make_node("Conv", ["x", "one"], ["a"], kernel_shape=kernel),
+        helper.make_node("Conv", ["a", "big"], ["y"], kernel_shape=kernel),
+    ]
+    model = _model(
+        nodes, [x], [tm.y_info(rank=len(shape))],
+        [numpy_helper.from_array(w_one, "one"), numpy_helper.from_array(w_big, "big")],
+    )  # fmt: skip
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, shape[1], *[80] * rank))}
+    result = contract(model, tmp_path, {"x": feeds["x"].astype(np.float32)}, levels=2, budget=0.5)
+    assert "one" in [layer.key for layer in result.layers]
