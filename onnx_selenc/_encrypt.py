@@ -33,6 +33,7 @@ from ._io import (
 )
 from ._keys import LevelKey, new_owner_key, refuse_replacing_key_file, stage_key_file
 from ._levels import TOLERANCE, LevelMetric, LevelReport, calibrate_levels, check_targets
+from ._liveness import live_levels
 from ._masking import MASKINGS, MaskedLayer, UnmaskableLayer, kernel_matrix, mask_layer
 from ._modelio import PROTO_LIMIT, external_files, load_external_data, load_model, save_model
 from ._progress import progress
@@ -66,6 +67,10 @@ CountProvider = Callable[
     Mapping[str, int],
 ]
 DATA_DRIVEN_SCORERS = ("activation", "pss")
+# Up to this many bytes of encrypted weights the fixed level split is checked with
+# forward passes (``_liveness``); past it a probe session's copy costs too much.
+LIVENESS_BYTES = 512 << 20
+LIVENESS_ATTEMPTS = 6  # at most 32x the budget's kernels before giving up with a warning
 IMPORTANCES = (*sorted(DATA_FREE_SCORERS), *DATA_DRIVEN_SCORERS)
 
 
@@ -397,28 +402,45 @@ def encrypt_model(
     else:
         layer_counts = allocate_balanced(chosen, budget_weights)
     layer_counts = _at_least_one_per_level(layer_counts, chosen, levels)
-    selection = select(
-        layer_scores,
-        layer_counts,
-        levels=levels,
-        fractions=fractions,
-        order=level_order,
-        total_weights=inventory.total_weights,
-        kernel_sizes={w.key: w.kernel_size for w in chosen},
-    )
-    # masking
     by_key = inventory.by_key()
-    masked = []
-    for layer in progress(selection.layers, desc="masking", enabled=show_progress):
-        try:
-            new_values, record = mask_layer(
-                layer.key, arrays[layer.key], layer.kernels, rng, masking
+    kernel_sizes = {w.key: w.kernel_size for w in chosen}
+    check_live = level_targets is None and sum(a.nbytes for a in arrays.values()) <= LIVENESS_BYTES
+    feeds = next(calibration.batches(16)) if calibration is not None and check_live else None
+    for attempt in range(LIVENESS_ATTEMPTS):
+        selection = select(
+            layer_scores,
+            layer_counts,
+            levels=levels,
+            fractions=fractions,
+            order=level_order,
+            total_weights=inventory.total_weights,
+            kernel_sizes=kernel_sizes,
+        )
+        masked = _mask(model, selection, arrays, by_key, rng, masking, show_progress)
+        if not check_live:
+            break
+        # The fixed split, checked to change the outputs at every level (_liveness).
+        selection, stuck = live_levels(model, by_key, selection, masked, feeds)
+        if not stuck:
+            break
+        if attempt == LIVENESS_ATTEMPTS - 1 or not _grow(layer_counts, chosen):
+            warnings.warn(
+                f"levels {', '.join(map(str, stuck))} give the same outputs as the level "
+                "below on the probe inputs: their kernels feed channels nothing downstream "
+                "uses; calibrated levels (level_targets with calibration inputs) measure "
+                "each level",
+                UserWarning,
+                stacklevel=2,
             )
-        except UnmaskableLayer as exc:  # all-equal weights are left out above: say which
-            raise UnsupportedModel(f"weight {layer.key!r} cannot be masked: {exc}") from None
-        write_array(weight_tensor(model, by_key[layer.key]), new_values)
-        masked.append(record)
-    # levels calibrated to targets
+            break
+        for layer in selection.layers:  # undo the masking, then try with more kernels
+            write_array(weight_tensor(model, by_key[layer.key]), arrays[layer.key])
+        warnings.warn(
+            f"levels {', '.join(map(str, stuck))} changed nothing on the probe inputs "
+            "(their kernels feed unused channels): encrypting twice as many kernels",
+            LevelCountWarning,
+            stacklevel=2,
+        )
     level_report = None
     if level_targets is not None:
         assert calibration is not None
@@ -484,6 +506,40 @@ def encrypt_model(
     return EncryptedModel(
         model, owner, selection, inventory, tuple(masked), level_report, originals=originals
     )
+
+
+def _mask(
+    model: onnx.ModelProto,
+    selection: Selection,
+    arrays: Mapping[str, np.ndarray],
+    by_key: Mapping[str, ConvWeight],
+    rng: np.random.Generator,
+    masking: str,
+    show_progress: bool,
+) -> list[MaskedLayer]:
+    """Replace the selected kernels in ``model`` by DPRM draws; return what was replaced."""
+    masked = []
+    for layer in progress(selection.layers, desc="masking", enabled=show_progress):
+        try:
+            new_values, record = mask_layer(
+                layer.key, arrays[layer.key], layer.kernels, rng, masking
+            )
+        except UnmaskableLayer as exc:  # all-equal weights are left out above: say which
+            raise UnsupportedModel(f"weight {layer.key!r} cannot be masked: {exc}") from None
+        write_array(weight_tensor(model, by_key[layer.key]), new_values)
+        masked.append(record)
+    return masked
+
+
+def _grow(counts: dict[str, int], chosen: Sequence[ConvWeight]) -> bool:
+    """Double every layer's kernel count (within its size); False if none can grow."""
+    grown = False
+    for w in chosen:
+        now = counts.get(w.key, 0)
+        new = min(w.n_kernels, max(1, 2 * now)) if now else 0
+        grown = grown or new > now
+        counts[w.key] = new
+    return grown
 
 
 def _inline_conv_functions(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -65,12 +65,26 @@ class Probe:
         self.batch = first[0] if first and isinstance(first[0], int) and first[0] > 0 else 16
 
     def run(
-        self, feeds: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray] | None = None
+        self,
+        feeds: Mapping[str, np.ndarray],
+        weights: Mapping[str, np.ndarray] | None = None,
+        *,
+        quiet: bool = False,
     ) -> list[np.ndarray]:
-        """Run one batch with ``weights`` (by key) replacing the base values."""
+        """Run one batch with ``weights`` (by key) replacing the base values.
+
+        ``quiet``: a failure is only raised, not also logged by ONNX Runtime (probing
+        which input sizes a model takes fails on purpose).
+        """
         values = {**self.base, **(weights or {})}
         full = {**feeds, **{self.names[k]: v for k, v in values.items()}}
-        return self.session.run(None, full)
+        if not quiet:
+            return self.session.run(None, full)
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        options.log_severity_level = 4
+        return self.session.run(None, full, options)
 
     def run_all(
         self, calibration: Calibration, weights: Mapping[str, np.ndarray] | None = None

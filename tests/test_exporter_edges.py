@@ -566,3 +566,45 @@ def test_single_kernel_layers_are_masked(shape: tuple[int, ...], tmp_path: Path)
     feeds = {"x": np.random.default_rng(0).standard_normal((1, shape[1], *[80] * rank))}
     result = contract(model, tmp_path, {"x": feeds["x"].astype(np.float32)}, levels=2, budget=0.5)
     assert "one" in [layer.key for layer in result.layers]
+
+
+def test_levels_change_the_outputs_when_most_kernels_feed_dead_channels(tmp_path: Path) -> None:
+    """The largest kernels feed channels a mask zeroes (as openwakeword's mel filterbank
+    does to most STFT bins): data-free scores pick them, and without forward passes the
+    tiers would all equal the owner's model. Encrypt encrypts more until each level
+    changes the outputs, and says so."""
+    (w1,) = _weights(19, (16, 3, 3, 3))
+    w1[8:] *= 10.0  # dead channels hold the largest kernels
+    (w2,) = _weights(20, (4, 16, 1, 1))
+    mask = np.ones((1, 16, 1, 1), np.float32)
+    mask[0, 8:] = 0.0
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["a", "mask"], ["live"]),
+        helper.make_node("Conv", ["live", "w2"], ["y"]),
+    ]
+    model = _model(
+        nodes, [tm.x_info()], [tm.y_info()],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(mask, "mask"),
+         numpy_helper.from_array(w2, "w2")],
+    )  # fmt: skip
+    with pytest.warns(exceptions.LevelCountWarning, match="changed nothing"):
+        onnx_selenc._encrypt.encrypt_model(
+            onnx.load_from_string(model.SerializeToString()), levels=3, budget=0.02, seed=0,
+            layers=["w1"],
+        )  # fmt: skip
+    contract(model, tmp_path, _x(), levels=3, budget=0.02)
+
+
+def test_live_cuts_move_past_kernels_that_change_nothing() -> None:
+    from onnx_selenc._liveness import _live_cuts
+
+    live = {3, 7, 9}  # restoring the k-th kernel (1-based) changes the outputs
+
+    def differ(a: int, b: int) -> bool:
+        return any(a < k <= b for k in live)
+
+    assert _live_cuts([2, 4], 10, differ) == ([3, 7], [])
+    assert _live_cuts([1, 2], 10, differ) == ([3, 7], [])
+    cuts, stuck = _live_cuts([8, 9], 10, differ)
+    assert stuck  # kernel 10 changes nothing: the top level cannot differ from level 2
