@@ -114,7 +114,7 @@ class EncryptedModel:
     masked: tuple[MaskedLayer, ...]
     level_report: LevelReport | None = None
     # What the encrypted weights were before masking, by key, for the self-check: the
-    # arrays themselves, or past ORIGINALS_IN_MEMORY bytes a BLAKE2b digest of each.
+    # arrays themselves, or past ORIGINALS_IN_MEMORY bytes a checksum of each (_seal).
     originals: Mapping[str, np.ndarray | bytes] = field(default_factory=dict)
 
 

@@ -88,6 +88,17 @@ class ModelTagger:
         return f"{self.nonce.hex()}:{self._ctx.tag.hex()}"
 
 
+def checksum(data: bytes | bytearray | memoryview) -> bytes:
+    """A fast checksum of a byte stream (GMAC under a fixed key and nonce).
+
+    Not a MAC: anyone can compute it. Encrypt's self-check compares weights it cannot
+    keep in memory with it, where only a bug, never an adversary, changes the bytes.
+    """
+    tagger = ModelTagger(b"onnx-selenc/v1/self-check".ljust(32, b"\0"), bytes(NONCE_BYTES))
+    tagger.update(data)
+    return bytes.fromhex(tagger.result().split(":")[1])
+
+
 def new_model_tagger(level_key: bytes) -> ModelTagger:
     """A tagger with a fresh random nonce (encryption side)."""
     return ModelTagger(level_key, os.urandom(NONCE_BYTES))

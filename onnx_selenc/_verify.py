@@ -9,7 +9,6 @@ A failure is a bug in onnx-selenc, reported as :class:`SelfCheckFailed`.
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from . import _seal
 from ._bundle import TensorPatch
 from ._graph import ConvWeight
 from ._keys import LevelKey
@@ -62,7 +62,7 @@ def verify_encrypted(
         masked: the originals and replacements of each selected layer.
         weights: every conv weight of the model, by key.
         originals: :func:`keep_originals` of the encrypted weights, taken before masking.
-        plain: the plain model's file, if any (see :func:`_check_public_session`).
+        plain: the plain model's file, if any (see :func:`_session_problem`).
 
     Raises:
         SelfCheckFailed: the output would not restore; nothing may be written.
@@ -141,10 +141,6 @@ def _check_levels(
             raise fail(f"level {m} does not seal exactly the kernels assigned to it")
 
 
-def _check_public_session(data: bytes | str, fail: Fail, plain: Path | None) -> None:
-    _raise_or_warn(_session_problem(data, plain), fail)
-
-
 def _raise_or_warn(problem: tuple[str, bool] | None, fail: Fail) -> None:
     if problem is None:
         return
@@ -201,7 +197,7 @@ def _verify_large(
     fail: Fail,
 ) -> SelfCheck:
     """The self-check of a model over 2 GB: sealed originals against the model's tensors."""
-    from . import _bundle, _seal
+    from . import _bundle
     from ._graph import split_key
 
     manifest, blobs = _bundle.read_bundle(model)
@@ -252,9 +248,8 @@ def keep_originals(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray | b
 
 
 def _digest(values: np.ndarray) -> bytes:
-    h = hashlib.blake2b(values.dtype.str.encode() + repr(values.shape).encode())
-    h.update(np.ascontiguousarray(values).data)
-    return h.digest()
+    head = values.dtype.str.encode() + repr(values.shape).encode()
+    return _seal.checksum(head) + _seal.checksum(np.ascontiguousarray(values).data)
 
 
 def _same(values: np.ndarray, original: np.ndarray | bytes) -> bool:
@@ -284,15 +279,18 @@ def verify_written(
             "model's producer and this message."
         )
 
-    try:
-        opened = _open(model_path, owner_key.derive(0), 0, None)
-        model = opened.stripped.model
-        producer = f"{model.producer_name} {model.producer_version}".strip() or producer
-        skeleton, sources = opened.digest_inputs()
-        tag = opened.model_tag(skeleton, sources, overlap=_reads_files(sources))
-    except SelencError as exc:
-        raise fail(f"the files do not open: {type(exc).__name__}: {exc}") from exc
-    if not opened.matches(tag):
-        raise fail("the files differ from the model that was checked")
-    if public_session:
-        _check_public_session(str(model_path), fail, plain)
+    with ThreadPoolExecutor(1) as pool:
+        # The session (past 2 GB: gigabytes to read) builds while the tag is computed.
+        session = pool.submit(_session_problem, str(model_path), plain) if public_session else None
+        try:
+            opened = _open(model_path, owner_key.derive(0), 0, None)
+            model = opened.stripped.model
+            producer = f"{model.producer_name} {model.producer_version}".strip() or producer
+            skeleton, sources = opened.digest_inputs()
+            tag = opened.model_tag(skeleton, sources, overlap=_reads_files(sources))
+        except SelencError as exc:
+            raise fail(f"the files do not open: {type(exc).__name__}: {exc}") from exc
+        if not opened.matches(tag):
+            raise fail("the files differ from the model that was checked")
+        if session is not None:
+            _raise_or_warn(session.result(), fail)
