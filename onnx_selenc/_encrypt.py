@@ -71,6 +71,7 @@ DATA_DRIVEN_SCORERS = ("activation", "pss")
 # forward passes (``_liveness``); past it a probe session's copy costs too much.
 LIVENESS_BYTES = 512 << 20
 LIVENESS_ATTEMPTS = 6  # at most 32x the budget's kernels before giving up with a warning
+LIVENESS_GROW = 32  # ... and only while the levels hold fewer kernels than this each
 IMPORTANCES = (*sorted(DATA_FREE_SCORERS), *DATA_DRIVEN_SCORERS)
 
 
@@ -423,7 +424,14 @@ def encrypt_model(
         selection, stuck = live_levels(model, by_key, selection, masked, feeds)
         if not stuck:
             break
-        if attempt == LIVENESS_ATTEMPTS - 1 or not _grow(layer_counts, chosen):
+        chosen_kernels = sum(len(layer.kernels) for layer in selection.layers)
+        # Past LIVENESS_GROW kernels a level, a level whose kernels all change nothing is
+        # the probe's limit (saturated outputs on random inputs), not dead channels.
+        if (
+            attempt == LIVENESS_ATTEMPTS - 1
+            or chosen_kernels >= LIVENESS_GROW * levels
+            or not _grow(layer_counts, chosen)
+        ):
             warnings.warn(
                 f"levels {', '.join(map(str, stuck))} give the same outputs as the level "
                 "below on the probe inputs: their kernels feed channels nothing downstream "

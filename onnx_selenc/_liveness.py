@@ -11,7 +11,8 @@ to the next kernel that does. The cuts stay in the same global order (``_selecti
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -103,37 +104,64 @@ def live_levels(
     )
 
 
-def _live_cuts(cuts: list[int], total: int, differ: object) -> tuple[list[int], list[int]]:
-    """Cuts 1..M-1 (kernels restored at each level below the top) moved forward so that
-    each level's outputs differ from the level below; returns them and the levels that
-    could not be separated. ``differ(a, b)``: outputs with ``a`` and ``b`` kernels differ.
+def _live_cuts(
+    cuts: list[int], total: int, differ: Callable[[int, int], bool]
+) -> tuple[list[int], list[int]]:
+    """Cuts 1..M-1 (kernels restored at each level below the top) moved so that each
+    level's outputs differ from the level below; returns them and the levels that could
+    not be separated. ``differ(a, b)``: outputs with ``a`` and ``b`` kernels differ.
+
+    Forward, a cut moves to the first kernel that changes the outputs from the level
+    below (past it they stay changed: bisection). Backward, from the top, a cut whose
+    level above changes nothing moves back to the last kernel after which the outputs
+    still differ from that level's. Either pass only moves a cut that needs it.
     """
-    assert callable(differ)
     out: list[int] = []
-    stuck: list[int] = []
     prev = 0
     for m, want in enumerate(cuts, start=1):
         room = total - (len(cuts) - m)  # later levels need a kernel each
         k = min(max(want, prev + 1), room)
-        if not differ(prev, k):
-            # The first kernel after k that changes the outputs: they stay changed past
-            # it (bisection on "differs from the level below").
-            lo, hi = k, room
-            if differ(prev, hi):
-                while hi - lo > 1:
-                    mid = (lo + hi) // 2
-                    if differ(prev, mid):
-                        hi = mid
-                    else:
-                        lo = mid
-                k = hi
-            else:
-                stuck.append(m)
+        if not differ(prev, k) and differ(prev, room):
+            k = _first(functools.partial(differ, prev), k, room)
         out.append(k)
         prev = k
-    if not differ(prev, total):
-        stuck.append(len(cuts) + 1)
-    return out, stuck
+    # Backward: a level whose kernels change nothing takes kernels from the one below.
+    bounds = [0, *out, total]
+    for m in range(len(out), 0, -1):
+        above = bounds[m + 1]
+        hi = min(bounds[m], above - 1)
+        # m: the lowest cut that still leaves a kernel to each level below.
+        if not differ(hi, above) and differ(m, above):
+            hi = _last(_differs_from(differ, above), m, hi)
+        bounds[m] = hi
+    stuck = [m for m in range(1, len(bounds)) if not differ(bounds[m - 1], bounds[m])]
+    return bounds[1:-1], stuck
+
+
+def _differs_from(differ: Callable[[int, int], bool], top: int) -> Callable[[int], bool]:
+    return lambda j: differ(j, top)
+
+
+def _first(holds: Callable[[int], bool], lo: int, hi: int) -> int:
+    """Smallest j in (lo, hi] with ``holds(j)``, given not holds(lo), holds(hi), monotone."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if holds(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _last(holds: Callable[[int], bool], lo: int, hi: int) -> int:
+    """Largest j in [lo, hi) with ``holds(j)``, given holds(lo), not holds(hi), monotone."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if holds(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _levels(layers: Sequence[LayerSelection]) -> np.ndarray:

@@ -7,6 +7,7 @@ the public file runs and differs, and each tier differs from the next.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from pathlib import Path
 
@@ -606,5 +607,8 @@ def test_live_cuts_move_past_kernels_that_change_nothing() -> None:
 
     assert _live_cuts([2, 4], 10, differ) == ([3, 7], [])
     assert _live_cuts([1, 2], 10, differ) == ([3, 7], [])
+    # The top level's kernels (10) change nothing: the cuts below move back.
     cuts, stuck = _live_cuts([8, 9], 10, differ)
-    assert stuck  # kernel 10 changes nothing: the top level cannot differ from level 2
+    assert not stuck and all(differ(a, b) for a, b in itertools.pairwise([0, *cuts, 10]))
+    # Three live kernels cannot make four levels: said, not hidden.
+    assert _live_cuts([2, 4, 6], 10, differ)[1]
