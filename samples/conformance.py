@@ -67,10 +67,19 @@ def source_label(e: dict[str, Any]) -> str:
 
 
 def _export_stamp(e: dict[str, Any]) -> str:
+    """A hash of what makes an export: the script, ``_tiny.py`` and the other shared
+    ``samples/exporters/_*.py`` helpers that the script names."""
     from samples import exporters
 
+    script = exporters.script(e["exporter"])
+    folder = script.parent
+    source = script.read_text(encoding="utf-8")
+    helpers = sorted(
+        p for p in folder.glob("_*.py") if p.name not in ("__init__.py", "_tiny.py")
+        and p.stem in source
+    )  # fmt: skip
     digest = hashlib.sha256(f"{e['exporter']}\0{e['variant']}\0".encode())
-    for path in (exporters.script(e["exporter"]), Path(exporters.__file__).with_name("_tiny.py")):
+    for path in (script, folder / "_tiny.py", *helpers):
         digest.update(path.read_bytes())
     return digest.hexdigest()
 

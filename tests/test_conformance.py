@@ -9,7 +9,7 @@ candidate or reported unsupported. The outcome must be the entry's ``expect``
 (``pass`` unless stated; ``refused``: encrypt refuses before writing anything).
 
 A model whose source cannot be had (download, hash check or export fails) fails its
-test. First run on a fresh machine: the wheels are downloaded (about 100 MB) and the
+test. First run on a fresh machine: the wheels are downloaded (about 140 MB) and the
 tf2onnx exporter builds its own TensorFlow venv under the cache dir (a few minutes,
 about 1.6 GB); after that everything is cached and the whole file runs in about a
 minute on 2 cores.

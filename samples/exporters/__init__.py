@@ -25,6 +25,8 @@ EXPORTERS = (
     "ort_optimize",
     "spox_cnn",
     "helper_edge",
+    "torch_legacy_edges",
+    "onnx_tools",
 )
 
 
