@@ -113,8 +113,8 @@ class Calibration:
         images = []
         for f in files:
             try:
-                with Image.open(f) as im:
-                    im = im.convert(mode).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+                with Image.open(f) as opened:
+                    im = opened.convert(mode).resize((size[1], size[0]), Image.Resampling.BILINEAR)
                     images.append(np.asarray(im, dtype=np.float32))
             except OSError as exc:
                 raise FormatError(f"cannot read image {f}: {exc}") from None

@@ -270,10 +270,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     if args.output:
         out = Path(args.output)
-        np.savez(
-            out,
-            **{m.name: np.asarray(v) for m, v in zip(session.get_outputs(), outputs, strict=True)},
-        )
+        arrays: dict[str, Any] = {
+            m.name: np.asarray(v) for m, v in zip(session.get_outputs(), outputs, strict=True)
+        }
+        np.savez(out, **arrays)
         print(f"wrote {out}")
     return 0
 

@@ -356,7 +356,7 @@ def _hash_gated(feed: _Feeder, region: Region, gate: PatchGate) -> None:
             np.copyto(out, source[first * width : last * width])
             lo, hi = np.searchsorted(rows, [first, last])
             out.reshape(-1, width)[rows[lo:hi] - first] = original[lo:hi]
-            feed(memoryview(out))
+            feed(out.data)
         feed.flush()
     finally:
         gate._end(region.start)
@@ -619,7 +619,7 @@ def _clear_storage(t: onnx.TensorProto) -> None:
 
 
 # Bytes per element of the fixed-size tensor types, to size raw data without reading it.
-_ITEMSIZE = {
+_ITEMSIZE: dict[int, int] = {
     onnx.TensorProto.FLOAT: 4, onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.FLOAT16: 2,
     onnx.TensorProto.BFLOAT16: 2, onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1,
     onnx.TensorProto.INT16: 2, onnx.TensorProto.UINT16: 2, onnx.TensorProto.INT32: 4,

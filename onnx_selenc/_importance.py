@@ -16,7 +16,7 @@ Scorer = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 def random_scores(kernels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Uniform random scores: the paper's random-selection baseline."""
-    return rng.random(kernels.shape[0])
+    return np.asarray(rng.random(kernels.shape[0]))
 
 
 def magnitude_scores(kernels: np.ndarray, rng: np.random.Generator) -> np.ndarray:

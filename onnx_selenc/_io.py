@@ -20,7 +20,7 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import BinaryIO
@@ -53,7 +53,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644
 
 
 def refuse_overwrite_of_input(
-    output: str | os.PathLike[str], inputs: list[str | os.PathLike[str]]
+    output: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]]
 ) -> None:
     """Raise ``ValueError`` if ``output`` is one of ``inputs`` (an input is never overwritten)."""
     out = Path(output).resolve()

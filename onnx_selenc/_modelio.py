@@ -78,7 +78,7 @@ def read_model_buffer(path: str | os.PathLike[str]) -> memoryview:
     with open(path, "rb", buffering=0) as fh:
         size = os.fstat(fh.fileno()).st_size
         buffer = np.empty(size, dtype=np.uint8)
-        view = memoryview(buffer)
+        view = buffer.data
         got = 0
         while got < size:
             n = fh.readinto(view[got:])
@@ -107,7 +107,7 @@ def parse_model(data: Buffer, path: str | os.PathLike[str]) -> onnx.ModelProto:
         FormatError: not a valid ONNX model.
     """
     try:
-        model = onnx.load_model_from_string(bytes(data), format=_file_format(path))
+        model = onnx.load_model_from_string(bytes(data), format=_file_format(path) or "protobuf")
     except (DecodeError, RuntimeWarning, ValueError, *_TEXT_PARSE_ERRORS) as exc:
         raise FormatError(f"{path} is not a valid ONNX model: {exc}") from None
     _check_model(model, path)

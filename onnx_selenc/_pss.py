@@ -356,13 +356,13 @@ def _insert_gates(model: onnx.ModelProto, weights: Sequence[ConvWeight]) -> list
     for node in graph.node:
         w_name = node.input[1] if node.op_type in ("Conv", "ConvTranspose") and \
             len(node.input) > 1 else None
-        w = wanted.get(w_name) if w_name else None
-        if w is None or w.key not in index:
+        cw = wanted.get(w_name) if w_name else None
+        if cw is None or cw.key not in index:
             rewritten.append(node)
             continue
-        gate = gates[index[w.key]]
+        gate = gates[index[cw.key]]
         if gate.per_kernel:
-            node.input[1] = f"pss_gated_w_{index[w.key]}"
+            node.input[1] = f"pss_gated_w_{index[cw.key]}"
             rewritten.append(node)
             continue
         # Grouped conv: Conv(x, W) * g + b, so the gate scales the weight's contribution.
@@ -371,7 +371,7 @@ def _insert_gates(model: onnx.ModelProto, weights: Sequence[ConvWeight]) -> list
         raw, gated_out = f"{out}_pss_raw", f"{out}_pss_gated"
         del node.input[2:]
         node.output[0] = raw
-        rank = len(shapes.get(out, [])) or (len(w.shape))
+        rank = len(shapes.get(out, [])) or (len(cw.shape))
         g4 = f"{gate.name}_nd"
         axes = helper.make_tensor(f"{g4}_shape", TensorProto.INT64, [rank],
                                   [1, gate.shape[0]] + [1] * (rank - 2))

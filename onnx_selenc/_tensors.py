@@ -63,7 +63,7 @@ def read_array(tensor: onnx.TensorProto, base_dir: str | os.PathLike[str] | None
         count = int(np.prod(tensor.dims, dtype=np.int64))
         # Read straight into the result (one copy, not a bytes object and then a cast).
         out = np.empty(count, dtype=dtype.newbyteorder("<"))
-        view = memoryview(out).cast("B")
+        view = out.data.cast("B")
         got = 0
         with open(info.path, "rb", buffering=0) as fh:
             fh.seek(info.offset)
