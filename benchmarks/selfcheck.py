@@ -62,7 +62,9 @@ def measure(name: str, repeats: int) -> dict[str, dict[str, Stat]]:
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"wall": wall, "cpu": cpu, "size": {"MB": Stat([bm.path.stat().st_size / 1e6])}}
+    files = [bm.path, bm.path.with_name(bm.path.name + ".data")]
+    size = sum(f.stat().st_size for f in files if f.exists())  # with external data
+    return {"wall": wall, "cpu": cpu, "size": {"MB": Stat([size / 1e6])}}
 
 
 def render(

@@ -135,18 +135,9 @@ def calibrate_levels(
         calibration = calibration.take(np.linspace(0, calibration.n - 1, max_samples).astype(int))
     layers = selection.layers
     probe = Probe(model, [weights[layer.key] for layer in layers])
-    shapes = {layer.key: probe.base[layer.key].shape for layer in layers}
-    masked_k = [kernel_matrix(probe.base[layer.key]) for layer in layers]
 
     def weights_at(order: tuple[np.ndarray, np.ndarray], k: int) -> dict[str, np.ndarray]:
-        layer_ids, positions = order[0][:k], order[1][:k]
-        out = {}
-        for li, (layer, rec) in enumerate(zip(layers, masked, strict=True)):
-            mat = masked_k[li].copy()
-            pos = positions[layer_ids == li]
-            mat[layer.kernels[pos]] = rec.originals[pos]
-            out[layer.key] = mat.reshape(shapes[layer.key])
-        return out
+        return prefix_restored(probe.base, layers, masked, order, k)
 
     total = sum(len(layer.kernels) for layer in layers)
     full = _interleaved(layers)
@@ -213,6 +204,25 @@ def calibrate_levels(
     return Selection(
         tuple(new_layers), selection.levels, selection.selected_weights, selection.total_weights
     ), report
+
+
+def prefix_restored(
+    base: Mapping[str, np.ndarray],
+    layers: Sequence[LayerSelection],
+    masked: Sequence[MaskedLayer],
+    order: tuple[np.ndarray, np.ndarray],
+    k: int,
+) -> dict[str, np.ndarray]:
+    """Each layer's weight with the first ``k`` kernels of ``order`` (layer index,
+    position) restored over its masked values ``base``."""
+    layer_ids, positions = order[0][:k], order[1][:k]
+    out = {}
+    for li, (layer, rec) in enumerate(zip(layers, masked, strict=True)):
+        mat = kernel_matrix(base[layer.key]).copy()
+        pos = positions[layer_ids == li]
+        mat[layer.kernels[pos]] = rec.originals[pos]
+        out[layer.key] = mat.reshape(base[layer.key].shape)
+    return out
 
 
 def _search(

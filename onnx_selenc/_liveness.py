@@ -18,7 +18,8 @@ import numpy as np
 import onnx
 
 from ._graph import ConvWeight
-from ._masking import MaskedLayer, kernel_matrix
+from ._levels import prefix_restored
+from ._masking import MaskedLayer
 from ._probe import Probe
 from ._selection import LayerSelection, Selection
 
@@ -65,20 +66,12 @@ def live_levels(
         batch = dict(feeds) if feeds is not None else _random_feeds(probe)
         if batch is None:
             return selection, []
-        masked_k = [kernel_matrix(probe.base[layer.key]) for layer in layers]
         order = global_order(layers)
         cache: dict[int, list[np.ndarray]] = {}
 
         def outputs(k: int) -> list[np.ndarray]:
             if k not in cache:
-                ids, pos = order[0][:k], order[1][:k]
-                values = {}
-                for li, (layer, record) in enumerate(zip(layers, masked, strict=True)):
-                    mat = masked_k[li].copy()
-                    mine = pos[ids == li]
-                    mat[layer.kernels[mine]] = record.originals[mine]
-                    values[layer.key] = mat.reshape(probe.base[layer.key].shape)
-                cache[k] = probe.run(batch, values)
+                cache[k] = probe.run(batch, prefix_restored(probe.base, layers, masked, order, k))
             return cache[k]
 
         total = len(order[0])
