@@ -107,8 +107,9 @@ def render(
         "(optimisations and prepacking off: only whether it loads is asked) and one "
         "in-memory restore (parse, tag, decrypt, patch). The serialisation is shared: the "
         "bytes the check restored from are the bytes written. Past 2 GB no serialised copy "
-        "can exist, and the check compares the sealed originals with the model's tensors "
-        "instead (no session build).",
+        "can exist: the check compares the sealed originals with the model's tensors "
+        "(checksums of the originals), then checks the written files against the level-0 "
+        "tag while ONNX Runtime builds a session from them.",
         END,
     ]
     return "\n".join(lines)
