@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import os
@@ -10,7 +11,7 @@ import sys
 import warnings
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from . import __version__, exceptions
 from ._calibration import Calibration
-from ._encrypt import IMPORTANCES, encrypt
+from ._encrypt import IMPORTANCES, EncryptResult, encrypt
 from ._evaluate import DEFAULT_STRATEGIES, format_table, sweep, write_outputs
 from ._inspect import format_report, inspect_model
 from ._keys import LevelKey, export_key, is_protected, key_from_env, key_info, read_key_file
@@ -139,9 +140,8 @@ def load_calibration(args: argparse.Namespace, model_path: str) -> Calibration |
         layout=args.calib_layout, channels=args.calib_channels, limit=args.calib_limit)
 
 
-def cmd_encrypt(args: argparse.Namespace) -> int:
-    protect = _passphrase(args, "protect_env", "protect", "new key passphrase: ")
-    result = encrypt(
+def _encrypt_from_args(args: argparse.Namespace, protect: str | None) -> EncryptResult:
+    return encrypt(
         args.model,
         args.output,
         key_file=args.keys,
@@ -162,6 +162,23 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
         overwrite=args.overwrite,
     )
+
+
+@contextlib.contextmanager
+def _calibration_flags() -> Iterator[None]:
+    """Name the command-line flags where the API asks for calibration inputs."""
+    try:
+        yield
+    except ValueError as exc:
+        if "need calibration inputs" not in str(exc):
+            raise
+        raise ValueError(f"{exc}; on the command line: --calib or --calib-images") from None
+
+
+def cmd_encrypt(args: argparse.Namespace) -> int:
+    protect = _passphrase(args, "protect_env", "protect", "new key passphrase: ")
+    with _calibration_flags():
+        result = _encrypt_from_args(args, protect)
     for u in result.unsupported:
         print(f"warning: not encrypted: {u.node}: {u.reason}", file=sys.stderr)
     print(

@@ -40,7 +40,8 @@ from .exceptions import FormatError
 _DOMAIN = b"onnx-selenc/v1/model-digest\0"
 _CHUNK = 1 << 24
 _THREAD_MIN = 1 << 20  # smaller buffers are hashed inline: a hand-off costs more
-_SMALL = 1 << 12  # pieces under this are gathered and hashed in batches of _SMALL_BATCH
+# Pieces under _SMALL_PIECE bytes are gathered and hashed in batches of _SMALL_BATCH.
+_SMALL_PIECE = 1 << 16
 _SMALL_BATCH = 1 << 16
 _STORAGE = frozenset({"raw_data", "external_data", "data_location"})
 _A = onnx.AttributeProto
@@ -404,7 +405,7 @@ class _Feeder:
         self._wait()
 
     def __call__(self, data: bytes | memoryview) -> None:
-        if len(data) < _SMALL:
+        if len(data) < _SMALL_PIECE:
             self._small += data  # a copy: the caller may change its buffer afterwards
             if len(self._small) >= _SMALL_BATCH:
                 self._push_small()
@@ -626,7 +627,7 @@ _ITEMSIZE: dict[int, int] = {
     onnx.TensorProto.UINT32: 4, onnx.TensorProto.INT64: 8, onnx.TensorProto.UINT64: 8,
     onnx.TensorProto.BOOL: 1,
 }  # fmt: skip
-_SMALL = 1 << 16
+_SMALL_TENSOR = 1 << 16  # bytes: a tensor under this is cheap to copy
 
 
 def _small(t: onnx.TensorProto) -> bool:
@@ -639,7 +640,7 @@ def _small(t: onnx.TensorProto) -> bool:
     count = 1
     for d in t.dims:
         count *= d
-    return count * itemsize < _SMALL
+    return count * itemsize < _SMALL_TENSOR
 
 
 def _normalise(model: onnx.ModelProto, tensors: Iterable[onnx.TensorProto] | None = None) -> None:

@@ -643,7 +643,7 @@ def _check_options(
     ]
     if needs and calibration is None:
         raise ValueError(
-            f"{' and '.join(needs)} need calibration inputs (--calib or --calib-images)"
+            f"{' and '.join(needs)} need calibration inputs (calibration=Calibration(...))"
         )
     if masking not in MASKINGS:
         raise ValueError(f"unknown masking {masking!r} (known: {', '.join(MASKINGS)})")

@@ -49,7 +49,7 @@ from ._graph import split_key, subgraphs
 from ._keys import LevelKey, parse_key_file, read_key_file
 from ._masking import kernel_matrix
 from ._modelio import PROTO_LIMIT, StrippedModel, external_files, read_stripped
-from ._tensors import find_tensor, owning_graph, read_array, write_array
+from ._tensors import owning_graph, read_array, write_array
 from .exceptions import FormatError, InvalidBundle, KeyMismatch, UnsafeSessionOptions
 
 if TYPE_CHECKING:
@@ -373,11 +373,12 @@ def _apply(
 
 
 class _Locator:
-    """:func:`_locate` with each graph indexed once.
+    """A patched tensor by ``(graph path, name)``, each graph indexed once.
 
     A scan per patched tensor is quadratic: PaddlePaddle exports hold hundreds of
-    weights in Constant nodes. The index keeps :func:`find_tensor`'s choice: the first
-    initializer of that name, else the first Constant with a ``value`` that outputs it.
+    weights in Constant nodes. The index keeps :func:`_tensors.find_tensor`'s choice: the
+    first initializer of that name, else the first Constant with a ``value`` that outputs
+    it.
     """
 
     def __init__(self, model: onnx.ModelProto) -> None:
@@ -411,16 +412,6 @@ class _Locator:
         if tensor is None:
             raise InvalidBundle("sealed data does not fit the model's tensors")
         return tensor
-
-
-def _locate(model: onnx.ModelProto, graph_path: tuple[str, ...], name: str) -> onnx.TensorProto:
-    try:
-        return find_tensor(model, graph_path, "initializer", name)
-    except FormatError:
-        try:
-            return find_tensor(model, graph_path, "constant", name)
-        except FormatError:
-            raise InvalidBundle("sealed data does not fit the model's tensors") from None
 
 
 def check_session_options(
