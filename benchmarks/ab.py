@@ -100,7 +100,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.before:
         parser.error("--before is required")
 
-
     with tempfile.TemporaryDirectory(prefix="ab-") as tmp:
         before = Path(tmp) / "before"
         before.mkdir()
@@ -120,8 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 enc_dir = Path(tmp) / name / impl
                 enc_dir.mkdir(parents=True)
                 _child({"task": "make", "model": str(bm.path), "out": str(enc_dir)}, root)
-                loads[impl] = {"task": "load", "model": str(enc_dir / bm.path.name),
-                               "key": str(enc_dir / "k.key")}
+                loads[impl] = {
+                    "task": "load",
+                    "model": str(enc_dir / bm.path.name),
+                    "key": str(enc_dir / "k.key"),
+                }
             encrypt = {"task": "encrypt", "model": str(bm.path)}
             figures: dict[str, dict[str, list[float]]] = {}
             big = bm.size_bytes > 2**31

@@ -312,7 +312,7 @@ def check(name: str, work: Path) -> Outcome:
     return out
 
 
-def _check(name: str, work: Path, out: Outcome) -> None:
+def _check(name: str, work: Path, out: Outcome) -> None:  # noqa: C901
     def step(label: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)

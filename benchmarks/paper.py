@@ -196,8 +196,7 @@ def vgg_levels(quick: bool) -> list[str]:
         "| level | " + " | ".join(str(m) for m in range(len(scores))) + " |",
         "| --- | " + " | ".join("---:" for _ in scores) + " |",
         "| target (agreement) | - | " + " | ".join(f"{t:.2f}" for t in LEVEL_TARGETS) + " |",
-        "| agreement with the plain model | " + " | ".join(f"{a:.3f}" for _, a in scores)
-        + " |",
+        "| agreement with the plain model | " + " | ".join(f"{a:.3f}" for _, a in scores) + " |",
         "| accuracy | " + " | ".join(f"{a:.3f}" for a, _ in scores) + " |",
         "",
         f"Plain model: {plain_acc:.4f}.",

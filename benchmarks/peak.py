@@ -58,9 +58,7 @@ def run(spec: dict[str, Any]) -> dict[str, float]:
     if task == "plain":
         keep = ort.InferenceSession(str(model), providers=providers)
     elif task == "load":
-        keep = se.load_session(
-            model, key=spec["key"], level=spec.get("level"), providers=providers
-        )
+        keep = se.load_session(model, key=spec["key"], level=spec.get("level"), providers=providers)
     elif task == "whole":
         keep = wholefile.load_session(model, bytes.fromhex(spec["aes_key"]), providers)
     elif task == "encrypt":

@@ -311,7 +311,7 @@ def calibration_for(bm: bench_models.BenchModel) -> Any:
     return Calibration({bm.input_name: data})
 
 
-def bench_model(bm: bench_models.BenchModel, settings: Settings, work: Path) -> ModelResult:
+def bench_model(bm: bench_models.BenchModel, settings: Settings, work: Path) -> ModelResult:  # noqa: C901
     """All measurements on one model (files under ``work``, removed by the caller)."""
     import onnx
     import onnxruntime as ort
@@ -373,8 +373,13 @@ def bench_model(bm: bench_models.BenchModel, settings: Settings, work: Path) -> 
             "plain": {"task": "plain", "model": str(bm.path), "providers": providers}
         }
         for level in (0, MIDDLE, LEVELS):
-            specs[f"L{level}"] = {"task": "load", "model": str(enc_path), "key": str(key),
-                                  "level": level, "providers": providers}
+            specs[f"L{level}"] = {
+                "task": "load",
+                "model": str(enc_path),
+                "key": str(key),
+                "level": level,
+                "providers": providers,
+            }
         fresh_process_builds(specs, [f"L{MIDDLE}", f"L{LEVELS}"], repeats, result)
         result.notes.append(
             "session builds timed in a fresh process each (benchmarks.peak), interleaved"
@@ -891,8 +896,7 @@ def _reasons(results: Sequence[ModelResult]) -> list[str]:
     off = [
         (r.name, r.inference["restored cpu"].median / r.inference["plain cpu"].median)
         for r in results
-        if abs(r.inference["restored"].median / r.inference["plain"].median - 1)
-        > GOAL_INFERENCE
+        if abs(r.inference["restored"].median / r.inference["plain"].median - 1) > GOAL_INFERENCE
         and "restored cpu" in r.inference
     ]
     if off:

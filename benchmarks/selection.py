@@ -113,8 +113,11 @@ def detection_agreement(
     model the share of empty images).
     """
     matched = predicted = reference = 0
-    pairs = zip(yolo_detections(plain[0], conf=DETECTION_CONF),
-                yolo_detections(test[0], conf=DETECTION_CONF), strict=True)
+    pairs = zip(
+        yolo_detections(plain[0], conf=DETECTION_CONF),
+        yolo_detections(test[0], conf=DETECTION_CONF),
+        strict=True,
+    )
     for (pb, pc), (tb, tc) in pairs:
         predicted += len(tb)
         reference += len(pb)
@@ -153,10 +156,14 @@ def text_agreement_metric(characters: list[str]):
         averaged over the lines (1: read the same; 0: nothing in common)."""
         a = real_inputs.ctc_decode(plain[0], characters)
         b = real_inputs.ctc_decode(test[0], characters)
-        return float(np.mean([
-            1.0 - _edit_distance(x, y) / max(len(x), len(y), 1)
-            for x, y in zip(a, b, strict=True)
-        ]))
+        return float(
+            np.mean(
+                [
+                    1.0 - _edit_distance(x, y) / max(len(x), len(y), 1)
+                    for x, y in zip(a, b, strict=True)
+                ]
+            )
+        )
 
     return text_agreement
 

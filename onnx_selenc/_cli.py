@@ -105,13 +105,22 @@ def add_calibration_args(p: argparse.ArgumentParser) -> None:
     """Options that name unlabelled calibration inputs (shared by encrypt and evaluate)."""
     g = p.add_argument_group("calibration inputs (unlabelled)")
     src = g.add_mutually_exclusive_group()
-    src.add_argument("--calib", metavar="INPUTS.npz",
-                     help="input name -> array, samples along axis 0")
+    src.add_argument(
+        "--calib", metavar="INPUTS.npz", help="input name -> array, samples along axis 0"
+    )
     src.add_argument("--calib-images", metavar="DIR", help="a folder of image files")
-    g.add_argument("--calib-size", type=_ints, metavar="H,W",
-                   help="resize images to this (default: the model input's fixed size)")
-    g.add_argument("--calib-scale", type=float, default=1 / 255,
-                   help="pixel scale before mean/std (default 1/255)")
+    g.add_argument(
+        "--calib-size",
+        type=_ints,
+        metavar="H,W",
+        help="resize images to this (default: the model input's fixed size)",
+    )
+    g.add_argument(
+        "--calib-scale",
+        type=float,
+        default=1 / 255,
+        help="pixel scale before mean/std (default 1/255)",
+    )
     g.add_argument("--calib-mean", type=_floats, default=[0.0, 0.0, 0.0], metavar="M1,M2,M3")
     g.add_argument("--calib-std", type=_floats, default=[1.0, 1.0, 1.0], metavar="S1,S2,S3")
     g.add_argument("--calib-layout", choices=["NCHW", "NHWC"], default="NCHW")
@@ -135,9 +144,16 @@ def load_calibration(args: argparse.Namespace, model_path: str) -> Calibration |
     if len(size) != 2:
         raise ValueError(f"--calib-size needs two numbers H,W, got {size}")
     return Calibration.from_images(
-        args.calib_images, input_name=names[0], size=(int(size[0]), int(size[1])),
-        scale=args.calib_scale, mean=args.calib_mean, std=args.calib_std,
-        layout=args.calib_layout, channels=args.calib_channels, limit=args.calib_limit)
+        args.calib_images,
+        input_name=names[0],
+        size=(int(size[0]), int(size[1])),
+        scale=args.calib_scale,
+        mean=args.calib_mean,
+        std=args.calib_std,
+        layout=args.calib_layout,
+        channels=args.calib_channels,
+        limit=args.calib_limit,
+    )
 
 
 def _encrypt_from_args(args: argparse.Namespace, protect: str | None) -> EncryptResult:
@@ -197,9 +213,11 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
             print(f"  {m:>5}  {target:>6}  {report.calibration[m]:>11.3f}  {held:>8}")
         if report.held_out is not None:
             verdict = "all within" if report.within(TOLERANCE) else "NOT all within"
-            print(f"  held-out ({report.held_out_samples} inputs, sampling error "
-                  f"+-{report.sampling_error():.2f}): {verdict} the tolerance of "
-                  f"+-{TOLERANCE:.2f}")
+            print(
+                f"  held-out ({report.held_out_samples} inputs, sampling error "
+                f"+-{report.sampling_error():.2f}): {verdict} the tolerance of "
+                f"+-{TOLERANCE:.2f}"
+            )
     print(f"owner key (level {result.levels}, id {result.key_id}): {result.key_file}")
     return 0
 
@@ -215,16 +233,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         calibration, evaluation = calibration.split(0.5, seed=args.seed)
     labels = np.load(args.labels, allow_pickle=False) if args.labels else None
     if labels is not None and len(labels) != evaluation.n:
-        raise ValueError(f"{len(labels)} labels for {evaluation.n} evaluation samples "
-                         "(labels go with --data)")
-    result = sweep(load_model(args.model), calibration, evaluation, budgets=args.budgets,
-                   strategies=args.strategies, metric=args.metric, labels=labels,
-                   level_targets=args.level_targets, level_budget=args.level_budget,
-                   seed=args.seed, show_progress=not args.quiet)
+        raise ValueError(
+            f"{len(labels)} labels for {evaluation.n} evaluation samples (labels go with --data)"
+        )
+    result = sweep(
+        load_model(args.model),
+        calibration,
+        evaluation,
+        budgets=args.budgets,
+        strategies=args.strategies,
+        metric=args.metric,
+        labels=labels,
+        level_targets=args.level_targets,
+        level_budget=args.level_budget,
+        seed=args.seed,
+        show_progress=not args.quiet,
+    )
     print(format_table(result, chance=args.chance))
     if args.out:
-        for path in write_outputs(result, args.out, title=Path(args.model).name,
-                                  chance=args.chance):
+        for path in write_outputs(
+            result, args.out, title=Path(args.model).name, chance=args.chance
+        ):
             print(f"wrote {path}")
     return 0
 
@@ -403,15 +432,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("encrypt", help="encrypt a model into tiered levels")
     p.add_argument("model")
-    p.add_argument("-o", "--output", required=True,
-                   help="encrypted model path (with external data also <output>.data); "
-                        "must not exist unless --overwrite")
-    p.add_argument("--keys", required=True,
-                   help="owner key file to create: must not exist, even with --overwrite "
-                        "(losing an owner key loses access to its model)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing encrypted model at -o and its <output>.data "
-                        "(the tier keys handed out for it stop working); never a key file")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="encrypted model path (with external data also <output>.data); "
+        "must not exist unless --overwrite",
+    )
+    p.add_argument(
+        "--keys",
+        required=True,
+        help="owner key file to create: must not exist, even with --overwrite "
+        "(losing an owner key loses access to its model)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing encrypted model at -o and its <output>.data "
+        "(the tier keys handed out for it stop working); never a key file",
+    )
     p.add_argument("--levels", type=int, default=5, help="number of service levels (default 5)")
     p.add_argument(
         "--budget",
@@ -420,17 +459,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="fraction of all conv weights to encrypt (balanced), or the per-layer "
         "kernel ratio (uniform); default 0.01",
     )
-    p.add_argument("--allocation", choices=list(ALLOCATIONS),
-                   help="sensitivity (default with calibration), balanced (default without), "
-                        "uniform (the paper's per-layer ratio)")
-    p.add_argument("--importance", choices=list(IMPORTANCES),
-                   help="kernel scorer: activation (default with calibration), pss, "
-                        "magnitude (default without), abs-mean, random")
-    p.add_argument("--level-targets", type=_floats, metavar="Q1,...,1.0",
-                   help="quality per level as a fraction of the plain model's (needs "
-                        "calibration); the level cuts are searched to meet them")
-    p.add_argument("--objective", choices=["auto", "kl", "mse"], default="auto",
-                   help="how outputs are compared with the plain model's (default auto)")
+    p.add_argument(
+        "--allocation",
+        choices=list(ALLOCATIONS),
+        help="sensitivity (default with calibration), balanced (default without), "
+        "uniform (the paper's per-layer ratio)",
+    )
+    p.add_argument(
+        "--importance",
+        choices=list(IMPORTANCES),
+        help="kernel scorer: activation (default with calibration), pss, "
+        "magnitude (default without), abs-mean, random",
+    )
+    p.add_argument(
+        "--level-targets",
+        type=_floats,
+        metavar="Q1,...,1.0",
+        help="quality per level as a fraction of the plain model's (needs "
+        "calibration); the level cuts are searched to meet them",
+    )
+    p.add_argument(
+        "--objective",
+        choices=["auto", "kl", "mse"],
+        default="auto",
+        help="how outputs are compared with the plain model's (default auto)",
+    )
     p.add_argument(
         "--layers",
         nargs="+",
@@ -470,20 +523,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="sweep budgets x selection strategies; table and plots")
     p.add_argument("model")
-    p.add_argument("--data", metavar="EVAL.npz",
-                   help="evaluation inputs (default: half of the calibration inputs)")
-    p.add_argument("--labels", metavar="LABELS.npy",
-                   help="class labels (accuracy) or clean targets (psnr) for --data")
-    p.add_argument("--budgets", type=_floats, default=[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02],
-                   metavar="B1,B2,...", help="fractions of all conv weights")
-    p.add_argument("--strategies", type=lambda t: t.split(","),
-                   default=list(DEFAULT_STRATEGIES), metavar="IMPORTANCE:ALLOCATION,...",
-                   help=f"default: {','.join(DEFAULT_STRATEGIES)}")
-    p.add_argument("--metric", default="auto", choices=["auto", "agreement", "accuracy", "psnr",
-                                                        "r2"])
+    p.add_argument(
+        "--data",
+        metavar="EVAL.npz",
+        help="evaluation inputs (default: half of the calibration inputs)",
+    )
+    p.add_argument(
+        "--labels",
+        metavar="LABELS.npy",
+        help="class labels (accuracy) or clean targets (psnr) for --data",
+    )
+    p.add_argument(
+        "--budgets",
+        type=_floats,
+        default=[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02],
+        metavar="B1,B2,...",
+        help="fractions of all conv weights",
+    )
+    p.add_argument(
+        "--strategies",
+        type=lambda t: t.split(","),
+        default=list(DEFAULT_STRATEGIES),
+        metavar="IMPORTANCE:ALLOCATION,...",
+        help=f"default: {','.join(DEFAULT_STRATEGIES)}",
+    )
+    p.add_argument(
+        "--metric", default="auto", choices=["auto", "agreement", "accuracy", "psnr", "r2"]
+    )
     p.add_argument("--chance", type=float, help="report the smallest fraction reaching this")
-    p.add_argument("--level-targets", type=_floats, metavar="Q1,...,1.0",
-                   help="also measure quality per level, levels calibrated to these")
+    p.add_argument(
+        "--level-targets",
+        type=_floats,
+        metavar="Q1,...,1.0",
+        help="also measure quality per level, levels calibrated to these",
+    )
     p.add_argument("--level-budget", type=float, help="budget for the level curves")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", metavar="DIR", help="write sweep.csv, sweep.json and PNG plots")
@@ -494,11 +567,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-key", help="derive a lower-tier key file")
     p.add_argument("key_file")
     p.add_argument("--level", type=int, required=True)
-    p.add_argument("-o", "--output", required=True,
-                   help="tier key file to create (never the source key file)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing tier key file at -o; never an owner "
-                        "(top-level) key or any other file")
+    p.add_argument(
+        "-o", "--output", required=True, help="tier key file to create (never the source key file)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing tier key file at -o; never an owner "
+        "(top-level) key or any other file",
+    )
     _add_passphrase_args(p, new=True)
     p.set_defaults(func=cmd_export_key)
 
@@ -519,9 +596,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--key-env", metavar="VAR", help="environment variable holding a key file's path or content"
     )
     p.add_argument("--level", type=int, help="level to restore (default: the key's)")
-    p.add_argument("--input", action="append", required=True, metavar="[NAME=]FILE.npy",
-                   help="an input array (NAME= when the model has several inputs), or an "
-                        ".npz whose arrays are named after the inputs; repeatable")
+    p.add_argument(
+        "--input",
+        action="append",
+        required=True,
+        metavar="[NAME=]FILE.npy",
+        help="an input array (NAME= when the model has several inputs), or an "
+        ".npz whose arrays are named after the inputs; repeatable",
+    )
     p.add_argument("--output", help="save outputs to this .npz")
     p.add_argument("--providers", nargs="+", help="ONNX Runtime providers in order")
     _add_passphrase_args(p)
@@ -543,8 +625,9 @@ def _ints(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") \
-            from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
 
 
 def _floats(text: str) -> list[float]:

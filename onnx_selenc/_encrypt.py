@@ -311,7 +311,7 @@ def encrypt(
     )
 
 
-def encrypt_model(
+def encrypt_model(  # noqa: C901
     model: onnx.ModelProto,
     *,
     levels: int = 5,

@@ -42,8 +42,13 @@ from ._tensors import read_array, weight_tensor
 
 # (plain outputs, test outputs, labels or None) -> quality (higher is better)
 Metric = Callable[[Sequence[np.ndarray], Sequence[np.ndarray], np.ndarray | None], float]
-DEFAULT_STRATEGIES = ("random:uniform", "abs-mean:uniform", "magnitude:uniform",
-                      "magnitude:balanced", "activation:sensitivity")
+DEFAULT_STRATEGIES = (
+    "random:uniform",
+    "abs-mean:uniform",
+    "magnitude:uniform",
+    "magnitude:balanced",
+    "activation:sensitivity",
+)
 
 
 @dataclass(frozen=True)
@@ -90,25 +95,31 @@ def builtin_metric(name: str, data_range: float = 1.0) -> Metric:
     if name == "agreement":
         return lambda plain, test, labels: quality(plain, test, "kl")
     if name == "accuracy":
-        def accuracy(plain: Sequence[np.ndarray], test: Sequence[np.ndarray],
-                     labels: np.ndarray | None) -> float:
+
+        def accuracy(
+            plain: Sequence[np.ndarray], test: Sequence[np.ndarray], labels: np.ndarray | None
+        ) -> float:
             if labels is None:
                 raise ValueError("metric 'accuracy' needs labels")
             return float(np.mean(test[0].argmax(axis=1) == labels))
+
         return accuracy
     if name == "psnr":
-        def psnr(plain: Sequence[np.ndarray], test: Sequence[np.ndarray],
-                 labels: np.ndarray | None) -> float:
+
+        def psnr(
+            plain: Sequence[np.ndarray], test: Sequence[np.ndarray], labels: np.ndarray | None
+        ) -> float:
             ref = labels if labels is not None else plain[0]
             mse = float(np.mean((test[0].astype(np.float64) - ref) ** 2))
             return float(10 * np.log10(data_range**2 / max(mse, 1e-20)))
+
         return psnr
     if name == "r2":
         return lambda plain, test, labels: quality(plain, test, "mse")
     raise ValueError(f"unknown metric {name!r} (agreement, accuracy, psnr, r2)")
 
 
-def sweep(
+def sweep(  # noqa: C901
     model: onnx.ModelProto,
     calibration: Calibration,
     evaluation: Calibration,
@@ -149,8 +160,11 @@ def sweep(
     probe = Probe(model, weights)
     plain = probe.run_all(evaluation)
     if metric == "auto":
-        metric = "accuracy" if labels is not None else (
-            "agreement" if choose_objective(plain) == "kl" else "r2")
+        metric = (
+            "accuracy"
+            if labels is not None
+            else ("agreement" if choose_objective(plain) == "kl" else "r2")
+        )
     name = metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
     measure = builtin_metric(metric) if isinstance(metric, str) else metric
     # A label-free metric of the user's is also the quality the level targets are in.
@@ -160,6 +174,7 @@ def sweep(
 
         def level_metric(plain_out: Sequence[np.ndarray], test: Sequence[np.ndarray]) -> float:
             return float(user_metric(plain_out, test, None))
+
     plain_quality = measure(plain, plain, labels)
     by_key = inventory.by_key()
     ksize = {w.key: w.kernel_size for w in weights}
@@ -171,25 +186,39 @@ def sweep(
         weights = filter_layers(all_weights, (layers or {}).get(strategy))
         arrays = {w.key: all_arrays[w.key] for w in weights}
         if importance in DATA_FREE_SCORERS:
-            scores = {k: score_kernels(kernel_matrix(a), importance, rng)
-                      for k, a in arrays.items()}
+            scores = {
+                k: score_kernels(kernel_matrix(a), importance, rng) for k, a in arrays.items()
+            }
         elif importance == "activation":
             scores = activation_scorer(calibration)(model, weights, arrays)
         elif importance == "pss":
             from ._pss import pss_scorer
 
-            scores = pss_scorer(calibration, seed=seed,
-                                show_progress=show_progress)(model, weights, arrays)
+            scores = pss_scorer(calibration, seed=seed, show_progress=show_progress)(
+                model, weights, arrays
+            )
         else:
             raise ValueError(f"unknown importance {importance!r} in strategy {strategy!r}")
         curves = None
         if allocation == "sensitivity":
-            curves, _ = measure_curves(model, weights, arrays, scores, calibration,
-                                       masking=masking, seed=seed, show_progress=show_progress)
+            curves, _ = measure_curves(
+                model,
+                weights,
+                arrays,
+                scores,
+                calibration,
+                masking=masking,
+                seed=seed,
+                show_progress=show_progress,
+            )
 
-        def counts_for(budget: float, allocation: str = allocation,
-                       curves: Mapping | None = curves, strategy: str = strategy,
-                       weights: list = weights) -> dict[str, int]:
+        def counts_for(
+            budget: float,
+            allocation: str = allocation,
+            curves: Mapping | None = curves,
+            strategy: str = strategy,
+            weights: list = weights,
+        ) -> dict[str, int]:
             if allocation == "uniform":
                 return allocate_uniform(weights, budget)
             target = max(1, round(budget * inventory.total_weights))
@@ -200,17 +229,26 @@ def sweep(
                 return allocate_balanced(weights, target)
             raise ValueError(f"unknown allocation {allocation!r} in strategy {strategy!r}")
 
-        def masked_at(budget: float, levels: int = 1, counts_for: Callable = counts_for,
-                      scores: Mapping = scores, arrays: Mapping = arrays) -> tuple:
-            selection = select(scores, counts_for(budget), levels=levels,
-                               fractions=check_fractions(levels, None),
-                               order="most-important-first",
-                               total_weights=inventory.total_weights, kernel_sizes=ksize)
+        def masked_at(
+            budget: float,
+            levels: int = 1,
+            counts_for: Callable = counts_for,
+            scores: Mapping = scores,
+            arrays: Mapping = arrays,
+        ) -> tuple:
+            selection = select(
+                scores,
+                counts_for(budget),
+                levels=levels,
+                fractions=check_fractions(levels, None),
+                order="most-important-first",
+                total_weights=inventory.total_weights,
+                kernel_sizes=ksize,
+            )
             mrng = np.random.default_rng(seed + 1)
             masked, values = [], {}
             for layer in selection.layers:
-                new, record = mask_layer(layer.key, arrays[layer.key], layer.kernels, mrng,
-                                         masking)
+                new, record = mask_layer(layer.key, arrays[layer.key], layer.kernels, mrng, masking)
                 masked.append(record)
                 values[layer.key] = new
             return selection, masked, values
@@ -225,9 +263,15 @@ def sweep(
             selection, masked, values = masked_at(budget, levels)
             masked_model = _with_values(model, by_key, values)
             selection, _ = calibrate_levels(
-                masked_model, by_key, selection, masked, calibration, level_targets,
-                layer_sensitivity={k: c.per_weight for k, c in curves.items()} if curves
-                else None, metric=level_metric)
+                masked_model,
+                by_key,
+                selection,
+                masked,
+                calibration,
+                level_targets,
+                layer_sensitivity={k: c.per_weight for k, c in curves.items()} if curves else None,
+                metric=level_metric,
+            )
             per_level = []
             for m in range(levels + 1):
                 restored = {}
@@ -237,13 +281,15 @@ def sweep(
                     mat[layer.kernels[back]] = record.originals[back]
                     restored[layer.key] = mat.reshape(values[layer.key].shape)
                 per_level.append(measure(plain, probe.run_all(evaluation, restored), labels))
-            curves_out.append(LevelCurve(strategy, float(budget), tuple(level_targets),
-                                         tuple(per_level)))
+            curves_out.append(
+                LevelCurve(strategy, float(budget), tuple(level_targets), tuple(per_level))
+            )
     return SweepResult(name, plain_quality, tuple(points), tuple(curves_out))
 
 
-def _with_values(model: onnx.ModelProto, by_key: Mapping, values: Mapping[str, np.ndarray]
-                 ) -> onnx.ModelProto:
+def _with_values(
+    model: onnx.ModelProto, by_key: Mapping, values: Mapping[str, np.ndarray]
+) -> onnx.ModelProto:
     from ._tensors import write_array
 
     copy = onnx.ModelProto()
@@ -257,8 +303,10 @@ def format_table(result: SweepResult, chance: float | None = None) -> str:
     """Markdown table: one row per budget, one column per strategy."""
     strategies = list(dict.fromkeys(p.strategy for p in result.points))
     budgets = sorted({p.budget for p in result.points})
-    lines = [f"| budget | {' | '.join(strategies)} |",
-             "| ---: | " + " | ".join("---:" for _ in strategies) + " |"]
+    lines = [
+        f"| budget | {' | '.join(strategies)} |",
+        "| ---: | " + " | ".join("---:" for _ in strategies) + " |",
+    ]
     at = {(p.strategy, p.budget): p for p in result.points}
     for b in budgets:
         cells = []
@@ -266,24 +314,36 @@ def format_table(result: SweepResult, chance: float | None = None) -> str:
             p = at.get((s, b))
             cells.append("" if p is None else f"{p.quality:.3f} ({100 * p.fraction:.3g}%)")
         lines.append(f"| {b:g} | " + " | ".join(cells) + " |")
-    lines.append(f"\n{result.metric} of the plain model: {result.plain_quality:.3f}; cells: "
-                 f"{result.metric} of the encrypted model (level 0) and the fraction of all "
-                 "conv weights actually encrypted.")
+    lines.append(
+        f"\n{result.metric} of the plain model: {result.plain_quality:.3f}; cells: "
+        f"{result.metric} of the encrypted model (level 0) and the fraction of all "
+        "conv weights actually encrypted."
+    )
     if chance is not None:
         smallest = result.smallest_fraction_reaching(chance)
-        lines += ["", f"| strategy | smallest fraction with {result.metric} <= {chance:g} |",
-                  "| --- | ---: |"]
+        lines += [
+            "",
+            f"| strategy | smallest fraction with {result.metric} <= {chance:g} |",
+            "| --- | ---: |",
+        ]
         for s, f in smallest.items():
             lines.append(f"| {s} | {'not reached' if f is None else f'{100 * f:.3g}%'} |")
     for c in result.levels:
-        lines += ["", f"{c.strategy} at budget {c.budget:g}, levels calibrated to targets "
-                      f"{list(c.targets)}: " + ", ".join(f"L{m} {q:.3f}"
-                                                           for m, q in enumerate(c.quality))]
+        lines += [
+            "",
+            f"{c.strategy} at budget {c.budget:g}, levels calibrated to targets "
+            f"{list(c.targets)}: " + ", ".join(f"L{m} {q:.3f}" for m, q in enumerate(c.quality)),
+        ]
     return "\n".join(lines)
 
 
-def write_outputs(result: SweepResult, out_dir: str | os.PathLike[str], *,
-                  title: str = "", chance: float | None = None) -> list[Path]:
+def write_outputs(
+    result: SweepResult,
+    out_dir: str | os.PathLike[str],
+    *,
+    title: str = "",
+    chance: float | None = None,
+) -> list[Path]:
     """Write ``sweep.csv``, ``sweep.json`` and PNG plots into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -293,10 +353,18 @@ def write_outputs(result: SweepResult, out_dir: str | os.PathLike[str], *,
     for p in result.points:
         writer.writerow([p.strategy, p.budget, f"{p.fraction:.8f}", f"{p.quality:.6f}"])
     atomic_write(out / "sweep.csv", buf.getvalue().encode())
-    atomic_write(out / "sweep.json", json.dumps(
-        {"metric": result.metric, "plain_quality": result.plain_quality,
-         "points": [asdict(p) for p in result.points],
-         "levels": [asdict(c) for c in result.levels]}, indent=2).encode())
+    atomic_write(
+        out / "sweep.json",
+        json.dumps(
+            {
+                "metric": result.metric,
+                "plain_quality": result.plain_quality,
+                "points": [asdict(p) for p in result.points],
+                "levels": [asdict(c) for c in result.levels],
+            },
+            indent=2,
+        ).encode(),
+    )
     written = [out / "sweep.csv", out / "sweep.json"]
     try:
         import matplotlib

@@ -149,8 +149,7 @@ def calibrate_levels(
     # level-0 output error (vs the plain outputs) that a level removes: 0 at level 0,
     # 1 at the top. (R^2 would not do: a denoiser that returns its noisy input already
     # has a high R^2 against the clean output.)
-    def score(reference: list[np.ndarray], test: list[np.ndarray],
-              base: float | None) -> float:
+    def score(reference: list[np.ndarray], test: list[np.ndarray], base: float | None) -> float:
         if metric is not None:
             return float(metric(reference, test))
         if obj == "kl" or not base:
@@ -160,9 +159,7 @@ def calibrate_levels(
     # The level-0 error is only needed by the error-share quality: spare its forward passes.
     base_calibration = base_held = None
     if metric is None and obj != "kl":
-        base_calibration = distance(
-            plain, probe.run_all(calibration, weights_at(full, 0)), "mse"
-        )
+        base_calibration = distance(plain, probe.run_all(calibration, weights_at(full, 0)), "mse")
         if held_out is not None and plain_held is not None:
             base_held = distance(plain_held, probe.run_all(held_out, weights_at(full, 0)), "mse")
 
@@ -174,8 +171,9 @@ def calibrate_levels(
         cuts, order, reached = _search(
             order,
             t,
-            lambda o, k: score(plain, probe.run_all(calibration, weights_at(o, k)),
-                               base_calibration),
+            lambda o, k: score(
+                plain, probe.run_all(calibration, weights_at(o, k)), base_calibration
+            ),
             tolerance,
         )
         error = sum(abs(r - x) for r, x in zip(reached[1:], t, strict=True))
@@ -199,8 +197,9 @@ def calibrate_levels(
         mine = order[0] == li
         restore[order[1][mine]] = levels_of[mine]
         new_layers.append(LayerSelection(layer.key, layer.kernels, restore))
-    report = LevelReport(t, tuple(reached), held, tuple(cuts), name, obj,
-                         held_out.n if held_out is not None else 0)
+    report = LevelReport(
+        t, tuple(reached), held, tuple(cuts), name, obj, held_out.n if held_out is not None else 0
+    )
     return Selection(
         tuple(new_layers), selection.levels, selection.selected_weights, selection.total_weights
     ), report

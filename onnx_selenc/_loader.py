@@ -225,8 +225,15 @@ class _Opened:
         """
         m = self.target
         tagger = _seal.model_tagger_for(self.keys[m].material, self.manifest.model_tags[m])
-        hash_model(skeleton, sources, self.path.parent, overlap=overlap, gate=gate,
-                   taggers=[tagger], sha256=False)
+        hash_model(
+            skeleton,
+            sources,
+            self.path.parent,
+            overlap=overlap,
+            gate=gate,
+            taggers=[tagger],
+            sha256=False,
+        )
         return tagger.result()
 
     def matches(self, tag: str) -> bool:

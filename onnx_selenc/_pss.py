@@ -72,9 +72,14 @@ class GateProgram:
     objective: str
 
 
-def build_program(model: onnx.ModelProto, weights: Sequence[ConvWeight],
-                  calibration: Calibration, *, objective: str = "auto",
-                  batch: int = 8) -> GateProgram:
+def build_program(
+    model: onnx.ModelProto,
+    weights: Sequence[ConvWeight],
+    calibration: Calibration,
+    *,
+    objective: str = "auto",
+    batch: int = 8,
+) -> GateProgram:
     """Normalise the graph, insert gates and the loss, and differentiate it.
 
     Raises:
@@ -83,8 +88,9 @@ def build_program(model: onnx.ModelProto, weights: Sequence[ConvWeight],
     try:
         from onnx_ad import reverse
     except ImportError:
-        raise ImportError("importance 'pss' needs onnx-ad: pip install 'onnx-selenc[pss]'") \
-            from None
+        raise ImportError(
+            "importance 'pss' needs onnx-ad: pip install 'onnx-selenc[pss]'"
+        ) from None
 
     work = onnx.ModelProto()
     work.CopyFrom(model)
@@ -97,9 +103,16 @@ def build_program(model: onnx.ModelProto, weights: Sequence[ConvWeight],
     plain = _declare_shapes(work, sample)
     obj = choose_objective(plain, objective)
 
-    gates = _insert_gates(work, [w for w in weights if w.in_main_graph
-                                 and w.dtype in ("float32", "float16", "float64")
-                                 and set(w.op_types) <= {"Conv", "ConvTranspose"}])
+    gates = _insert_gates(
+        work,
+        [
+            w
+            for w in weights
+            if w.in_main_graph
+            and w.dtype in ("float32", "float16", "float64")
+            and set(w.op_types) <= {"Conv", "ConvTranspose"}
+        ],
+    )
     if not gates:
         raise UnsupportedModel("PSS found no main-graph float conv weight to gate")
     gated = onnx.ModelProto()
@@ -107,13 +120,11 @@ def build_program(model: onnx.ModelProto, weights: Sequence[ConvWeight],
     targets, outputs = _add_loss(work, plain, obj)
     del outputs
     try:
-        adjoint = reverse(work, inputs=[g.name for g in gates], outputs=["pss_loss"],
-                          layout="onnx")
+        adjoint = reverse(work, inputs=[g.name for g in gates], outputs=["pss_loss"], layout="onnx")
     except Exception as exc:  # onnx-ad refuses an operation it has no rule for
         raise UnsupportedModel(f"PSS cannot differentiate this graph: {exc}") from None
     data_inputs = tuple(sample.feeds)
-    return GateProgram(work, adjoint, gated, tuple(gates), data_inputs, tuple(targets), batch,
-                       obj)
+    return GateProgram(work, adjoint, gated, tuple(gates), data_inputs, tuple(targets), batch, obj)
 
 
 class GateTrainer:
@@ -126,14 +137,20 @@ class GateTrainer:
         so.log_severity_level = 3
         cpu = ["CPUExecutionProvider"]
         self.program = program
-        self.loss_session = ort.InferenceSession(program.loss_model.SerializeToString(), so,
-                                                 providers=cpu)
-        self.grad_session = ort.InferenceSession(program.adjoint_model.SerializeToString(), so,
-                                                 providers=cpu)
-        self.plain = ort.InferenceSession(program.gated_model.SerializeToString(), so,
-                                          providers=cpu)
-        self.batches = [b for b in calibration.batches(program.batch)
-                        if len(next(iter(b.values()))) == program.batch]
+        self.loss_session = ort.InferenceSession(
+            program.loss_model.SerializeToString(), so, providers=cpu
+        )
+        self.grad_session = ort.InferenceSession(
+            program.adjoint_model.SerializeToString(), so, providers=cpu
+        )
+        self.plain = ort.InferenceSession(
+            program.gated_model.SerializeToString(), so, providers=cpu
+        )
+        self.batches = [
+            b
+            for b in calibration.batches(program.batch)
+            if len(next(iter(b.values()))) == program.batch
+        ]
         if not self.batches:
             raise ValueError("fewer calibration samples than one PSS batch")
         self._targets: dict[int, list[np.ndarray]] = {}
@@ -144,15 +161,15 @@ class GateTrainer:
             ones = {g.name: np.ones(g.shape, np.float32) for g in self.program.gates}
             self._targets[index % len(self.batches)] = self.plain.run(None, {**data, **ones})
         targets = self._targets[index % len(self.batches)]
-        gates = {g.name: z[g.key].reshape(g.shape).astype(np.float32)
-                 for g in self.program.gates}
+        gates = {g.name: z[g.key].reshape(g.shape).astype(np.float32) for g in self.program.gates}
         return {**data, **gates, **dict(zip(self.program.targets, targets, strict=True))}
 
     def loss(self, index: int, z: Mapping[str, np.ndarray]) -> float:
         return float(self.loss_session.run(["pss_loss"], self._feeds(index, z))[0])
 
-    def gradient(self, index: int, z: Mapping[str, np.ndarray]) -> tuple[float,
-                                                                         dict[str, np.ndarray]]:
+    def gradient(
+        self, index: int, z: Mapping[str, np.ndarray]
+    ) -> tuple[float, dict[str, np.ndarray]]:
         feeds = {**self._feeds(index, z), "adj_pss_loss": np.ones([1], np.float32)}
         out = self.grad_session.run(None, feeds)
         grads = {g.key: out[1 + i].reshape(-1) for i, g in enumerate(self.program.gates)}
@@ -163,9 +180,16 @@ def gate_sizes(program: GateProgram) -> dict[str, int]:
     return {g.key: int(np.prod(g.shape)) for g in program.gates}
 
 
-def train_gates(trainer: GateTrainer, *, steps: int = 100, lr: float = 0.1,
-                momentum: float = 0.9, lam: float = LAMBDA, seed: int = 0,
-                show_progress: bool = False) -> dict[str, np.ndarray]:
+def train_gates(
+    trainer: GateTrainer,
+    *,
+    steps: int = 100,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    lam: float = LAMBDA,
+    seed: int = 0,
+    show_progress: bool = False,
+) -> dict[str, np.ndarray]:
     """Learn ``log_alpha`` per gate (SGD, Nesterov momentum; the paper's settings)."""
     rng = np.random.default_rng(seed)
     sizes = gate_sizes(trainer.program)
@@ -183,19 +207,26 @@ def train_gates(trainer: GateTrainer, *, steps: int = 100, lr: float = 0.1,
             p = _sigmoid(log_alpha[k] - shift)
             g = grad_z[k].astype(np.float64) * dz + lam * p * (1 - p)
             velocity[k] = momentum * velocity[k] + g
-            log_alpha[k] = np.clip(log_alpha[k] - lr * (g + momentum * velocity[k]),
-                                   *LOG_ALPHA_RANGE)
+            log_alpha[k] = np.clip(
+                log_alpha[k] - lr * (g + momentum * velocity[k]), *LOG_ALPHA_RANGE
+            )
     return log_alpha
 
 
-def kernel_scores(program: GateProgram, log_alpha: Mapping[str, np.ndarray]) -> dict[str,
-                                                                                 np.ndarray]:
+def kernel_scores(
+    program: GateProgram, log_alpha: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """Per-kernel scores; an output-channel gate scores every kernel of its channel."""
     return {g.key: g.to_kernels(log_alpha[g.key]) for g in program.gates}
 
 
-def check_gradients(trainer: GateTrainer, *, checks: int = 6,
-                    steps: Sequence[float] = (1e-1, 3e-2, 1e-2, 3e-3), seed: int = 0) -> float:
+def check_gradients(
+    trainer: GateTrainer,
+    *,
+    checks: int = 6,
+    steps: Sequence[float] = (1e-1, 3e-2, 1e-2, 3e-3),
+    seed: int = 0,
+) -> float:
     """Largest relative error between onnx-ad gradients and central finite differences.
 
     Checked at random gate values in (0.3, 0.9), on the gates with the largest
@@ -223,16 +254,25 @@ def check_gradients(trainer: GateTrainer, *, checks: int = 6,
     return worst
 
 
-def pss_scorer(calibration: Calibration, *, objective: str = "auto", steps: int = 100,
-               batch: int = 8, seed: int = 0, show_progress: bool = False):
+def pss_scorer(
+    calibration: Calibration,
+    *,
+    objective: str = "auto",
+    steps: int = 100,
+    batch: int = 8,
+    seed: int = 0,
+    show_progress: bool = False,
+):
     """A ScoreProvider for ``encrypt_model``: PSS where gateable, magnitude elsewhere."""
 
-    def scores(model: onnx.ModelProto, chosen: Sequence[ConvWeight],
-               arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def scores(
+        model: onnx.ModelProto, chosen: Sequence[ConvWeight], arrays: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         program = build_program(model, chosen, calibration, objective=objective, batch=batch)
         trainer = GateTrainer(program, calibration)
-        learned = kernel_scores(program, train_gates(trainer, steps=steps, seed=seed,
-                                                     show_progress=show_progress))
+        learned = kernel_scores(
+            program, train_gates(trainer, steps=steps, seed=seed, show_progress=show_progress)
+        )
         out = {}
         for w in chosen:
             if w.key in learned:
@@ -253,8 +293,11 @@ def _constants_to_initializers(graph: onnx.GraphProto) -> None:
     kept = []
     for node in graph.node:
         value = next((a for a in node.attribute if a.name == "value"), None)
-        if node.op_type == "Constant" and value is not None and \
-                value.type == onnx.AttributeProto.TENSOR:
+        if (
+            node.op_type == "Constant"
+            and value is not None
+            and value.type == onnx.AttributeProto.TENSOR
+        ):
             t = onnx.TensorProto()
             t.CopyFrom(value.t)
             t.name = node.output[0]
@@ -272,8 +315,9 @@ def _to_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.version_converter.convert_version(model, OPSET)
     except Exception as exc:
-        raise UnsupportedModel(f"PSS needs opset {OPSET}; converting from {current} "
-                               f"failed: {exc}") from None
+        raise UnsupportedModel(
+            f"PSS needs opset {OPSET}; converting from {current} failed: {exc}"
+        ) from None
 
 
 def _fix_input_shapes(model: onnx.ModelProto, sample: Calibration) -> None:
@@ -301,16 +345,20 @@ def _declare_shapes(model: onnx.ModelProto, sample: Calibration) -> list[np.ndar
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(probe.SerializeToString(), so,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        probe.SerializeToString(), so, providers=["CPUExecutionProvider"]
+    )
     values = session.run(None, dict(sample.feeds))
     del graph.value_info[:]
     for name, value in zip(names, values[n_out:], strict=True):
         arr = np.asarray(value)
         if arr.dtype == object:
             continue
-        graph.value_info.append(helper.make_tensor_value_info(
-            name, helper.np_dtype_to_tensor_dtype(arr.dtype), list(arr.shape)))
+        graph.value_info.append(
+            helper.make_tensor_value_info(
+                name, helper.np_dtype_to_tensor_dtype(arr.dtype), list(arr.shape)
+            )
+        )
     for out, value in zip(graph.output, values[:n_out], strict=True):
         arr = np.asarray(value)
         dims = out.type.tensor_type.shape.dim
@@ -322,8 +370,7 @@ def _declare_shapes(model: onnx.ModelProto, sample: Calibration) -> list[np.ndar
 
 def _insert_gates(model: onnx.ModelProto, weights: Sequence[ConvWeight]) -> list[Gate]:
     graph = model.graph
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in graph.value_info}
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.value_info}
     gates = []
     new_nodes: list[onnx.NodeProto] = []
     wanted = {w.name: w for w in weights}
@@ -346,16 +393,27 @@ def _insert_gates(model: onnx.ModelProto, weights: Sequence[ConvWeight]) -> list
                 channels = b * group
             else:  # W[o, i]: output channel o
                 out, channels = k // b, a
-            gates.append(Gate(w.key, f"pss_gate_{i}", (int(channels),), False, (a, b),
-                              tuple(int(c) for c in out)))
+            gates.append(
+                Gate(
+                    w.key,
+                    f"pss_gate_{i}",
+                    (int(channels),),
+                    False,
+                    (a, b),
+                    tuple(int(c) for c in out),
+                )
+            )
     for g in gates:
         elem = TensorProto.FLOAT
         graph.input.append(helper.make_tensor_value_info(g.name, elem, list(g.shape)))
     rewritten: list[onnx.NodeProto] = []
     index = {g.key: i for i, g in enumerate(gates)}
     for node in graph.node:
-        w_name = node.input[1] if node.op_type in ("Conv", "ConvTranspose") and \
-            len(node.input) > 1 else None
+        w_name = (
+            node.input[1]
+            if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1
+            else None
+        )
         cw = wanted.get(w_name) if w_name else None
         if cw is None or cw.key not in index:
             rewritten.append(node)
@@ -373,28 +431,37 @@ def _insert_gates(model: onnx.ModelProto, weights: Sequence[ConvWeight]) -> list
         node.output[0] = raw
         rank = len(shapes.get(out, [])) or (len(cw.shape))
         g4 = f"{gate.name}_nd"
-        axes = helper.make_tensor(f"{g4}_shape", TensorProto.INT64, [rank],
-                                  [1, gate.shape[0]] + [1] * (rank - 2))
+        axes = helper.make_tensor(
+            f"{g4}_shape", TensorProto.INT64, [rank], [1, gate.shape[0]] + [1] * (rank - 2)
+        )
         graph.initializer.append(axes)
-        rewritten += [node, helper.make_node("Reshape", [gate.name, axes.name], [g4]),
-                      helper.make_node("Mul", [raw, g4], [gated_out if bias else out])]
+        rewritten += [
+            node,
+            helper.make_node("Reshape", [gate.name, axes.name], [g4]),
+            helper.make_node("Mul", [raw, g4], [gated_out if bias else out]),
+        ]
         if bias:
-            b_shape = helper.make_tensor(f"{g4}_bshape", TensorProto.INT64, [rank],
-                                         [1, gate.shape[0]] + [1] * (rank - 2))
+            b_shape = helper.make_tensor(
+                f"{g4}_bshape", TensorProto.INT64, [rank], [1, gate.shape[0]] + [1] * (rank - 2)
+            )
             graph.initializer.append(b_shape)
-            rewritten += [helper.make_node("Reshape", [bias, b_shape.name], [f"{g4}_b"]),
-                          helper.make_node("Add", [gated_out, f"{g4}_b"], [out])]
+            rewritten += [
+                helper.make_node("Reshape", [bias, b_shape.name], [f"{g4}_b"]),
+                helper.make_node("Add", [gated_out, f"{g4}_b"], [out]),
+            ]
         if out in shapes:
             for name in (raw, gated_out):
-                graph.value_info.append(helper.make_tensor_value_info(
-                    name, TensorProto.FLOAT, shapes[out]))
+                graph.value_info.append(
+                    helper.make_tensor_value_info(name, TensorProto.FLOAT, shapes[out])
+                )
     del graph.node[:]
     graph.node.extend(new_nodes + rewritten)
     return gates
 
 
-def _add_loss(model: onnx.ModelProto, plain: Sequence[np.ndarray],
-              objective: str) -> tuple[list[str], list[str]]:
+def _add_loss(
+    model: onnx.ModelProto, plain: Sequence[np.ndarray], objective: str
+) -> tuple[list[str], list[str]]:
     """Append the loss; returns the target input names and the outputs they match."""
     graph = model.graph
     outputs = list(graph.output)
@@ -413,30 +480,41 @@ def _add_loss(model: onnx.ModelProto, plain: Sequence[np.ndarray],
             if is_prob:
                 eps = numpy_helper.from_array(np.array(1e-8, np.float32), f"pss_eps_{i}")
                 graph.initializer.append(eps)
-                nodes += [helper.make_node("Add", [out.name, eps.name], [f"{logp}_in"]),
-                          helper.make_node("Log", [f"{logp}_in"], [logp])]
+                nodes += [
+                    helper.make_node("Add", [out.name, eps.name], [f"{logp}_in"]),
+                    helper.make_node("Log", [f"{logp}_in"], [logp]),
+                ]
             else:
                 nodes.append(helper.make_node("LogSoftmax", [out.name], [logp], axis=1))
             # Cross-entropy against the plain distribution = KL + a constant.
-            scale = numpy_helper.from_array(np.array(-1.0 / value.shape[0], np.float32),
-                                            f"pss_scale_{i}")
+            scale = numpy_helper.from_array(
+                np.array(-1.0 / value.shape[0], np.float32), f"pss_scale_{i}"
+            )
             graph.initializer.append(scale)
-            nodes += [helper.make_node("Mul", [t, logp], [f"{term}_pl"]),
-                      helper.make_node("ReduceSum", [f"{term}_pl"], [f"{term}_sum"], keepdims=0),
-                      helper.make_node("Mul", [f"{term}_sum", scale.name], [term])]
+            nodes += [
+                helper.make_node("Mul", [t, logp], [f"{term}_pl"]),
+                helper.make_node("ReduceSum", [f"{term}_pl"], [f"{term}_sum"], keepdims=0),
+                helper.make_node("Mul", [f"{term}_sum", scale.name], [term]),
+            ]
         else:
             inv = numpy_helper.from_array(
-                np.array(1.0 / (float(np.var(value)) + 1e-12), np.float32), f"pss_inv_{i}")
+                np.array(1.0 / (float(np.var(value)) + 1e-12), np.float32), f"pss_inv_{i}"
+            )
             graph.initializer.append(inv)
-            nodes += [helper.make_node("Sub", [out.name, t], [f"{term}_d"]),
-                      helper.make_node("Mul", [f"{term}_d", f"{term}_d"], [f"{term}_d2"]),
-                      helper.make_node("ReduceMean", [f"{term}_d2"], [f"{term}_m"], keepdims=0),
-                      helper.make_node("Mul", [f"{term}_m", inv.name], [term])]
+            nodes += [
+                helper.make_node("Sub", [out.name, t], [f"{term}_d"]),
+                helper.make_node("Mul", [f"{term}_d", f"{term}_d"], [f"{term}_d2"]),
+                helper.make_node("ReduceMean", [f"{term}_d2"], [f"{term}_m"], keepdims=0),
+                helper.make_node("Mul", [f"{term}_m", inv.name], [term]),
+            ]
         terms.append(term)
     if not terms:
         raise UnsupportedModel("PSS needs a floating-point model output")
-    nodes.append(helper.make_node("Sum", terms, ["pss_loss"]) if len(terms) > 1
-                 else helper.make_node("Identity", terms, ["pss_loss"]))
+    nodes.append(
+        helper.make_node("Sum", terms, ["pss_loss"])
+        if len(terms) > 1
+        else helper.make_node("Identity", terms, ["pss_loss"])
+    )
     graph.node.extend(nodes)
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info("pss_loss", TensorProto.FLOAT, []))

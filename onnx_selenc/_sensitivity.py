@@ -80,8 +80,9 @@ def measure_curves(
             masked[order[:k]] = replacement[:k]
             out = probe.run_all(calibration, {w.key: masked.reshape(arrays[w.key].shape)})
             measured.append(damage(plain, out, obj))
-        curves[w.key] = LayerCurve(w.key, tuple(ks), tuple(k * w.kernel_size for k in ks),
-                                   tuple(measured))
+        curves[w.key] = LayerCurve(
+            w.key, tuple(ks), tuple(k * w.kernel_size for k in ks), tuple(measured)
+        )
     return curves, obj
 
 

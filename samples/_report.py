@@ -37,7 +37,7 @@ def update_section(path: Path, name: str, body: str) -> None:
     block = f"{begin}\n{body.strip()}\n{end}"
     start, stop = text.find(begin), text.find(end)
     if 0 <= start < stop:
-        text = text[:start] + block + text[stop + len(end):]
+        text = text[:start] + block + text[stop + len(end) :]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     atomic_write(path, text.encode("utf-8"))

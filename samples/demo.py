@@ -37,17 +37,31 @@ _OWN_FILES = re.compile(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="demo-out",
-                        help="output folder: new, empty, or one this demo wrote before "
-                             "(default demo-out)")
-    parser.add_argument("--budget", type=float, default=0.002,
-                        help="fraction of conv weights to encrypt (default 0.002)")
-    parser.add_argument("--images", type=int, default=256,
-                        help="rotated pages: half calibrate, half test (default 256)")
-    parser.add_argument("--targets", default="0.4,0.6,0.8,0.9,1.0",
-                        help="quality per level, as a fraction of the plain model's")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out",
+        default="demo-out",
+        help="output folder: new, empty, or one this demo wrote before (default demo-out)",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=0.002,
+        help="fraction of conv weights to encrypt (default 0.002)",
+    )
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=256,
+        help="rotated pages: half calibrate, half test (default 256)",
+    )
+    parser.add_argument(
+        "--targets",
+        default="0.4,0.6,0.8,0.9,1.0",
+        help="quality per level, as a fraction of the plain model's",
+    )
     args = parser.parse_args(argv)
 
     out = Path(args.out)
@@ -67,14 +81,26 @@ def main(argv: list[str] | None = None) -> int:
     x_test, y_test = x[half:], y[half:]
 
     targets = [float(t) for t in args.targets.split(",")]
-    print(f"3. encrypting {args.budget:.3%} of the conv weights into {len(targets)} levels "
-          f"(unlabelled calibration on {half} pages, quality targets {targets})")
+    print(
+        f"3. encrypting {args.budget:.3%} of the conv weights into {len(targets)} levels "
+        f"(unlabelled calibration on {half} pages, quality targets {targets})"
+    )
     start = time.perf_counter()
-    result = se.encrypt(model_path, out / "model.enc.onnx", key_file=out / "owner.key",
-                        levels=len(targets), budget=args.budget, calibration=calibration,
-                        level_targets=targets, seed=0, show_progress=sys.stderr.isatty())
-    print(f"   encrypted {result.encrypted_weights} of {result.conv_weights} conv weights in "
-          f"{len(result.layers)} tensors ({time.perf_counter() - start:.0f} s)")
+    result = se.encrypt(
+        model_path,
+        out / "model.enc.onnx",
+        key_file=out / "owner.key",
+        levels=len(targets),
+        budget=args.budget,
+        calibration=calibration,
+        level_targets=targets,
+        seed=0,
+        show_progress=sys.stderr.isatty(),
+    )
+    print(
+        f"   encrypted {result.encrypted_weights} of {result.conv_weights} conv weights in "
+        f"{len(result.layers)} tensors ({time.perf_counter() - start:.0f} s)"
+    )
 
     print("4. exporting one key file per tier")
     keys: dict[int, Path] = {}
@@ -85,27 +111,40 @@ def main(argv: list[str] | None = None) -> int:
     print("5. serving: each tier loads the encrypted model with its own key, in memory")
     plain = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     plain_pred = plain.run(None, {input_name: x_test})[0].argmax(1)
-    public = ort.InferenceSession(str(result.model_files[0]),
-                                  providers=["CPUExecutionProvider"])
+    public = ort.InferenceSession(str(result.model_files[0]), providers=["CPUExecutionProvider"])
     rows = [("plain model", float(np.mean(plain_pred == y_test)), 1.0, "CPUExecutionProvider")]
     public_pred = public.run(None, {input_name: x_test})[0].argmax(1)
-    rows.append(("encrypted file, plain onnxruntime", float(np.mean(public_pred == y_test)),
-                 float(np.mean(public_pred == plain_pred)), "CPUExecutionProvider"))
+    rows.append(
+        (
+            "encrypted file, plain onnxruntime",
+            float(np.mean(public_pred == y_test)),
+            float(np.mean(public_pred == plain_pred)),
+            "CPUExecutionProvider",
+        )
+    )
     accuracies = []
     for level, key in keys.items():
         session = se.load_session(result.model_files[0], key=key)
         pred = session.run(None, {input_name: x_test})[0].argmax(1)
         acc = float(np.mean(pred == y_test))
         accuracies.append(acc)
-        rows.append((f"level {level} ({key.name})", acc, float(np.mean(pred == plain_pred)),
-                     ", ".join(session.get_providers())))
+        rows.append(
+            (
+                f"level {level} ({key.name})",
+                acc,
+                float(np.mean(pred == plain_pred)),
+                ", ".join(session.get_providers()),
+            )
+        )
 
     print()
     print(f"{'who':<36} {'accuracy':>9} {'agrees w/ plain':>16}  providers")
     for who, acc, agree, providers in rows:
         print(f"{who:<36} {acc:>9.3f} {agree:>16.3f}  {providers}")
-    print(f"\n(chance is 0.25; {len(y_test)} held-out pages; level {result.levels} is the "
-          "original model, bit for bit)")
+    print(
+        f"\n(chance is 0.25; {len(y_test)} held-out pages; level {result.levels} is the "
+        "original model, bit for bit)"
+    )
     try:
         tier2 = se.load_session(result.model_files[0], key=keys[2], level=3)
     except se.exceptions.LevelNotGranted as exc:
@@ -131,8 +170,10 @@ def prepare_out(out: Path) -> None:
         raise ValueError(f"--out {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()):
         if not (out / MARKER).is_file():
-            raise ValueError(f"--out {out} is not empty and was not made by this demo: "
-                             "choose a new or empty folder (nothing was removed)")
+            raise ValueError(
+                f"--out {out} is not empty and was not made by this demo: "
+                "choose a new or empty folder (nothing was removed)"
+            )
         for path in out.iterdir():
             if path.is_file() and _OWN_FILES.fullmatch(path.name):
                 path.unlink()

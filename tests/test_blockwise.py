@@ -40,12 +40,15 @@ MODELS = {
     "no_bias": lambda: patch_model(bias=False),
     "sub_div": lambda: patch_model(norm="sub_div"),
     "mul_add_no_bias": lambda: patch_model(norm="mul_add", bias=False),
-    "nhwc_norm_constant_w": lambda: patch_model(layout="NHWC", norm="sub_div",
-                                                constant_weight=True),
-    "nhwc_constant_no_bias": lambda: patch_model(layout="NHWC", norm="mul_add",
-                                                 constant_weight=True, bias=False),
-    "nhwc_norm_after": lambda: patch_model(layout="NHWC", norm="mul_add",
-                                           norm_after_transpose=True),
+    "nhwc_norm_constant_w": lambda: patch_model(
+        layout="NHWC", norm="sub_div", constant_weight=True
+    ),
+    "nhwc_constant_no_bias": lambda: patch_model(
+        layout="NHWC", norm="mul_add", constant_weight=True, bias=False
+    ),
+    "nhwc_norm_after": lambda: patch_model(
+        layout="NHWC", norm="mul_add", norm_after_transpose=True
+    ),
     "p2_c1": lambda: patch_model(patch=2, channels=1, size=8),
     "p7_odd_size": lambda: patch_model(patch=7, size=23),
     "mixer": lambda: patch_model(mixer=True, norm="sub_div"),
@@ -56,8 +59,9 @@ MODELS = {
 def _key_for(model: onnx.ModelProto, domain: ImageDomain | None = None, **kw: object) -> BlockKey:
     stem = find_patch_stem(model)
     dom = domain or ImageDomain(255.0 if stem.integer_input else 1.0)
-    return BlockKey.generate(patch=stem.patch, channels=stem.channels, layout=stem.layout,
-                             domain=dom, **kw)
+    return BlockKey.generate(
+        patch=stem.patch, channels=stem.channels, layout=stem.layout, domain=dom, **kw
+    )
 
 
 def _images(model: onnx.ModelProto, n: int = 6, seed: int = 3) -> np.ndarray:
@@ -113,8 +117,9 @@ def test_client_side_normalisation(key_kind: str) -> None:
 
 
 def test_stem_detection_details() -> None:
-    stem = find_patch_stem(patch_model(layout="NHWC", norm="sub_div", constant_weight=True,
-                                       bias=False, patch=2))
+    stem = find_patch_stem(
+        patch_model(layout="NHWC", norm="sub_div", constant_weight=True, bias=False, patch=2)
+    )
     assert (stem.patch, stem.channels, stem.layout, stem.bias) == (2, 3, "NHWC", None)
     np.testing.assert_allclose(stem.scale, 1 / np.asarray(STD), rtol=1e-6)
     np.testing.assert_allclose(stem.shift, -np.asarray(MEAN) / np.asarray(STD), rtol=1e-6)
@@ -221,6 +226,7 @@ def test_weak_key_warning(tmp_path: Path) -> None:
     assert result.weak
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        strong = encrypt_model(src, tmp_path / "o2.onnx", key_out=tmp_path / "k2.key",
-                               orthogonal=True)
+        strong = encrypt_model(
+            src, tmp_path / "o2.onnx", key_out=tmp_path / "k2.key", orthogonal=True
+        )
     assert not strong.weak and strong.key_space_bits == 256.0

@@ -32,8 +32,7 @@ def test_uint8_round_trip_is_exact(flip: bool, scramble: bool) -> None:
     # the multiset of values of each block is kept without flip (it is a permutation)
     if not flip and not scramble:
         blocks = x[:, :, :4, :4].reshape(3, -1)
-        np.testing.assert_array_equal(np.sort(enc[:, :, :4, :4].reshape(3, -1)),
-                                      np.sort(blocks))
+        np.testing.assert_array_equal(np.sort(enc[:, :, :4, :4].reshape(3, -1)), np.sort(blocks))
 
 
 def test_uint8_and_float_paths_agree() -> None:
@@ -55,8 +54,9 @@ def test_orthogonal_round_trip() -> None:
     back = decrypt_images(enc.astype(np.float64), key, layout="NHWC", dtype=np.uint8)
     np.testing.assert_array_equal(back, x)
     xf = x.astype(np.float64) / 255
-    np.testing.assert_allclose(decrypt_images(encrypt_images(xf, key, layout="NHWC"), key,
-                                              layout="NHWC"), xf, atol=1e-12)
+    np.testing.assert_allclose(
+        decrypt_images(encrypt_images(xf, key, layout="NHWC"), key, layout="NHWC"), xf, atol=1e-12
+    )
     # block norms are preserved by the orthogonal part (without the flip offset)
     plain_key = _key(transform="orthogonal")
     e = encrypt_images(xf, plain_key, layout="NHWC")
@@ -70,15 +70,18 @@ def test_layouts_are_consistent() -> None:
     nchw = RNG.integers(0, 256, (2, 3, 8, 12)).astype(np.uint8)
     nhwc = nchw.transpose(0, 2, 3, 1)
     enc_nhwc = encrypt_images(nhwc, key)  # default: the key's layout
-    np.testing.assert_array_equal(encrypt_images(nchw, key, layout="NCHW").transpose(0, 2, 3, 1),
-                                  enc_nhwc)
+    np.testing.assert_array_equal(
+        encrypt_images(nchw, key, layout="NCHW").transpose(0, 2, 3, 1), enc_nhwc
+    )
     np.testing.assert_array_equal(encrypt_images(nhwc[0], key), enc_nhwc[0])  # HWC
-    np.testing.assert_array_equal(encrypt_images(nchw[0], key, layout="CHW"),
-                                  enc_nhwc[0].transpose(2, 0, 1))
+    np.testing.assert_array_equal(
+        encrypt_images(nchw[0], key, layout="CHW"), enc_nhwc[0].transpose(2, 0, 1)
+    )
     gray = _key(channels=1, patch=2)
     img = RNG.integers(0, 256, (6, 6)).astype(np.uint8)
-    np.testing.assert_array_equal(encrypt_images(img, gray),
-                                  encrypt_images(img[None, None], gray)[0, 0])
+    np.testing.assert_array_equal(
+        encrypt_images(img, gray), encrypt_images(img[None, None], gray)[0, 0]
+    )
 
 
 @pytest.mark.parametrize(
@@ -116,8 +119,20 @@ def _tiles(a: np.ndarray) -> list[np.ndarray]:
 
 
 def _key_like(key: BlockKey, **changes: object) -> BlockKey:
-    params = {f: getattr(key, f) for f in ("secret", "patch", "channels", "layout", "transform",
-                                           "flip", "scramble", "grid", "domain")}
+    params = {
+        f: getattr(key, f)
+        for f in (
+            "secret",
+            "patch",
+            "channels",
+            "layout",
+            "transform",
+            "flip",
+            "scramble",
+            "grid",
+            "domain",
+        )
+    }
     params.update(changes)
     return BlockKey(**params)  # type: ignore[arg-type]
 

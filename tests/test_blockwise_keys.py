@@ -72,8 +72,13 @@ def test_generated_keys_never_leave_images_unchanged() -> None:
 
 
 def test_key_file_round_trip_and_permissions(tmp_path: Path) -> None:
-    key = _key(flip=True, scramble=True, grid=(8, 8), layout="NHWC",
-               domain=ImageDomain(1.0, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+    key = _key(
+        flip=True,
+        scramble=True,
+        grid=(8, 8),
+        layout="NHWC",
+        domain=ImageDomain(1.0, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+    )
     path = tmp_path / "k.key"
     key.save(path)
     assert os.stat(path).st_mode & 0o777 == 0o600
@@ -101,12 +106,16 @@ def _corrupt(path: Path, fn: Callable[[dict[str, Any]], object]) -> None:
         (lambda p: p.write_bytes(b""), "empty"),
         (lambda p: p.write_bytes(b"\xff\xfe garbage"), "not valid JSON"),
         (lambda p: p.write_text("[1, 2]"), "not a JSON object"),
-        (lambda p: _corrupt(p, lambda b: b.update(format="onnx-selenc-key")),
-         "not a block-wise key file"),
+        (
+            lambda p: _corrupt(p, lambda b: b.update(format="onnx-selenc-key")),
+            "not a block-wise key file",
+        ),
         (lambda p: _corrupt(p, lambda b: b.update(version=2)), "unknown key file version 2"),
         (lambda p: _corrupt(p, lambda b: b.update(patch=8)), "checksum mismatch"),
-        (lambda p: _corrupt(p, lambda b: b.update(key=b["key"][:-4] + "AAA=")),
-         "checksum mismatch"),
+        (
+            lambda p: _corrupt(p, lambda b: b.update(key=b["key"][:-4] + "AAA=")),
+            "checksum mismatch",
+        ),
         (lambda p: _corrupt(p, lambda b: b.pop("check")), "missing its 'check'"),
         (lambda p: p.unlink(), "cannot read key file"),
     ],

@@ -75,10 +75,20 @@ def _norm(b: _Builder, t: str, norm: str | None, layout: str, channels: int) -> 
 
 
 def patch_model(
-    *, patch: int = 4, channels: int = 3, size: int = 16, hidden: int = 12, classes: int = 5,
-    bias: bool = True, norm: str | None = None, layout: str = "NCHW",
-    constant_weight: bool = False, dtype: int = TensorProto.FLOAT, seed: int = 0,
-    mixer: bool = False, norm_after_transpose: bool = False,
+    *,
+    patch: int = 4,
+    channels: int = 3,
+    size: int = 16,
+    hidden: int = 12,
+    classes: int = 5,
+    bias: bool = True,
+    norm: str | None = None,
+    layout: str = "NCHW",
+    constant_weight: bool = False,
+    dtype: int = TensorProto.FLOAT,
+    seed: int = 0,
+    mixer: bool = False,
+    norm_after_transpose: bool = False,
 ) -> onnx.ModelProto:
     """Patch-embedding stem -> GELU -> [ConvMixer block] -> global pool -> linear head."""
     b = _Builder(seed)
@@ -91,8 +101,9 @@ def patch_model(
     else:
         t = _norm(b, t, norm, layout, channels)
     w = b.weight(hidden, channels, patch, patch, base="stem_w", as_node=constant_weight)
-    ins = [t, w] + ([b.const(b.rng.normal(0, 0.1, hidden).astype(np.float32), "stem_b")]
-                    if bias else [])
+    ins = [t, w] + (
+        [b.const(b.rng.normal(0, 0.1, hidden).astype(np.float32), "stem_b")] if bias else []
+    )
     t = b.op("Conv", ins, kernel_shape=[patch, patch], strides=[patch, patch])
     t = b.op("Gelu", [t])
     if mixer:
@@ -103,8 +114,15 @@ def patch_model(
         t = b.op("Gelu", [t])
     t = b.op("GlobalAveragePool", [t])
     t = b.op("Flatten", [t], axis=1)
-    y = b.op("Gemm", [t, b.weight(classes, hidden, scale=3.0, base="head"),
-                      b.const(np.zeros(classes, np.float32))], transB=1)
+    y = b.op(
+        "Gemm",
+        [
+            t,
+            b.weight(classes, hidden, scale=3.0, base="head"),
+            b.const(np.zeros(classes, np.float32)),
+        ],
+        transB=1,
+    )
     return b.model(x, y, classes)
 
 
@@ -112,8 +130,14 @@ def resnet_like(seed: int = 0) -> onnx.ModelProto:
     """A ResNet stem: 7x7 stride-2 conv with padding 3 (not a patch embedding)."""
     b = _Builder(seed)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])
-    t = b.op("Conv", ["x", b.weight(8, 3, 7, 7, base="conv1")], kernel_shape=[7, 7],
-             strides=[2, 2], pads=[3, 3, 3, 3], name="conv1")
+    t = b.op(
+        "Conv",
+        ["x", b.weight(8, 3, 7, 7, base="conv1")],
+        kernel_shape=[7, 7],
+        strides=[2, 2],
+        pads=[3, 3, 3, 3],
+        name="conv1",
+    )
     t = b.op("Relu", [t])
     t = b.op("Flatten", [b.op("GlobalAveragePool", [t])], axis=1)
     return b.model(x, b.op("Gemm", [t, b.weight(4, 8, base="fc")], transB=1), 4)
@@ -128,17 +152,34 @@ def no_conv(seed: int = 0) -> onnx.ModelProto:
 
 
 def vit_like(
-    *, patch: int = 4, channels: int = 3, size: int = 16, dim: int = 16, classes: int = 5,
-    cls_token: bool = False, heads: int = 2, share_pos: bool = False, token_mlp: bool = False,
-    pos_on_grid: bool = False, attn_bias: bool = False, seed: int = 0,
+    *,
+    patch: int = 4,
+    channels: int = 3,
+    size: int = 16,
+    dim: int = 16,
+    classes: int = 5,
+    cls_token: bool = False,
+    heads: int = 2,
+    share_pos: bool = False,
+    token_mlp: bool = False,
+    pos_on_grid: bool = False,
+    attn_bias: bool = False,
+    seed: int = 0,
 ) -> onnx.ModelProto:
     """Patch embed -> tokens -> (+cls) + pos -> LN -> attention -> MLP -> pool -> head."""
     b = _Builder(seed)
     n = (size // patch) ** 2
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, size, size])
-    t = b.op("Conv", ["x", b.weight(dim, channels, patch, patch, base="pe_w"),
-                      b.const(np.zeros(dim, np.float32), "pe_b")],
-             kernel_shape=[patch, patch], strides=[patch, patch])
+    t = b.op(
+        "Conv",
+        [
+            "x",
+            b.weight(dim, channels, patch, patch, base="pe_w"),
+            b.const(np.zeros(dim, np.float32), "pe_b"),
+        ],
+        kernel_shape=[patch, patch],
+        strides=[patch, patch],
+    )
     g = size // patch
     if pos_on_grid:
         t = b.op("Add", [t, b.weight(1, dim, g, g, scale=float(np.sqrt(dim * g * g)), base="pos")])
@@ -166,8 +207,11 @@ def vit_like(
     hd = dim // heads
 
     def ln(v: str) -> str:
-        return b.op("LayerNormalization", [v, b.const(np.ones(dim, np.float32)),
-                                           b.const(np.zeros(dim, np.float32))], axis=-1)
+        return b.op(
+            "LayerNormalization",
+            [v, b.const(np.ones(dim, np.float32)), b.const(np.zeros(dim, np.float32))],
+            axis=-1,
+        )
 
     def split_heads(v: str) -> str:
         v = b.op("Reshape", [v, b.const(np.array([0, tokens, heads, hd], np.int64))])
@@ -176,7 +220,7 @@ def vit_like(
     h = ln(t)
     q, k, v = (split_heads(b.op("MatMul", [h, b.weight(dim, dim, base=nm)])) for nm in "qkv")
     a = b.op("MatMul", [q, b.op("Transpose", [k], perm=[0, 1, 3, 2])])
-    a = b.op("Mul", [a, b.const(np.float32(hd ** -0.5))])
+    a = b.op("Mul", [a, b.const(np.float32(hd**-0.5))])
     if attn_bias:  # a learned (heads, N, N) attention bias, permuted on both token axes
         a = b.op("Add", [a, b.weight(1, heads, tokens, tokens, scale=30.0, base="bias")])
     a = b.op("Softmax", [a], axis=-1)
@@ -190,8 +234,13 @@ def vit_like(
         t = b.op("Gather", [t, b.const(np.array(0, np.int64))], axis=1)
     else:
         t = b.op("ReduceMean", [t, b.const(np.array([1], np.int64))], keepdims=0)
-    y = b.op("Add", [b.op("MatMul", [t, b.weight(dim, classes, scale=3.0, base="head")]),
-                     b.const(np.zeros(classes, np.float32))])
+    y = b.op(
+        "Add",
+        [
+            b.op("MatMul", [t, b.weight(dim, classes, scale=3.0, base="head")]),
+            b.const(np.zeros(classes, np.float32)),
+        ],
+    )
     return b.model(x, y, classes)
 
 
@@ -205,16 +254,17 @@ def token_model(tail: str, *, seed: int = 0, classes: int = 5) -> onnx.ModelProt
     b = _Builder(seed)
     n, dim = 16, 8
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])
-    t = b.op("Conv", ["x", b.weight(dim, 3, 4, 4, base="pe_w")], kernel_shape=[4, 4],
-             strides=[4, 4])
+    t = b.op(
+        "Conv", ["x", b.weight(dim, 3, 4, 4, base="pe_w")], kernel_shape=[4, 4], strides=[4, 4]
+    )
     t = b.op("Transpose", [b.op("Reshape", [t, b.const(np.array([0, dim, -1]))])], perm=[0, 2, 1])
     t = b.op("Add", [t, b.weight(1, n, dim, scale=float(np.sqrt(n * dim)), base="pos")])
     if tail == "seq_first":
-        t = b.op("Reshape", [b.op("Transpose", [t], perm=[1, 0, 2]),
-                             b.const(np.array([-1, dim]))])
+        t = b.op("Reshape", [b.op("Transpose", [t], perm=[1, 0, 2]), b.const(np.array([-1, dim]))])
         t = b.op("Gelu", [b.op("Gemm", [t, b.weight(dim, dim, base="proj")])])
-        t = b.op("Transpose", [b.op("Reshape", [t, b.const(np.array([n, -1, dim]))])],
-                 perm=[1, 0, 2])
+        t = b.op(
+            "Transpose", [b.op("Reshape", [t, b.const(np.array([n, -1, dim]))])], perm=[1, 0, 2]
+        )
         t = b.op("ReduceMean", [t, b.const(np.array([1]))], keepdims=0)
         y = b.op("MatMul", [t, b.weight(dim, classes, scale=3.0, base="head")])
     elif tail == "flatten_head":
@@ -234,8 +284,7 @@ def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
@@ -255,8 +304,20 @@ def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
         resnet_like(),
         no_conv(),
     ],
-    ids=["patch", "nhwc", "mixer_u8", "vit", "vit_cls", "vit_grid", "vit_bias", "seq_first",
-         "flatten_head", "ln_tokens", "resnet", "noconv"],
+    ids=[
+        "patch",
+        "nhwc",
+        "mixer_u8",
+        "vit",
+        "vit_cls",
+        "vit_grid",
+        "vit_bias",
+        "seq_first",
+        "flatten_head",
+        "ln_tokens",
+        "resnet",
+        "noconv",
+    ],
 )
 def test_builders_make_valid_runnable_models(model: onnx.ModelProto) -> None:
     vi = model.graph.input[0]

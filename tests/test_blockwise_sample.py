@@ -92,9 +92,14 @@ def test_scrambling_on_torch_exports(tmp_path: Path, attention: str) -> None:
     torch.manual_seed(0)
     path = tmp_path / "net.onnx"
     with torch.no_grad():
-        torch.onnx.export(Net().eval(), (torch.rand(2, 3, 16, 16),), str(path), dynamo=True,
-                          external_data=False,
-                          dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+        torch.onnx.export(
+            Net().eval(),
+            (torch.rand(2, 3, 16, 16),),
+            str(path),
+            dynamo=True,
+            external_data=False,
+            dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+        )
     model = onnx.load(str(path))
     stem = find_patch_stem(model)
     grid = plan(model, stem).grid

@@ -27,17 +27,29 @@ TOL = 1e-4
 def _scramble_key(model: onnx.ModelProto, **kw: object) -> tuple[BlockKey, object]:
     stem = find_patch_stem(model)
     plan = plan_scramble(model, stem)
-    key = BlockKey.generate(patch=stem.patch, channels=stem.channels, layout=stem.layout,
-                            scramble=True, grid=plan.grid, **kw)
+    key = BlockKey.generate(
+        patch=stem.patch,
+        channels=stem.channels,
+        layout=stem.layout,
+        scramble=True,
+        grid=plan.grid,
+        **kw,
+    )
     return key, plan
 
 
 @pytest.mark.parametrize("variant", ["mean_pool", "cls_token", "pos_on_grid", "attn_bias"])
-@pytest.mark.parametrize("kw", [{}, {"flip": True}, {"transform": "orthogonal", "flip": True}],
-                         ids=["perm", "flip", "orth"])
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"flip": True}, {"transform": "orthogonal", "flip": True}],
+    ids=["perm", "flip", "orth"],
+)
 def test_scrambling_is_exact_with_position_embedding(variant: str, kw: dict) -> None:
-    model = vit_like(cls_token=variant == "cls_token", pos_on_grid=variant == "pos_on_grid",
-                     attn_bias=variant == "attn_bias")
+    model = vit_like(
+        cls_token=variant == "cls_token",
+        pos_on_grid=variant == "pos_on_grid",
+        attn_bias=variant == "attn_bias",
+    )
     key, plan = _scramble_key(model, **kw)
     assert plan.grid == (4, 4) and len(plan.edits) == (2 if variant == "attn_bias" else 1)
     if variant == "attn_bias":
@@ -49,13 +61,23 @@ def test_scrambling_is_exact_with_position_embedding(variant: str, kw: dict) -> 
     xe = encrypt_images(x, key)
     assert np.abs(run(enc, xe) - y).max() <= TOL * np.abs(y).max()
     # blocks really moved: undo only the in-block transform and compare with x
-    unscrambled_only = BlockKey(key.secret, key.patch, key.channels, key.layout, key.transform,
-                                key.flip, False, None, key.domain)
+    unscrambled_only = BlockKey(
+        key.secret,
+        key.patch,
+        key.channels,
+        key.layout,
+        key.transform,
+        key.flip,
+        False,
+        None,
+        key.domain,
+    )
     assert not np.allclose(encrypt_images(x, unscrambled_only), xe)
     # the plain position table is gone from the encrypted model
     pos_name = plan.edits[0].tensor
-    plain_pos = numpy_helper.to_array(next(i for i in model.graph.initializer
-                                           if i.name == pos_name))
+    plain_pos = numpy_helper.to_array(
+        next(i for i in model.graph.initializer if i.name == pos_name)
+    )
     enc_pos = numpy_helper.to_array(next(i for i in enc.graph.initializer if i.name == pos_name))
     assert not np.array_equal(plain_pos, enc_pos)
     assert np.array_equal(np.sort(plain_pos, axis=None), np.sort(enc_pos, axis=None))
@@ -108,8 +130,12 @@ def _tokens_model(tail: str) -> onnx.ModelProto:
     else:
         nodes.append(helper.make_node("Identity", ["t"], ["y"]))
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, shape, idx])
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [w, shape, idx],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
 
 
@@ -142,8 +168,9 @@ def test_plan_without_onnxruntime(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_encrypt_model_with_scramble(tmp_path: Path) -> None:
     src = tmp_path / "vit.onnx"
     onnx.save(vit_like(cls_token=True), src)
-    result = encrypt_model(src, tmp_path / "enc.onnx", key_out=tmp_path / "k.key",
-                           scramble=True, flip=True)
+    result = encrypt_model(
+        src, tmp_path / "enc.onnx", key_out=tmp_path / "k.key", scramble=True, flip=True
+    )
     key = BlockKey.load(result.key_path)
     assert key.scramble and key.grid == (4, 4) and result.scrambled_constants
     x = np.random.default_rng(1).random((3, 3, 16, 16)).astype(np.float32)

@@ -52,8 +52,14 @@ def test_images_folder(tmp_path: Path) -> None:
     rgb = np.zeros((20, 30, 3), np.uint8)
     rgb[..., 0] = 255
     Image.fromarray(rgb).save(tmp_path / "red.png")
-    cal = Calibration.from_images(tmp_path, input_name="img", size=(8, 12), channels="BGR",
-                                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    cal = Calibration.from_images(
+        tmp_path,
+        input_name="img",
+        size=(8, 12),
+        channels="BGR",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    )
     x = cal.feeds["img"]
     assert x.shape == (1, 3, 8, 12)
     assert np.allclose(x[0, 2], 1.0) and np.allclose(x[0, 0], -1.0)  # red last in BGR
@@ -105,9 +111,16 @@ def test_calibrated_encryption_end_to_end(tmp_path: Path) -> None:
     onnx.save(model, path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = se.encrypt(path, tmp_path / "e.onnx", key_file=tmp_path / "k.key", levels=3,
-                            budget=0.3, calibration=cal, level_targets=[0.5, 0.8, 1.0],
-                            seed=0)
+        result = se.encrypt(
+            path,
+            tmp_path / "e.onnx",
+            key_file=tmp_path / "k.key",
+            levels=3,
+            budget=0.3,
+            calibration=cal,
+            level_targets=[0.5, 0.8, 1.0],
+            seed=0,
+        )
     report = result.level_report
     assert report is not None and report.held_out is not None
     assert report.calibration[-1] == 1.0 and report.held_out[-1] == 1.0
@@ -174,8 +187,14 @@ def test_levels_outside_the_tolerance_on_held_out_inputs_warn(tmp_path: Path, mo
     # Any miss at all is outside a tolerance of minus the sampling error.
     monkeypatch.setattr(_encrypt, "TOLERANCE", -1 / np.sqrt(24))
     with pytest.warns(LevelTargetWarning, match="24 held-out calibration inputs"):
-        enc = encrypt_model(tm.classifier(), levels=3, budget=0.3, calibration=_calib(96),
-                            level_targets=[0.5, 0.8, 1.0], seed=0)
+        enc = encrypt_model(
+            tm.classifier(),
+            levels=3,
+            budget=0.3,
+            calibration=_calib(96),
+            level_targets=[0.5, 0.8, 1.0],
+            seed=0,
+        )
     report = enc.level_report
     assert report is not None and not report.within(0.0)
     misses = report.misses()

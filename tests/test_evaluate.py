@@ -23,9 +23,14 @@ def _cal(n: int, seed: int) -> Calibration:
 
 
 def test_sweep_quality_falls_with_budget(tmp_path: Path) -> None:
-    result = sweep(tm.classifier(), _cal(48, 0), _cal(48, 1), budgets=[0.01, 0.3, 1.0],
-                   strategies=["magnitude:balanced", "activation:sensitivity"],
-                   level_targets=[0.5, 1.0])
+    result = sweep(
+        tm.classifier(),
+        _cal(48, 0),
+        _cal(48, 1),
+        budgets=[0.01, 0.3, 1.0],
+        strategies=["magnitude:balanced", "activation:sensitivity"],
+        level_targets=[0.5, 1.0],
+    )
     assert result.metric == "agreement" and result.plain_quality == 1.0
     for strategy in ("magnitude:balanced", "activation:sensitivity"):
         q = {p.budget: p.quality for p in result.points if p.strategy == strategy}
@@ -50,10 +55,28 @@ def test_evaluate_cli(tmp_path: Path, capsys) -> None:
     np.savez(tmp_path / "cal.npz", x=_cal(32, 0).feeds["x"])
     np.savez(tmp_path / "eval.npz", x=_cal(16, 1).feeds["x"])
     np.save(tmp_path / "labels.npy", np.zeros(16, dtype=np.int64))
-    assert main(["evaluate", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "cal.npz"),
-                 "--data", str(tmp_path / "eval.npz"), "--labels", str(tmp_path / "labels.npy"),
-                 "--budgets", "0.05,0.5", "--strategies", "random:uniform,magnitude:balanced",
-                 "--out", str(tmp_path / "out"), "-q"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tmp_path / "m.onnx"),
+                "--calib",
+                str(tmp_path / "cal.npz"),
+                "--data",
+                str(tmp_path / "eval.npz"),
+                "--labels",
+                str(tmp_path / "labels.npy"),
+                "--budgets",
+                "0.05,0.5",
+                "--strategies",
+                "random:uniform,magnitude:balanced",
+                "--out",
+                str(tmp_path / "out"),
+                "-q",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "accuracy of the plain model" in out and (tmp_path / "out" / "sweep.csv").exists()
 
@@ -66,8 +89,15 @@ def test_a_label_free_metric_also_states_the_level_targets() -> None:
         sizes.append(len(plain[0]))
         return float(np.mean(plain[0].argmax(1) == test[0].argmax(1)))
 
-    result = sweep(tm.classifier(), _cal(48, 0), _cal(40, 1), budgets=[0.3],
-                   strategies=["activation:sensitivity"], metric=top1, level_targets=[0.5, 1.0])
+    result = sweep(
+        tm.classifier(),
+        _cal(48, 0),
+        _cal(40, 1),
+        budgets=[0.3],
+        strategies=["activation:sensitivity"],
+        metric=top1,
+        level_targets=[0.5, 1.0],
+    )
     assert 40 in sizes  # the sweep points and the levels, on the evaluation inputs
     assert 48 in sizes  # the level cuts, searched on the calibration inputs
     (curve,) = result.levels

@@ -32,31 +32,37 @@ def test_manifest_matches_schema_and_golden(make_encrypted) -> None:
 @pytest.mark.parametrize("passphrase", [None, "pw"])
 def test_key_file_matches_schema(tmp_path: Path, passphrase: str | None) -> None:
     path = write_key_file(tmp_path / "k.key", new_owner_key(2), passphrase=passphrase)
-    jsonschema.validate(json.loads(path.read_text()),
-                        json.loads((DOCS / "keyfile.schema.json").read_text()))
+    jsonschema.validate(
+        json.loads(path.read_text()), json.loads((DOCS / "keyfile.schema.json").read_text())
+    )
 
 
 def test_payload_round_trip() -> None:
     import numpy as np
 
-    patch = _bundle.TensorPatch("0:body/w", "float16", (4, 2, 3, 3), np.array([1, 5]),
-                                np.arange(18, dtype=np.float16).reshape(2, 9))
+    patch = _bundle.TensorPatch(
+        "0:body/w",
+        "float16",
+        (4, 2, 3, 3),
+        np.array([1, 5]),
+        np.arange(18, dtype=np.float16).reshape(2, 9),
+    )
     (back,) = _bundle.decode_payload(_bundle.encode_payload([patch]))
     assert back.key == patch.key and back.shape == patch.shape
-    assert np.array_equal(back.kernels, patch.kernels) and np.array_equal(back.values,
-                                                                          patch.values)
+    assert np.array_equal(back.kernels, patch.kernels) and np.array_equal(back.values, patch.values)
 
 
-
-@pytest.mark.parametrize("field,value", [("count", -1), ("count", 3), ("offset", -8),
-                                         ("offset", 40)])
+@pytest.mark.parametrize(
+    "field,value", [("count", -1), ("count", 3), ("offset", -8), ("offset", 40)]
+)
 def test_payload_entry_out_of_range(field: str, value: int) -> None:
     import struct
 
     import numpy as np
 
-    patch = _bundle.TensorPatch("w", "float32", (2, 1, 1, 2), np.array([1]),
-                                np.ones((1, 2), dtype=np.float32))
+    patch = _bundle.TensorPatch(
+        "w", "float32", (2, 1, 1, 2), np.array([1]), np.ones((1, 2), dtype=np.float32)
+    )
     data = _bundle.encode_payload([patch])
     (n,) = struct.unpack("<Q", data[8:16])
     table = json.loads(data[16 : 16 + n])
@@ -65,6 +71,7 @@ def test_payload_entry_out_of_range(field: str, value: int) -> None:
     forged = data[:8] + struct.pack("<Q", len(head)) + head + data[16 + n :]
     with pytest.raises(FormatError, match="out of range"):
         _bundle.decode_payload(forged)
+
 
 GOLDEN_MANIFEST = {
     "blobs": [[0, 28], [28, 966], [994, 962], [1956, 922]],
@@ -75,9 +82,15 @@ GOLDEN_MANIFEST = {
     "level_weights": [0, 122, 245, 358],
     "levels": 3,
     "model_digest": "sha256:cb14b7a54c8a20a7d161a70cfb6ff0e57961a654832bb3d67fdb00c11c5ac9ae",
-    "selection": {"allocation": "balanced", "budget": 0.2, "importance": "magnitude",
-                  "layers": [], "level_fractions": [1 / 3, 2 / 3, 1.0],
-                  "level_order": "most-important-first", "masking": "empirical"},
+    "selection": {
+        "allocation": "balanced",
+        "budget": 0.2,
+        "importance": "magnitude",
+        "layers": [],
+        "level_fractions": [1 / 3, 2 / 3, 1.0],
+        "level_order": "most-important-first",
+        "masking": "empirical",
+    },
     "tool": "onnx-selenc 0.1.0",
     "version": 1,
 }

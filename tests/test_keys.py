@@ -56,8 +56,9 @@ def test_corrupted_key_file(tmp_path: Path, field: str) -> None:
     path = write_key_file(tmp_path / "k.key", new_owner_key(3))
     doc = json.loads(path.read_text())
     value = doc[field]
-    doc[field] = (value[:-1] + ("0" if value[-1] != "0" else "1")) if isinstance(value, str) \
-        else value - 1
+    doc[field] = (
+        (value[:-1] + ("0" if value[-1] != "0" else "1")) if isinstance(value, str) else value - 1
+    )
     with pytest.raises(KeyFileError, match="corrupted"):
         parse_key_file(json.dumps(doc).encode())
 
@@ -110,8 +111,9 @@ def test_aes_gcm_known_answer_through_private_seam() -> None:
     nonce = bytes(12)
     blob = _seal._seal_with_nonce(key, nonce, b"onnx-selenc", b"aad")
     # Independent computation with the primitives themselves.
-    sub = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-               info=b"onnx-selenc/v1/seal").derive(key)
+    sub = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"onnx-selenc/v1/seal").derive(
+        key
+    )
     assert blob == nonce + AESGCM(sub).encrypt(nonce, b"onnx-selenc", b"aad")
     # Golden value: the sealed format must not drift between releases.
     assert blob.hex() == GOLDEN_BLOB

@@ -49,8 +49,14 @@ def _reference_iter(graph: onnx.GraphProto):
 def reference_digest(model: onnx.ModelProto, base_dir, *, exclude_metadata=frozenset()) -> str:
     h = hashlib.sha256(b"onnx-selenc/v1/model-digest\0")
     tensors = list(_reference_iter(model.graph))
-    saved = [(t.raw_data if t.HasField("raw_data") else None, list(t.external_data),
-              t.data_location if t.HasField("data_location") else None) for t in tensors]
+    saved = [
+        (
+            t.raw_data if t.HasField("raw_data") else None,
+            list(t.external_data),
+            t.data_location if t.HasField("data_location") else None,
+        )
+        for t in tensors
+    ]
     kept_meta = [(p.key, p.value) for p in model.metadata_props]
     try:
         for t in tensors:
@@ -77,8 +83,11 @@ def reference_digest(model: onnx.ModelProto, base_dir, *, exclude_metadata=froze
     for t, (raw, _, loc) in zip(tensors, saved, strict=True):
         if loc == onnx.TensorProto.EXTERNAL:
             info = external_info(t, base_dir)
-            length = info.length if info.length is not None else (
-                int(np.prod(t.dims)) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize)
+            length = (
+                info.length
+                if info.length is not None
+                else (int(np.prod(t.dims)) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize)
+            )
             with open(info.path, "rb") as fh:
                 fh.seek(info.offset)
                 data = fh.read(length)
@@ -142,8 +151,7 @@ def test_digest_equals_the_reference(name: str) -> None:
     ours = _digest.model_digest(model, None, exclude_metadata=excluded)
     assert ours == reference_digest(twin, None, exclude_metadata=excluded)
     # Same side effects on the model as the original (it was re-saved after hashing).
-    assert model.SerializeToString(deterministic=True) == twin.SerializeToString(
-        deterministic=True)
+    assert model.SerializeToString(deterministic=True) == twin.SerializeToString(deterministic=True)
     del before
 
 
@@ -162,20 +170,28 @@ def test_stripped_parse_gives_the_model_back(
         assert stripped.tensors  # the cut really happens
     # The digest straight from the buffer equals the reference.
     skeleton, sources = _digest.prepare_digest(
-        stripped.model, tmp_path, exclude_metadata=_bundle.BUNDLE_KEYS, raw_of=stripped.raw)
+        stripped.model, tmp_path, exclude_metadata=_bundle.BUNDLE_KEYS, raw_of=stripped.raw
+    )
     twin = onnx.load(path)
     assert _digest.hash_model(skeleton, sources, tmp_path) == reference_digest(
-        twin, tmp_path, exclude_metadata=_bundle.BUNDLE_KEYS)
+        twin, tmp_path, exclude_metadata=_bundle.BUNDLE_KEYS
+    )
     stripped.restore_raw_data()
     assert stripped.model.SerializeToString(deterministic=True) == twin.SerializeToString(
-        deterministic=True)
+        deterministic=True
+    )
 
 
 def test_digest_of_external_data_equals_inline(tmp_path: Path) -> None:
     model = tm.wide_cnn(width=48)
     inline = _digest.model_digest(onnx.ModelProto.FromString(model.SerializeToString()), None)
-    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, location="m.onnx.data",
-              size_threshold=0)
+    onnx.save(
+        model,
+        tmp_path / "m.onnx",
+        save_as_external_data=True,
+        location="m.onnx.data",
+        size_threshold=0,
+    )
     external = onnx.load(tmp_path / "m.onnx", load_external_data=False)
     assert _digest.model_digest(external, tmp_path) == inline
     assert reference_digest(external, tmp_path) == inline
@@ -198,19 +214,27 @@ def test_save_external_writes_what_onnx_writes(name: str, tmp_path: Path, monkey
     model = _DIGEST_CASES[name]()
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
     theirs.mkdir()
-    _modelio.save_model(onnx.ModelProto.FromString(model.SerializeToString()),
-                        ours / "m.onnx", external_data=True)
+    _modelio.save_model(
+        onnx.ModelProto.FromString(model.SerializeToString()), ours / "m.onnx", external_data=True
+    )
     monkeypatch.chdir(theirs)  # onnx checks the location against the working folder
-    onnx.save_model(onnx.ModelProto.FromString(model.SerializeToString()),
-                    str(theirs / "m.onnx"), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="m.onnx.data", size_threshold=1024)
+    onnx.save_model(
+        onnx.ModelProto.FromString(model.SerializeToString()),
+        str(theirs / "m.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="m.onnx.data",
+        size_threshold=1024,
+    )
     assert sorted(p.name for p in ours.iterdir()) == sorted(p.name for p in theirs.iterdir())
     for p in theirs.iterdir():
         assert (ours / p.name).read_bytes() == p.read_bytes()
 
 
-@pytest.mark.parametrize("name", ["cnn", "constant_nodes", "if_subgraph", "fp16_cast",
-                                  "quantized", "shared_weight", "wide"])
+@pytest.mark.parametrize(
+    "name",
+    ["cnn", "constant_nodes", "if_subgraph", "fp16_cast", "quantized", "shared_weight", "wide"],
+)
 @pytest.mark.parametrize("threshold", [0, 1 << 16])
 def test_in_memory_load_equals_plain_and_ordinary_load(
     name: str, threshold: int, make_encrypted, monkeypatch
@@ -223,12 +247,13 @@ def test_in_memory_load_equals_plain_and_ordinary_load(
     for feeds in [tm.feeds(model)]:
         plain = ort_run(model, feeds)
         fast = se.load_session(enc, key=key, providers=["CPUExecutionProvider"])
-        ordinary = se.load_session(enc, key=key, providers=["CPUExecutionProvider"],
-                                   sess_options=ort.SessionOptions())
-        assert all(np.array_equal(a, b) for a, b in zip(plain, fast.run(None, feeds),
-                                                         strict=True))
-        assert all(np.array_equal(a, b) for a, b in zip(plain, ordinary.run(None, feeds),
-                                                         strict=True))
+        ordinary = se.load_session(
+            enc, key=key, providers=["CPUExecutionProvider"], sess_options=ort.SessionOptions()
+        )
+        assert all(np.array_equal(a, b) for a, b in zip(plain, fast.run(None, feeds), strict=True))
+        assert all(
+            np.array_equal(a, b) for a, b in zip(plain, ordinary.run(None, feeds), strict=True)
+        )
         level0 = se.load_session(enc, key=key, level=0).run(None, feeds)
         assert np.array_equal(level0[0], ort_run(enc, feeds)[0])
 
@@ -236,10 +261,15 @@ def test_in_memory_load_equals_plain_and_ordinary_load(
 def _graph_with(extra_inits, nodes, inputs) -> onnx.ModelProto:
     w = np.random.default_rng(0).standard_normal((64, 32, 3, 3)).astype(np.float32) / 10
     graph = helper.make_graph(
-        nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(w, "w"), *extra_inits])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                             ir_version=tm.IR_VERSION)
+        nodes,
+        "g",
+        inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w"), *extra_inits],
+    )
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=tm.IR_VERSION
+    )
 
 
 def test_unused_and_input_initializers_are_not_handed_over(make_encrypted) -> None:
@@ -248,8 +278,10 @@ def test_unused_and_input_initializers_are_not_handed_over(make_encrypted) -> No
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 6, 6])
     model = _graph_with([unused], [helper.make_node("Conv", ["x", "w"], ["y"])], [x])
     also_input = _graph_with(
-        [], [helper.make_node("Conv", ["x", "w"], ["y"])],
-        [x, helper.make_tensor_value_info("w", TensorProto.FLOAT, [64, 32, 3, 3])])
+        [],
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        [x, helper.make_tensor_value_info("w", TensorProto.FLOAT, [64, 32, 3, 3])],
+    )
     feeds = {"x": np.ones((1, 32, 6, 6), np.float32)}
     for m in (model, also_input):
         enc, key = make_encrypted(m, levels=2, budget=0.3)
@@ -278,8 +310,7 @@ def test_session_options_of_the_caller_stay_untouched(make_encrypted) -> None:
     so = ort.SessionOptions()
     se.load_session(enc, key=key, sess_options=so, providers=["CPUExecutionProvider"])
     # The same options build the plain model: nothing of the restored model rides along.
-    sess = ort.InferenceSession(model.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     assert np.array_equal(sess.run(None, tm.feeds(model))[0], ort_run(model, tm.feeds(model))[0])
 
 
@@ -306,17 +337,25 @@ def test_model_over_2gb_round_trip(tmp_path: Path) -> None:
     size = huge_model_bytes()
     free = shutil.disk_usage(tmp_path).free
     if free < 8 * 2**30:
-        pytest.skip(f"needs 8 GB of free disk for a 2.4 GB model and its encrypted copy, "
-                    f"{free / 2**30:.1f} GB free")
+        pytest.skip(
+            f"needs 8 GB of free disk for a 2.4 GB model and its encrypted copy, "
+            f"{free / 2**30:.1f} GB free"
+        )
     if _available_memory() < 4 * size:
         pytest.skip(f"needs about {4 * size / 2**30:.0f} GiB of available memory")
     plain = build_huge(tmp_path / "plain")
     assert sum(p.stat().st_size for p in plain.parent.iterdir()) > 2**31
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = se.encrypt(plain, tmp_path / "enc" / "huge.enc.onnx",
-                            key_file=tmp_path / "owner.key", levels=2, budget=0.01,
-                            layers=["conv0.weight", "conv1.weight"], seed=0)
+        result = se.encrypt(
+            plain,
+            tmp_path / "enc" / "huge.enc.onnx",
+            key_file=tmp_path / "owner.key",
+            levels=2,
+            budget=0.01,
+            layers=["conv0.weight", "conv1.weight"],
+            seed=0,
+        )
     enc = result.model_files[0]
     assert [p.name for p in result.model_files] == ["huge.enc.onnx", "huge.enc.onnx.data"]
     # The graph and the sealed originals (1% of the weights, base64) only.
@@ -331,8 +370,9 @@ def test_model_over_2gb_round_trip(tmp_path: Path) -> None:
     masked = ort.InferenceSession(str(enc), providers=cpu).run(None, {"input": x})[0]
     assert not np.allclose(masked, ref, atol=1e-3)
     for level in (0, 1, 2):
-        out = se.load_session(enc, key=result.key_file, level=level,
-                              providers=cpu).run(None, {"input": x})[0]
+        out = se.load_session(enc, key=result.key_file, level=level, providers=cpu).run(
+            None, {"input": x}
+        )[0]
         if level == 2:
             assert np.array_equal(out, ref)  # bit for bit
         elif level == 0:
@@ -344,8 +384,7 @@ def test_model_over_2gb_round_trip(tmp_path: Path) -> None:
     assert set(restored.external_initializers) == {"conv0.weight", "conv1.weight"}
     assert restored.model.ByteSize() < 2**20  # bundle removed, weights still external
     # Nothing new on disk: the encrypted files are all there is.
-    assert sorted(p.name for p in enc.parent.iterdir()) == ["huge.enc.onnx",
-                                                            "huge.enc.onnx.data"]
+    assert sorted(p.name for p in enc.parent.iterdir()) == ["huge.enc.onnx", "huge.enc.onnx.data"]
 
 
 # --- restoring in place while the digest is being computed -----------------------------
@@ -378,8 +417,10 @@ def test_in_place_restore_keeps_the_digest_right(mode: str, make_encrypted, monk
         enc, key = make_encrypted(model, levels=3, budget=0.3)
         feeds = tm.feeds(model)
         out = se.load_session(enc, key=key, providers=["CPUExecutionProvider"])
-        assert all(np.array_equal(a, b) for a, b in zip(ort_run(model, feeds),
-                                                         out.run(None, feeds), strict=True))
+        assert all(
+            np.array_equal(a, b)
+            for a, b in zip(ort_run(model, feeds), out.run(None, feeds), strict=True)
+        )
 
 
 def test_gate_waits_for_a_region_being_hashed() -> None:

@@ -24,8 +24,9 @@ def _files(*roots: Path) -> list[Path]:
 
 def test_no_plaintext_written_anywhere(tmp_path: Path, monkeypatch) -> None:
     model = tm.wide_cnn()
-    enc = encrypt_model(onnx.load_from_string(model.SerializeToString()), levels=2,
-                        budget=0.2, seed=0)
+    enc = encrypt_model(
+        onnx.load_from_string(model.SerializeToString()), levels=2, budget=0.2, seed=0
+    )
     work, tmp = tmp_path / "work", tmp_path / "tmp"
     work.mkdir()
     tmp.mkdir()
@@ -33,8 +34,9 @@ def test_no_plaintext_written_anywhere(tmp_path: Path, monkeypatch) -> None:
     enc_path.write_bytes(enc.model.SerializeToString())
     key = write_key_file(work / "owner.key", enc.owner_key)
     # Secret needles: the original bytes of every encrypted kernel.
-    needles = [layer.originals[i].tobytes() for layer in enc.masked
-               for i in range(len(layer.kernels))]
+    needles = [
+        layer.originals[i].tobytes() for layer in enc.masked for i in range(len(layer.kernels))
+    ]
     assert needles and all(n not in enc_path.read_bytes() for n in needles)
 
     monkeypatch.chdir(work)
@@ -68,8 +70,10 @@ def test_ep_context_dump_is_refused(make_encrypted) -> None:
 
 def test_engine_cache_provider_option_is_refused(make_encrypted) -> None:
     enc, key = make_encrypted(tm.cnn())
-    providers = [("TensorrtExecutionProvider", {"trt_engine_cache_enable": True}),
-                 "CPUExecutionProvider"]
+    providers = [
+        ("TensorrtExecutionProvider", {"trt_engine_cache_enable": True}),
+        "CPUExecutionProvider",
+    ]
     with pytest.raises(UnsafeSessionOptions, match="trt_engine_cache_enable"):
         se.load_session(enc, key=key, providers=providers)
 
@@ -99,8 +103,22 @@ def test_key_file_permissions_after_cli_export(tmp_path: Path) -> None:
 
     plain = tmp_path / "m.onnx"
     onnx.save(tm.cnn(), plain)
-    assert main(["encrypt", str(plain), "-o", str(tmp_path / "e.onnx"), "--keys",
-                 str(tmp_path / "o.key"), "-q"]) == 0
-    assert main(["export-key", str(tmp_path / "o.key"), "--level", "1", "-o",
-                 str(tmp_path / "t.key")]) == 0
+    assert (
+        main(
+            [
+                "encrypt",
+                str(plain),
+                "-o",
+                str(tmp_path / "e.onnx"),
+                "--keys",
+                str(tmp_path / "o.key"),
+                "-q",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["export-key", str(tmp_path / "o.key"), "--level", "1", "-o", str(tmp_path / "t.key")])
+        == 0
+    )
     assert os.stat(tmp_path / "t.key").st_mode & 0o777 == 0o600

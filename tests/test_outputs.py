@@ -106,14 +106,17 @@ def test_second_encrypt_is_refused_on_the_command_line(plain, tmp_path, capsys) 
     se.load_session(out, key=tier)  # the tier key handed out still works
 
 
-@pytest.mark.parametrize(("first_external", "second_external"),
-                         [(True, True), (True, False), (False, True)])
-def test_overwrite_replaces_model_and_data(plain, tmp_path, first_external,
-                                           second_external) -> None:
+@pytest.mark.parametrize(
+    ("first_external", "second_external"), [(True, True), (True, False), (False, True)]
+)
+def test_overwrite_replaces_model_and_data(
+    plain, tmp_path, first_external, second_external
+) -> None:
     out = tmp_path / "m.enc.onnx"
     old = _encrypt(plain, out, tmp_path / "old.key", external_data=first_external)
-    new = _encrypt(plain, out, tmp_path / "new.key", external_data=second_external,
-                   overwrite=True, seed=1)
+    new = _encrypt(
+        plain, out, tmp_path / "new.key", external_data=second_external, overwrite=True, seed=1
+    )
     names = {"src", "src/m.onnx", "old.key", "new.key", "m.enc.onnx"}
     if second_external:
         names.add("m.enc.onnx.data")  # a stale data file of the old model is removed
@@ -138,14 +141,18 @@ def test_overwrite_on_the_command_line(plain, tmp_path, capsys) -> None:
 
 
 @pytest.mark.parametrize("case", ["same", "data", "alias", "key-as-output"])
-def test_output_on_the_key_path_is_refused_before_anything_is_written(plain, tmp_path,
-                                                                      monkeypatch,
-                                                                      case) -> None:
+def test_output_on_the_key_path_is_refused_before_anything_is_written(
+    plain, tmp_path, monkeypatch, case
+) -> None:
     from onnx_selenc import _encrypt as enc_mod
 
     out = tmp_path / "same.key"
-    key = {"same": out, "data": tmp_path / "same.key.data",
-           "alias": tmp_path / "src" / ".." / "same.key", "key-as-output": out}[case]
+    key = {
+        "same": out,
+        "data": tmp_path / "same.key.data",
+        "alias": tmp_path / "src" / ".." / "same.key",
+        "key-as-output": out,
+    }[case]
     if case == "key-as-output":  # -o names an existing key file of another model
         _encrypt(plain, tmp_path / "other.onnx", out)
         key = tmp_path / "new.key"
@@ -157,8 +164,7 @@ def test_output_on_the_key_path_is_refused_before_anything_is_written(plain, tmp
     assert snapshot(tmp_path) == before
 
 
-def test_output_on_the_key_path_is_refused_on_the_command_line(plain, tmp_path,
-                                                                capsys) -> None:
+def test_output_on_the_key_path_is_refused_on_the_command_line(plain, tmp_path, capsys) -> None:
     same = tmp_path / "same.key"
     assert main(["encrypt", str(plain), "-o", str(same), "--keys", str(same), "-q"]) == 1
     err = capsys.readouterr().err
@@ -168,11 +174,13 @@ def test_output_on_the_key_path_is_refused_on_the_command_line(plain, tmp_path,
 
 def test_outputs_never_overwrite_an_input(tmp_path) -> None:
     plain = tmp_path / "m.onnx"
-    onnx.save(tm.cnn(), plain, save_as_external_data=True, location="e.onnx.data",
-              size_threshold=0)
+    onnx.save(tm.cnn(), plain, save_as_external_data=True, location="e.onnx.data", size_threshold=0)
     before = snapshot(tmp_path)
-    for out, key in [(plain, tmp_path / "k.key"), (tmp_path / "e.onnx", tmp_path / "k.key"),
-                     (tmp_path / "o.onnx", tmp_path / "e.onnx.data")]:
+    for out, key in [
+        (plain, tmp_path / "k.key"),
+        (tmp_path / "e.onnx", tmp_path / "k.key"),
+        (tmp_path / "o.onnx", tmp_path / "e.onnx.data"),
+    ]:
         with pytest.raises((ValueError, FileExistsError)):
             _encrypt(plain, out, key, overwrite=True)
     assert snapshot(tmp_path) == before
@@ -194,8 +202,7 @@ def test_export_key_to_its_source_is_refused(owner, tmp_path, capsys) -> None:
     with pytest.raises(ValueError, match="source key file"):
         se.export_key(owner, 1, tmp_path / "hardlink.key", overwrite=True)
     os.unlink(tmp_path / "hardlink.key")
-    assert main(["export-key", str(owner), "--level", "1", "-o", str(owner),
-                 "--overwrite"]) == 1
+    assert main(["export-key", str(owner), "--level", "1", "-o", str(owner), "--overwrite"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "source key file" in err
     assert snapshot(tmp_path) == before
@@ -209,12 +216,12 @@ def test_export_key_overwrites_only_a_tier_key(owner, tmp_path, capsys) -> None:
     assert se.read_key_file(tier).level == 2
     se.export_key(owner, 1, tier, overwrite=True)
     assert se.read_key_file(tier).level == 1 and os.stat(tier).st_mode & 0o777 == 0o600
-    assert main(["export-key", str(owner), "--level", "0", "-o", str(tier),
-                 "--overwrite"]) == 0
+    assert main(["export-key", str(owner), "--level", "0", "-o", str(tier), "--overwrite"]) == 0
     assert se.read_key_file(tier).level == 0
     # never an owner key (another model's), nor a file that is not a key
-    other = _encrypt(tmp_path / "src" / "m.onnx", tmp_path / "o.onnx",
-                     tmp_path / "other-owner.key").key_file
+    other = _encrypt(
+        tmp_path / "src" / "m.onnx", tmp_path / "o.onnx", tmp_path / "other-owner.key"
+    ).key_file
     note = tmp_path / "notes.txt"
     note.write_text("keep me")
     before = snapshot(tmp_path)
@@ -222,8 +229,7 @@ def test_export_key_overwrites_only_a_tier_key(owner, tmp_path, capsys) -> None:
         se.export_key(owner, 1, other, overwrite=True)
     with pytest.raises(FileExistsError, match="not an onnx-selenc key file"):
         se.export_key(owner, 1, note, overwrite=True)
-    assert main(["export-key", str(owner), "--level", "1", "-o", str(other),
-                 "--overwrite"]) == 1
+    assert main(["export-key", str(owner), "--level", "1", "-o", str(other), "--overwrite"]) == 1
     assert capsys.readouterr().err.startswith("error: ")
     assert snapshot(tmp_path) == before
 
@@ -261,8 +267,9 @@ def _setup(root: Path, *, previous: bool, external: bool) -> tuple[Path, Path, P
 
 @pytest.mark.parametrize("external", [False, True])
 @pytest.mark.parametrize("previous", [False, True], ids=["new", "overwrite"])
-def test_interruption_at_each_file_step_leaves_nothing_new(tmp_path, monkeypatch,
-                                                           external, previous) -> None:
+def test_interruption_at_each_file_step_leaves_nothing_new(
+    tmp_path, monkeypatch, external, previous
+) -> None:
     with monkeypatch.context() as m:  # how many steps a whole run takes
         plain, out, key = _setup(tmp_path / "count", previous=previous, external=external)
         calls = _count_calls(m)
@@ -282,8 +289,9 @@ def test_interruption_at_each_file_step_leaves_nothing_new(tmp_path, monkeypatch
 
 @pytest.mark.parametrize("external", [False, True])
 @pytest.mark.parametrize("where", ["_write_model", "_save_external", "stage_key_file"])
-def test_interruption_while_writing_leaves_nothing_new(tmp_path, monkeypatch, external,
-                                                       where) -> None:
+def test_interruption_while_writing_leaves_nothing_new(
+    tmp_path, monkeypatch, external, where
+) -> None:
     from onnx_selenc import _encrypt as enc_mod
 
     plain, out, key = _setup(tmp_path, previous=True, external=external)
@@ -308,7 +316,8 @@ def test_interruption_while_writing_leaves_nothing_new(tmp_path, monkeypatch, ex
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_while_writing_cleans_up_and_reaches_the_previous_handler(
-        tmp_path, monkeypatch, sig) -> None:
+    tmp_path, monkeypatch, sig
+) -> None:
     """In-process: a Python handler was there before, so SIGTERM cannot end pytest."""
     plain, out, key = _setup(tmp_path, previous=True, external=True)
     before = snapshot(tmp_path)
@@ -371,7 +380,10 @@ def test_sigterm_to_a_running_encrypt(tmp_path, where) -> None:
     script.write_text(textwrap.dedent(_SLOW_ENCRYPT))
     proc = subprocess.Popen(
         [sys.executable, str(script), where, str(plain), str(out), str(key)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
@@ -389,8 +401,13 @@ def test_sigterm_to_a_running_encrypt(tmp_path, where) -> None:
         assert snapshot(tmp_path) == before
     else:  # the moves were under way: they complete, then the process ends
         assert set(snapshot(tmp_path)) - set(before) == {
-            "out", "out/m.enc.onnx", "out/m.enc.onnx.data", "keys", "keys/new",
-            "keys/new/owner.key"}
+            "out",
+            "out/m.enc.onnx",
+            "out/m.enc.onnx.data",
+            "keys",
+            "keys/new",
+            "keys/new/owner.key",
+        }
         assert _top_matches_plain(out, key, plain)
 
 
@@ -412,8 +429,14 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path, capsys) -> None:
     ours = tmp_path / "demo-out"
     demo.prepare_out(ours)
     assert (ours / demo.MARKER).is_file()
-    for name in ("model.enc.onnx", "model.enc.onnx.data", "owner.key", "tier3.key",
-                 "accuracy_per_level.png", "added-by-the-user.txt"):
+    for name in (
+        "model.enc.onnx",
+        "model.enc.onnx.data",
+        "owner.key",
+        "tier3.key",
+        "accuracy_per_level.png",
+        "added-by-the-user.txt",
+    ):
         (ours / name).write_text("x")
     demo.prepare_out(ours)  # a rerun removes the demo's own files, nothing else
     assert sorted(p.name for p in ours.iterdir()) == [demo.MARKER, "added-by-the-user.txt"]

@@ -101,15 +101,25 @@ def test_finetune_attack_smoke(smoke: dict[str, Any]) -> None:
         mapped = attacks.vgg_from_onnx(enc)
         x = data.x_test[:8]
         # The attacker's PyTorch copy computes exactly what the encrypted file computes.
-        np.testing.assert_allclose(_common.torch_forward(mapped, x),
-                                   _common.run_session(_common.ort_session(enc), x),
-                                   rtol=1e-4, atol=1e-5)
-        res = attacks.finetune_attack(vgg.onnx, enc, data,
-                                      attacks.FinetuneConfig(fractions=(0.01,), steps=1),
-                                      show_progress=False)
+        np.testing.assert_allclose(
+            _common.torch_forward(mapped, x),
+            _common.run_session(_common.ort_session(enc), x),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+        res = attacks.finetune_attack(
+            vgg.onnx,
+            enc,
+            data,
+            attacks.FinetuneConfig(fractions=(0.01,), steps=1),
+            show_progress=False,
+        )
     assert res["mapping_check"]["max_abs_logit_diff"] < 1e-4
-    assert [r["arm"] for r in res["rows"]] == ["from scratch", "fine-tune plain",
-                                               "fine-tune encrypted (level 0)"]
+    assert [r["arm"] for r in res["rows"]] == [
+        "from scratch",
+        "fine-tune plain",
+        "fine-tune encrypted (level 0)",
+    ]
     assert all(r["n_digits"] == 80 and 0 <= r["accuracy_after"] <= 1 for r in res["rows"])
 
 
@@ -123,8 +133,9 @@ def test_detector_smoke(smoke: dict[str, Any], masking: str) -> None:
     for det in res["detectors"].values():
         assert 0.0 <= det["roc_auc"] <= 1.0
     assert res["ks"]["layers_tested"] > 0
-    assert all(0.0 <= r["ks_pvalue"] <= 1.0 for r in res["ks"]["layers"]
-               if r["ks_pvalue"] is not None)
+    assert all(
+        0.0 <= r["ks_pvalue"] <= 1.0 for r in res["ks"]["layers"] if r["ks_pvalue"] is not None
+    )
 
 
 def test_kernel_features_see_smoothness() -> None:

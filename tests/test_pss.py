@@ -25,8 +25,9 @@ pytest.importorskip("onnx_ad")
 
 
 def _calib(n: int = 32) -> Calibration:
-    return Calibration({"x": np.random.default_rng(0).standard_normal((n, 3, 8, 8))
-                        .astype(np.float32)})
+    return Calibration(
+        {"x": np.random.default_rng(0).standard_normal((n, 3, 8, 8)).astype(np.float32)}
+    )
 
 
 @pytest.mark.parametrize("build", [tm.classifier, tm.cnn])
@@ -44,8 +45,9 @@ def test_grouped_and_transpose_convs_gated_on_outputs() -> None:
     assert by_key["w1"].per_kernel and by_key["w2"].per_kernel
     assert not by_key["w3"].per_kernel and by_key["w3"].shape == (16,)
     assert not by_key["w4"].per_kernel and by_key["w4"].shape == (4,)  # ConvTranspose C_out
-    scores = kernel_scores(program, {g.key: np.arange(int(np.prod(g.shape)), dtype=float)
-                                     for g in program.gates})
+    scores = kernel_scores(
+        program, {g.key: np.arange(int(np.prod(g.shape)), dtype=float) for g in program.gates}
+    )
     assert scores["w4"].shape == (64,)  # 16 x 4 kernels of the ConvTranspose
     assert np.array_equal(scores["w4"][:4], [0, 1, 2, 3])  # kernel (i, o) -> output o
 
@@ -66,6 +68,12 @@ def test_pss_through_encrypt_model() -> None:
     model = tm.classifier()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        enc = encrypt_model(onnx.load_from_string(model.SerializeToString()), importance="pss",
-                            allocation="balanced", budget=0.2, calibration=_calib(), seed=0)
+        enc = encrypt_model(
+            onnx.load_from_string(model.SerializeToString()),
+            importance="pss",
+            allocation="balanced",
+            budget=0.2,
+            calibration=_calib(),
+            seed=0,
+        )
     assert enc.selection.selected_weights > 0

@@ -48,8 +48,14 @@ def test_real_model_round_trip(name: str, tmp_path: Path) -> None:
     feeds = _inputs(name, path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = se.encrypt(path, tmp_path / "enc.onnx", key_file=tmp_path / "owner.key",
-                            levels=3, budget=0.01, seed=0)
+        result = se.encrypt(
+            path,
+            tmp_path / "enc.onnx",
+            key_file=tmp_path / "owner.key",
+            levels=3,
+            budget=0.01,
+            seed=0,
+        )
     assert 0.009 < result.fraction < 0.012
     onnx.checker.check_model(str(result.model_files[0]))
     plain = ort_run(path, feeds)
@@ -74,9 +80,16 @@ def test_orientation_levels_meet_their_targets_on_unseen_pages(tmp_path: Path) -
     x, _ = real_inputs.orientation_set(192)
     x_test, y_test = real_inputs.orientation_set(256, seed=7)
     targets = [0.4, 0.7, 0.9, 1.0]
-    result = se.encrypt(path, tmp_path / "enc.onnx", key_file=tmp_path / "owner.key",
-                        levels=4, budget=0.002, calibration=Calibration({name: x}),
-                        level_targets=targets, seed=0)
+    result = se.encrypt(
+        path,
+        tmp_path / "enc.onnx",
+        key_file=tmp_path / "owner.key",
+        levels=4,
+        budget=0.002,
+        calibration=Calibration({name: x}),
+        level_targets=targets,
+        seed=0,
+    )
     plain = ort_run(path, {name: x_test})[0].argmax(1)
     assert float(np.mean(plain == y_test)) >= 0.9
     agreement, accuracy = [], []
@@ -113,9 +126,15 @@ def test_pss_end_to_end_on_real_model(name: str) -> None:
     assert check_gradients(GateTrainer(program, calibration), checks=3) < 0.1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        enc = encrypt_model(model, importance="pss", allocation="balanced", budget=0.005,
-                            calibration=calibration, seed=0,
-                            scores=pss_scorer(calibration, steps=2, batch=2))
+        enc = encrypt_model(
+            model,
+            importance="pss",
+            allocation="balanced",
+            budget=0.005,
+            calibration=calibration,
+            seed=0,
+            scores=pss_scorer(calibration, steps=2, batch=2),
+        )
     assert enc.selection.selected_weights > 0
 
 

@@ -68,8 +68,11 @@ def test_flipped_byte_in_sealed_data(make_encrypted, where: int) -> None:
 
 def test_edited_manifest(make_encrypted) -> None:
     enc, key = make_encrypted(tm.cnn())
-    _edit_metadata(enc, _bundle.MANIFEST_KEY,
-                   lambda v: v.replace('"masking":"empirical"', '"masking":"gaussian"'))
+    _edit_metadata(
+        enc,
+        _bundle.MANIFEST_KEY,
+        lambda v: v.replace('"masking":"empirical"', '"masking":"gaussian"'),
+    )
     with pytest.raises(InvalidBundle):
         se.load_session(enc, key=key)
 
@@ -124,13 +127,17 @@ def test_a_lower_key_cannot_vouch_for_a_higher_level(make_encrypted) -> None:
     keys = [low.derive(m).material for m in range(2)]
     taggers = [_seal.new_model_tagger(k) for k in keys]
     doc = manifest.as_dict()
-    doc["model_digest"] = model_digest(model, None, exclude_metadata=_bundle.BUNDLE_KEYS,
-                                       taggers=taggers)
+    doc["model_digest"] = model_digest(
+        model, None, exclude_metadata=_bundle.BUNDLE_KEYS, taggers=taggers
+    )
     doc["model_tags"][:2] = [t.result() for t in taggers]
     raw = _bundle.canonical_json(doc)
     payload1 = _seal.open_sealed(keys[1], blobs[1], _bundle.blob_aad(manifest.raw, 1))
-    forged = [_seal.seal(keys[0], b"", _bundle.blob_aad(raw, 0)),
-              _seal.seal(keys[1], payload1, _bundle.blob_aad(raw, 1)), *blobs[2:]]
+    forged = [
+        _seal.seal(keys[0], b"", _bundle.blob_aad(raw, 0)),
+        _seal.seal(keys[1], payload1, _bundle.blob_aad(raw, 1)),
+        *blobs[2:],
+    ]
     _bundle.attach(model, raw, forged)
     enc.write_bytes(model.SerializeToString())
     se.restore_model(enc, key=low)  # level 1 is fooled: its key was the tamperer's
@@ -160,8 +167,9 @@ def test_blobs_swapped_between_levels(make_encrypted) -> None:
     enc, key = make_encrypted(tm.wide_cnn(), levels=2, budget=0.2)
     _, blobs = _bundle.read_bundle(onnx.load(enc))
     assert len(blobs[1]) == len(blobs[2])  # equal split: same size, swappable
-    _edit_metadata(enc, _bundle.SEALED_KEY,
-                   lambda v: base64.b64encode(blobs[0] + blobs[2] + blobs[1]).decode())
+    _edit_metadata(
+        enc, _bundle.SEALED_KEY, lambda v: base64.b64encode(blobs[0] + blobs[2] + blobs[1]).decode()
+    )
     with pytest.raises(InvalidBundle):
         se.load_session(enc, key=key)
 
@@ -251,5 +259,6 @@ def test_level0_output_equals_plain_onnxruntime_on_encrypted_file(make_encrypted
     model = tm.cnn()
     enc, key = make_encrypted(model)
     feeds = tm.feeds(model)
-    assert np.array_equal(se.load_session(enc, key=key, level=0).run(None, feeds)[0],
-                          ort_run(enc, feeds)[0])
+    assert np.array_equal(
+        se.load_session(enc, key=key, level=0).run(None, feeds)[0], ort_run(enc, feeds)[0]
+    )

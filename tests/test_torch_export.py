@@ -19,10 +19,15 @@ torch = pytest.importorskip("torch")
 def _net() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
-        torch.nn.Conv2d(16, 16, 3, padding=1, groups=4), torch.nn.ReLU(),
-        torch.nn.ConvTranspose2d(16, 8, 2, stride=2), torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(), torch.nn.Linear(8, 4),
+        torch.nn.Conv2d(3, 16, 3, padding=1),
+        torch.nn.BatchNorm2d(16),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, padding=1, groups=4),
+        torch.nn.ReLU(),
+        torch.nn.ConvTranspose2d(16, 8, 2, stride=2),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 4),
     ).eval()
 
 
@@ -34,8 +39,14 @@ def test_dynamo_export_with_external_data(tmp_path: Path) -> None:
         warnings.simplefilter("ignore")
         torch.onnx.export(_net(), (x,), str(path), external_data=True, dynamo=True)
     assert (tmp_path / "net.onnx.data").exists()  # what the exporter writes by default
-    result = se.encrypt(path, tmp_path / "net.enc.onnx", key_file=tmp_path / "owner.key",
-                        levels=3, budget=0.1, seed=0)
+    result = se.encrypt(
+        path,
+        tmp_path / "net.enc.onnx",
+        key_file=tmp_path / "owner.key",
+        levels=3,
+        budget=0.1,
+        seed=0,
+    )
     assert len(result.model_files) == 2
     name = onnx.load(path, load_external_data=False).graph.input[0].name
     feeds = {name: x.numpy()}

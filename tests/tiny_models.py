@@ -12,16 +12,19 @@ IR_VERSION = 8  # what the installed onnxruntime accepts
 
 def _model(nodes, inputs, outputs, inits=(), opset=OPSET) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "tiny", inputs, outputs, list(inits))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                              ir_version=IR_VERSION, producer_name="onnx-selenc-tests")
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset)],
+        ir_version=IR_VERSION,
+        producer_name="onnx-selenc-tests",
+    )
     onnx.checker.check_model(model)
     return model
 
 
 def _weights(seed: int, *shapes: tuple[int, ...]) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
-    return [(rng.standard_normal(s) / np.sqrt(np.prod(s[1:]))).astype(np.float32)
-            for s in shapes]
+    return [(rng.standard_normal(s) / np.sqrt(np.prod(s[1:]))).astype(np.float32) for s in shapes]
 
 
 def x_info(c: int = 3, hw: int = 8) -> onnx.ValueInfoProto:
@@ -46,8 +49,10 @@ def cnn(seed: int = 0) -> onnx.ModelProto:
         helper.make_node("GlobalAveragePool", ["d"], ["e"]),
         helper.make_node("Flatten", ["e"], ["y"]),
     ]
-    inits = [numpy_helper.from_array(a, n) for a, n in
-             [(w1, "w1"), (b1, "b1"), (w2, "w2"), (w3, "w3"), (w4, "w4")]]
+    inits = [
+        numpy_helper.from_array(a, n)
+        for a, n in [(w1, "w1"), (b1, "b1"), (w2, "w2"), (w3, "w3"), (w4, "w4")]
+    ]
     return _model(nodes, [x_info()], [y_info(rank=2)], inits)
 
 
@@ -69,19 +74,30 @@ def if_subgraph(seed: int = 2) -> onnx.ModelProto:
     w_outer, w_then, w_else = _weights(seed, (8, 3, 3, 3), (4, 8, 3, 3), (4, 8, 3, 3))
     then_g = helper.make_graph(
         [helper.make_node("Conv", ["a", "w_then"], ["t_out"], pads=[1, 1, 1, 1], name="t")],
-        "then", [], [y_info("t_out")], [numpy_helper.from_array(w_then, "w_then")])
+        "then",
+        [],
+        [y_info("t_out")],
+        [numpy_helper.from_array(w_then, "w_then")],
+    )
     else_g = helper.make_graph(
-        [helper.make_node("Constant", [], ["w_else"],
-                          value=numpy_helper.from_array(w_else, "w_else")),
-         helper.make_node("Conv", ["a", "w_else"], ["e_out"], pads=[1, 1, 1, 1], name="e")],
-        "else", [], [y_info("e_out")])
+        [
+            helper.make_node(
+                "Constant", [], ["w_else"], value=numpy_helper.from_array(w_else, "w_else")
+            ),
+            helper.make_node("Conv", ["a", "w_else"], ["e_out"], pads=[1, 1, 1, 1], name="e"),
+        ],
+        "else",
+        [],
+        [y_info("e_out")],
+    )
     nodes = [
         helper.make_node("Conv", ["x", "w_outer"], ["a"], pads=[1, 1, 1, 1], name="c0"),
         helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g),
     ]
     cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
-    return _model(nodes, [x_info(), cond], [y_info()],
-                  [numpy_helper.from_array(w_outer, "w_outer")])
+    return _model(
+        nodes, [x_info(), cond], [y_info()], [numpy_helper.from_array(w_outer, "w_outer")]
+    )
 
 
 def fp16_cast(seed: int = 3) -> onnx.ModelProto:
@@ -91,8 +107,9 @@ def fp16_cast(seed: int = 3) -> onnx.ModelProto:
         helper.make_node("Cast", ["w16"], ["w32"], to=TensorProto.FLOAT),
         helper.make_node("Conv", ["x", "w32"], ["y"], pads=[1, 1, 1, 1], name="c"),
     ]
-    return _model(nodes, [x_info()], [y_info()],
-                  [numpy_helper.from_array(w.astype(np.float16), "w16")])
+    return _model(
+        nodes, [x_info()], [y_info()], [numpy_helper.from_array(w.astype(np.float16), "w16")]
+    )
 
 
 def quantized(seed: int = 4) -> onnx.ModelProto:
@@ -103,9 +120,11 @@ def quantized(seed: int = 4) -> onnx.ModelProto:
         helper.make_node("DequantizeLinear", ["wq", "scale", "zp"], ["w"]),
         helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], name="c"),
     ]
-    inits = [numpy_helper.from_array(wq, "wq"),
-             numpy_helper.from_array(np.array(0.01, np.float32), "scale"),
-             numpy_helper.from_array(np.array(0, np.int8), "zp")]
+    inits = [
+        numpy_helper.from_array(wq, "wq"),
+        numpy_helper.from_array(np.array(0.01, np.float32), "scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "zp"),
+    ]
     return _model(nodes, [x_info()], [y_info()], inits)
 
 
@@ -127,8 +146,11 @@ def runtime_weight(seed: int = 6) -> onnx.ModelProto:
         helper.make_node("Mul", ["w2", "two"], ["w2x"]),
         helper.make_node("Conv", ["a", "w2x"], ["y"], name="computed"),
     ]
-    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
-             numpy_helper.from_array(np.array(2.0, np.float32), "two")]
+    inits = [
+        numpy_helper.from_array(w1, "w1"),
+        numpy_helper.from_array(w2, "w2"),
+        numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+    ]
     return _model(nodes, [x_info()], [y_info()], inits)
 
 
@@ -154,13 +176,21 @@ def wide_cnn(seed: int = 8, width: int = 32) -> onnx.ModelProto:
         helper.make_node("Relu", ["a"], ["b"]),
         helper.make_node("Conv", ["b", "w2"], ["y"], pads=[1, 1, 1, 1], name="c2"),
     ]
-    return _model(nodes, [x_info()], [y_info()],
-                  [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    return _model(
+        nodes,
+        [x_info()],
+        [y_info()],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
 
 
 ALL = {
-    "cnn": cnn, "constant_nodes": constant_nodes, "if_subgraph": if_subgraph,
-    "fp16_cast": fp16_cast, "quantized": quantized, "shared_weight": shared_weight,
+    "cnn": cnn,
+    "constant_nodes": constant_nodes,
+    "if_subgraph": if_subgraph,
+    "fp16_cast": fp16_cast,
+    "quantized": quantized,
+    "shared_weight": shared_weight,
     "conv1d": conv1d,
 }
 
@@ -195,6 +225,13 @@ def classifier(seed: int = 10, width: int = 16, classes: int = 10) -> onnx.Model
         helper.make_node("Flatten", ["e"], ["f"]),
         helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1),
     ]
-    return _model(nodes, [x_info()], [y_info(rank=2)],
-                  [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
-                   numpy_helper.from_array(fc * 4, "fc")])
+    return _model(
+        nodes,
+        [x_info()],
+        [y_info(rank=2)],
+        [
+            numpy_helper.from_array(w1, "w1"),
+            numpy_helper.from_array(w2, "w2"),
+            numpy_helper.from_array(fc * 4, "fc"),
+        ],
+    )

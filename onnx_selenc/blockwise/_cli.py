@@ -60,8 +60,10 @@ def _encrypt_model(args: argparse.Namespace) -> int:
     print(f"encrypted model: {result.model_path}")
     print(f"key file:        {result.key_path} (mode 0600; keep it secret)")
     print(f"key id:          {result.key_id}")
-    print(f"stem:            Conv '{stem.conv}', {stem.patch}x{stem.patch} patches,"
-          f" {stem.channels} channels, {stem.layout}")
+    print(
+        f"stem:            Conv '{stem.conv}', {stem.patch}x{stem.patch} patches,"
+        f" {stem.channels} channels, {stem.layout}"
+    )
     transform = key["transform"] + (" + flip" if key["flip"] else "")
     if key["scramble"]:
         transform += f" + block scrambling ({key['grid'][0]}x{key['grid'][1]} grid)"
@@ -79,8 +81,9 @@ def _load_key(args: argparse.Namespace) -> BlockKey:
     return key
 
 
-def _prepare_output(args: argparse.Namespace, arr: np.ndarray, layout: str | None,
-                    key: BlockKey, from_image: bool) -> np.ndarray:
+def _prepare_output(
+    args: argparse.Namespace, arr: np.ndarray, layout: str | None, key: BlockKey, from_image: bool
+) -> np.ndarray:
     if is_image_file(args.output):
         view, _ = _to_nhwc(arr, key, layout)
         if view.shape[0] != 1:
@@ -140,13 +143,26 @@ def _info(args: argparse.Namespace) -> int:
 
 def _add_image_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", metavar="IN", help=".npy array or image file (PNG, JPEG, ...)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help=".npy array or lossless image file (.png, .bmp, .tif)")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help=".npy array or lossless image file (.png, .bmp, .tif)",
+    )
     p.add_argument("--key", required=True, metavar="KEYFILE", help="block-wise key file")
-    p.add_argument("--layout", choices=["NCHW", "NHWC", "CHW", "HWC", "HW"], default=None,
-                   help="layout of a .npy input (default: the model's, without N for 3-D)")
-    p.add_argument("--model", metavar="MODEL", default=None,
-                   help="encrypted model: check that the key was made for it")
+    p.add_argument(
+        "--layout",
+        choices=["NCHW", "NHWC", "CHW", "HWC", "HW"],
+        default=None,
+        help="layout of a .npy input (default: the model's, without N for 3-D)",
+    )
+    p.add_argument(
+        "--model",
+        metavar="MODEL",
+        default=None,
+        help="encrypted model: check that the key was made for it",
+    )
 
 
 def add_blockwise_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -159,7 +175,7 @@ def add_blockwise_commands(subparsers: argparse._SubParsersAction) -> None:
         "blockwise",
         help="block-wise key encryption of patch-embedding models",
         description="Encrypt a patch-embedding model so that it only works on images"
-                    " encrypted block by block with the same key (see docs/BLOCKWISE.md).",
+        " encrypted block by block with the same key (see docs/BLOCKWISE.md).",
     )
     sub = top.add_subparsers(dest="blockwise_command", metavar="COMMAND", required=True)
 
@@ -168,24 +184,47 @@ def add_blockwise_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="encrypted model path")
     p.add_argument("--key-out", required=True, metavar="KEYFILE", help="new key file (0600)")
     p.add_argument("--flip", action="store_true", help="add the keyed negative-positive flip")
-    p.add_argument("--orthogonal", action="store_true",
-                   help="keyed orthogonal block transform (continuous key space; real-valued"
-                        " encrypted images) instead of a pixel permutation")
-    p.add_argument("--scramble", action="store_true",
-                   help="also move whole blocks (position-embedding models only)")
-    p.add_argument("--pixel-max", type=float, default=None,
-                   help="white level of the images (default 1.0, or 255 for uint8 model inputs)")
-    p.add_argument("--input-mean", type=_floats, default=None, metavar="M1,M2,...",
-                   help="the model expects (x - mean) / std computed by the client after"
-                        " encryption: per-channel mean")
-    p.add_argument("--input-std", type=_floats, default=None, metavar="S1,S2,...",
-                   help="per-channel std to go with --input-mean")
+    p.add_argument(
+        "--orthogonal",
+        action="store_true",
+        help="keyed orthogonal block transform (continuous key space; real-valued"
+        " encrypted images) instead of a pixel permutation",
+    )
+    p.add_argument(
+        "--scramble",
+        action="store_true",
+        help="also move whole blocks (position-embedding models only)",
+    )
+    p.add_argument(
+        "--pixel-max",
+        type=float,
+        default=None,
+        help="white level of the images (default 1.0, or 255 for uint8 model inputs)",
+    )
+    p.add_argument(
+        "--input-mean",
+        type=_floats,
+        default=None,
+        metavar="M1,M2,...",
+        help="the model expects (x - mean) / std computed by the client after"
+        " encryption: per-channel mean",
+    )
+    p.add_argument(
+        "--input-std",
+        type=_floats,
+        default=None,
+        metavar="S1,S2,...",
+        help="per-channel std to go with --input-mean",
+    )
     p.set_defaults(func=_encrypt_model)
 
     p = sub.add_parser("encrypt-images", help="encrypt images with a key (client side)")
     _add_image_args(p)
-    p.add_argument("--model-input", action="store_true",
-                   help="write the float32 tensor the model takes (scaled, normalised, batched)")
+    p.add_argument(
+        "--model-input",
+        action="store_true",
+        help="write the float32 tensor the model takes (scaled, normalised, batched)",
+    )
     p.set_defaults(func=_encrypt_images)
 
     p = sub.add_parser("decrypt-images", help="decrypt images encrypted with a key")

@@ -21,23 +21,82 @@ from ._tokens import INVARIANT, ConstantEdit, Group, State
 
 _ELEMENTWISE = frozenset(
     [
-        "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Equal", "Less",
-        "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Xor", "Mod", "PRelu", "BitShift",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Pow",
+        "Max",
+        "Min",
+        "Sum",
+        "Mean",
+        "Where",
+        "Equal",
+        "Less",
+        "LessOrEqual",
+        "Greater",
+        "GreaterOrEqual",
+        "And",
+        "Or",
+        "Xor",
+        "Mod",
+        "PRelu",
+        "BitShift",
     ]
 )
 _UNARY = frozenset(
     [
-        "Relu", "Gelu", "Erf", "Sigmoid", "Tanh", "Sqrt", "Exp", "Log", "Neg", "Abs", "Identity",
-        "Cast", "CastLike", "Softplus", "Softsign", "Reciprocal", "Clip", "LeakyRelu", "Elu",
-        "Selu", "Celu", "HardSigmoid", "HardSwish", "Mish", "Sin", "Cos", "Floor", "Ceil",
-        "Round", "Sign", "Not", "IsNaN", "IsInf", "ThresholdedRelu", "Dropout", "Swish",
+        "Relu",
+        "Gelu",
+        "Erf",
+        "Sigmoid",
+        "Tanh",
+        "Sqrt",
+        "Exp",
+        "Log",
+        "Neg",
+        "Abs",
+        "Identity",
+        "Cast",
+        "CastLike",
+        "Softplus",
+        "Softsign",
+        "Reciprocal",
+        "Clip",
+        "LeakyRelu",
+        "Elu",
+        "Selu",
+        "Celu",
+        "HardSigmoid",
+        "HardSwish",
+        "Mish",
+        "Sin",
+        "Cos",
+        "Floor",
+        "Ceil",
+        "Round",
+        "Sign",
+        "Not",
+        "IsNaN",
+        "IsInf",
+        "ThresholdedRelu",
+        "Dropout",
+        "Swish",
     ]
 )
 _RESHAPES = frozenset(("Reshape", "Flatten", "Squeeze", "Unsqueeze"))
 _REDUCES = frozenset(
     [
-        "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
-        "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
+        "ReduceMean",
+        "ReduceSum",
+        "ReduceMax",
+        "ReduceMin",
+        "ReduceProd",
+        "ReduceL1",
+        "ReduceL2",
+        "ReduceLogSum",
+        "ReduceLogSumExp",
+        "ReduceSumSquare",
     ]
 )
 _GLOBAL_POOLS = frozenset(("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"))
@@ -79,7 +138,7 @@ class TokenAnalysis(TokenStates):
                 )
         return grid, self._edits()
 
-    def _rule(self, i: int, node: onnx.NodeProto) -> list[State]:
+    def _rule(self, i: int, node: onnx.NodeProto) -> list[State]:  # noqa: C901
         op = node.op_type
         n_out = len(node.output)
         if node.domain not in ("", "ai.onnx"):
@@ -130,7 +189,8 @@ class TokenAnalysis(TokenStates):
             axis = int(attr(node, "axis", 1 if legacy else -1)) % rank
             for g in state:
                 if (legacy and min(g.axes) < axis <= max(g.axes)) or (
-                        not legacy and axis in g.axes and len(g.axes) > 1):
+                    not legacy and axis in g.axes and len(g.axes) > 1
+                ):
                     raise self._refuse(i, "normalises across part of the scrambled grid")
             return [state]
         if op == "LpNormalization":
@@ -154,12 +214,21 @@ class TokenAnalysis(TokenStates):
             return [state] * n_out
         if op in ("Slice", "Gather"):
             return [self._select(i, node, state, rank)]
-        if op in ("Pad", "MaxPool", "AveragePool", "LpPool", "Resize", "ConvTranspose",
-                  "DepthToSpace", "SpaceToDepth", "Upsample"):
+        if op in (
+            "Pad",
+            "MaxPool",
+            "AveragePool",
+            "LpPool",
+            "Resize",
+            "ConvTranspose",
+            "DepthToSpace",
+            "SpaceToDepth",
+            "Upsample",
+        ):
             raise self._refuse(i, "mixes neighbouring positions (a spatial operation)")
         raise self._refuse(i, "is not known to be equivariant to a permutation of the tokens")
 
-    def _contract(self, i: int, node: onnx.NodeProto) -> State:
+    def _contract(self, i: int, node: onnx.NodeProto) -> State:  # noqa: C901
         out = self.shape(node.output[0])
         ra, rb, r = len(self.shape(node.input[0])), len(self.shape(node.input[1])), len(out)
         if node.op_type == "MatMul":
@@ -201,7 +270,8 @@ class TokenAnalysis(TokenStates):
             for axes, group in groups.items():
                 local = tuple(inverse.get(a, -1) for a in axes)
                 if own.get(local) == group.moved(local) or all(
-                        a < 0 or dims[a] == 1 for a in local):
+                    a < 0 or dims[a] == 1 for a in local
+                ):
                     continue
                 if min(local) >= 0 and self.index.is_constant(node.input[slot]):
                     self._edit(i, slot, node.input[slot], group.move(local))
@@ -233,12 +303,17 @@ class TokenAnalysis(TokenStates):
         weight = self.shape(node.input[1])
         kernel = list(attr(node, "kernel_shape", weight[2:]))
         spatial = len(weight) - 2
-        if (any(k != 1 for k in kernel) or any(s != 1 for s in attr(node, "strides", [1]))
-                or any(attr(node, "pads", [0])) or any(d != 1 for d in attr(node, "dilations", [1]))
-                or attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")):
+        if (
+            any(k != 1 for k in kernel)
+            or any(s != 1 for s in attr(node, "strides", [1]))
+            or any(attr(node, "pads", [0]))
+            or any(d != 1 for d in attr(node, "dilations", [1]))
+            or attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")
+        ):
             raise self._refuse(
-                i, f"mixes neighbouring positions (kernel {kernel}): only 1x1 convolutions act"
-                " per block"
+                i,
+                f"mixes neighbouring positions (kernel {kernel}): only 1x1 convolutions act"
+                " per block",
             )
         if any(min(g.axes) < 2 for g in state) or spatial < 1:
             raise self._refuse(i, "convolves over the scrambled axis")

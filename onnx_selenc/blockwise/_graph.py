@@ -30,7 +30,7 @@ def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
     for node in graph.node:
         names.update(node.input)
         for a in node.attribute:
-            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
                 names |= _subgraph_inputs(sub)
     return names
 
@@ -67,7 +67,7 @@ class GraphIndex:
                     self.producer[out] = i
             used = {name for name in node.input if name}
             for a in node.attribute:
-                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
                     used |= _subgraph_inputs(sub)
             for name in sorted(used):
                 self.consumers[name].append(i)

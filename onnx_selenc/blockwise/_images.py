@@ -31,8 +31,10 @@ def _to_nhwc(images: np.ndarray, key: BlockKey, layout: str | None) -> tuple[np.
     layout = layout.upper()
     expected = {"NCHW": 4, "NHWC": 4, "CHW": 3, "HWC": 3, "HW": 2}
     if expected.get(layout) != arr.ndim:
-        raise ValueError(f"an array of shape {list(arr.shape)} does not match layout {layout!r}"
-                         " (use NCHW, NHWC, CHW, HWC, or HW for one-channel images)")
+        raise ValueError(
+            f"an array of shape {list(arr.shape)} does not match layout {layout!r}"
+            " (use NCHW, NHWC, CHW, HWC, or HW for one-channel images)"
+        )
     if layout == "HW":
         if key.channels != 1:
             raise ValueError(f"the key is for {key.channels}-channel images, got a 2-D array")
@@ -88,9 +90,7 @@ def _check_dtype(arr: np.ndarray) -> None:
         raise ValueError(f"images must be uint8 (0..255) or float, got {arr.dtype}")
 
 
-def encrypt_images(
-    images: np.ndarray, key: BlockKey, *, layout: str | None = None
-) -> np.ndarray:
+def encrypt_images(images: np.ndarray, key: BlockKey, *, layout: str | None = None) -> np.ndarray:
     """Encrypt images block by block with ``key``.
 
     Args:
@@ -161,8 +161,10 @@ def decrypt_images(
     target = np.dtype(dtype) if dtype is not None else arr.dtype
     if arr.dtype == np.uint8:
         if tr.perm is None:
-            raise ValueError("orthogonal-encrypted images are real-valued: a uint8 array cannot"
-                             " be one (keep them as float .npy)")
+            raise ValueError(
+                "orthogonal-encrypted images are real-valued: a uint8 array cannot"
+                " be one (keep them as float .npy)"
+            )
         plain = np.empty_like(blocks)
         plain[..., tr.perm] = blocks
         plain = np.where(tr.flip, np.uint8(255) - plain, plain)

@@ -266,12 +266,14 @@ def _parse(data: bytes, source: str) -> BlockKey:
     if not isinstance(body, dict):
         raise bad("not a JSON object")
     if body.get("format") != KEY_FORMAT:
-        raise bad(f"not a block-wise key file (format {body.get('format')!r}, "
-                  f"expected {KEY_FORMAT!r})")
+        raise bad(
+            f"not a block-wise key file (format {body.get('format')!r}, expected {KEY_FORMAT!r})"
+        )
     version = body.get("version")
     if type(version) is not int or version != KEY_VERSION:
-        raise bad(f"unknown key file version {version!r} (this onnx-selenc reads "
-                  f"version {KEY_VERSION})")
+        raise bad(
+            f"unknown key file version {version!r} (this onnx-selenc reads version {KEY_VERSION})"
+        )
     if not isinstance(body.get("check"), str):
         raise bad("missing its 'check' checksum field")
     try:

@@ -172,8 +172,10 @@ def check_key(model: onnx.ModelProto | str | os.PathLike[str], key: BlockKey) ->
     """
     info = model_key_info(model)
     if info is None:
-        raise NotEncrypted("the model carries no block-wise key id: it was not encrypted with"
-                           " `onnx-selenc blockwise encrypt-model`")
+        raise NotEncrypted(
+            "the model carries no block-wise key id: it was not encrypted with"
+            " `onnx-selenc blockwise encrypt-model`"
+        )
     if info["key_id"] != key.key_id:
         raise KeyMismatch(
             f"this key (id {key.key_id}) was not made for this model (id {info['key_id']})"

@@ -114,13 +114,13 @@ class TokenStates:
             sizes = [dims[a] if a >= 0 else 1 for a in local]
             if all(s == 1 for s in sizes):
                 continue
-            if (min(local) >= 0 and sizes == [out[a] for a in axes]
-                    and self.index.is_constant(name)):
+            if min(local) >= 0 and sizes == [out[a] for a in axes] and self.index.is_constant(name):
                 self._edit(i, slot, name, group.move(local))
                 continue
             raise self._refuse(
-                i, f"combines the scrambled tokens with '{name}', which varies along them but is"
-                " not a constant that could be permuted (like a position embedding)"
+                i,
+                f"combines the scrambled tokens with '{name}', which varies along them but is"
+                " not a constant that could be permuted (like a position embedding)",
             )
 
     def _broadcast(self, i: int, node: onnx.NodeProto, slots: list[int]) -> State:
@@ -220,15 +220,19 @@ class TokenStates:
             else:
                 values = [self.index.constant(n) if n else None for n in node.input[1:5]]
                 if any(v is None for v in values[:2]) or any(
-                        n and v is None for n, v in zip(node.input[3:5], values[2:], strict=False)):
+                    n and v is None for n, v in zip(node.input[3:5], values[2:], strict=False)
+                ):
                     raise self._refuse(i, "slices with run-time bounds")
                 starts, ends = values[0], values[1]
                 axes = values[2] if len(values) > 2 else None
                 steps = values[3] if len(values) > 3 else None
             first = [int(v) for v in np.asarray(starts).reshape(-1)]
             last = [int(v) for v in np.asarray(ends).reshape(-1)]
-            where = (list(range(len(first))) if axes is None
-                     else [int(a) % rank for a in np.asarray(axes).reshape(-1)])
+            where = (
+                list(range(len(first)))
+                if axes is None
+                else [int(a) % rank for a in np.asarray(axes).reshape(-1)]
+            )
             stride = [1] * len(first) if steps is None else [int(v) for v in np.asarray(steps)]
             picks = {}
             for a, s, e, st in zip(where, first, last, stride, strict=True):

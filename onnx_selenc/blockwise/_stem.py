@@ -72,7 +72,7 @@ class PatchStem:
     @property
     def image_size(self) -> tuple[int | None, int | None]:
         """Static ``(H, W)`` of the input, None where dynamic."""
-        h, w = (self.input_shape[2:4] if self.layout == "NCHW" else self.input_shape[1:3])
+        h, w = self.input_shape[2:4] if self.layout == "NCHW" else self.input_shape[1:3]
         return (h if isinstance(h, int) else None, w if isinstance(w, int) else None)
 
 
@@ -118,8 +118,9 @@ def _trace(
     while True:
         if name in index.outputs:
             raise UnsupportedModel(f"the image tensor '{name}' is also a graph output")
-        users = [i for i in index.consumers.get(name, [])
-                 if index.node(i).op_type not in _SHAPE_ONLY]
+        users = [
+            i for i in index.consumers.get(name, []) if index.node(i).op_type not in _SHAPE_ONLY
+        ]
         if not users:
             raise UnsupportedModel(f"the image input '{vi.name}' never reaches a Conv")
         if len(users) > 1:
@@ -218,7 +219,7 @@ def _check_conv(
     )
 
 
-def _affine_chain(
+def _affine_chain(  # noqa: C901
     index: GraphIndex, input_name: str, steps: list[int], channels: int
 ) -> tuple[str, np.ndarray, np.ndarray]:
     transposes = [i for i in steps if index.node(i).op_type == "Transpose"]

@@ -37,8 +37,7 @@ def save_figure(path: Path, images: np.ndarray, rows: list[tuple[str, BlockKey |
     import matplotlib.pyplot as plt
 
     n = len(images)
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n + 1.8, 1.35 * len(rows)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n + 1.8, 1.35 * len(rows)), squeeze=False)
     for r, (label, key) in enumerate(rows):
         shown = _display(images if key is None else encrypt_images(images, key))
         for c in range(n):

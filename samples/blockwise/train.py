@@ -109,16 +109,23 @@ def export(model: nn.Module, path: Path) -> None:
     example = torch.zeros(2, 3, 32, 32)
     tmp = path.with_suffix(".tmp.onnx")
     torch.onnx.export(
-        model, (example,), str(tmp), dynamo=True, external_data=False,
-        input_names=["x"], output_names=["logits"],
-        dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, verbose=False,
+        model,
+        (example,),
+        str(tmp),
+        dynamo=True,
+        external_data=False,
+        input_names=["x"],
+        output_names=["logits"],
+        dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+        verbose=False,
     )
     onnx.checker.check_model(onnx.load(str(tmp)))
     tmp.replace(path)
 
 
-def train_or_load(name: str, config: TrainConfig, x: np.ndarray, y: np.ndarray, *,
-                  cache: Path | None = None) -> TrainedModel:
+def train_or_load(
+    name: str, config: TrainConfig, x: np.ndarray, y: np.ndarray, *, cache: Path | None = None
+) -> TrainedModel:
     """Return the exported model for ``config``, training it only when not cached.
 
     Args:

@@ -194,8 +194,9 @@ def torch_forward(model: torch.nn.Module, x: np.ndarray, batch: int = 250) -> np
     return np.concatenate(outs, axis=0)
 
 
-def progress(iterable: Iterable[Any], *, desc: str, total: int | None = None,
-             enabled: bool = True) -> Iterable[Any]:
+def progress(
+    iterable: Iterable[Any], *, desc: str, total: int | None = None, enabled: bool = True
+) -> Iterable[Any]:
     """A tqdm bar on stderr (or the bare iterable when tqdm is missing or disabled)."""
     if not enabled:
         return iterable
@@ -203,8 +204,15 @@ def progress(iterable: Iterable[Any], *, desc: str, total: int | None = None,
         from tqdm import tqdm
     except ImportError:  # progress bars are a convenience only
         return iterable
-    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, dynamic_ncols=True,
-                mininterval=1.0, leave=False)
+    return tqdm(
+        iterable,
+        desc=desc,
+        total=total,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=1.0,
+        leave=False,
+    )
 
 
 def versions() -> dict[str, str]:

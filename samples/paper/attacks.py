@@ -131,15 +131,17 @@ def conv_weights(path: Path) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------- service levels
 
 
-def level_table(enc: Path, key: Path, levels: int,
-                evaluate: Any) -> list[dict[str, Any]]:
+def level_table(enc: Path, key: Path, levels: int, evaluate: Any) -> list[dict[str, Any]]:
     """Evaluate an encrypted model at every level (level 0: the file as distributed)."""
     from onnx_selenc import load_session
 
     rows = []
     for level in range(levels + 1):
-        sess = (_common.ort_session(enc) if level == 0 else
-                load_session(enc, key=key, level=level, providers=["CPUExecutionProvider"]))
+        sess = (
+            _common.ort_session(enc)
+            if level == 0
+            else load_session(enc, key=key, level=level, providers=["CPUExecutionProvider"])
+        )
         rows.append({"level": level, **evaluate(sess)})
     return rows
 
@@ -193,7 +195,8 @@ def onnx_to_state_dict(path: Path, module: torch.nn.Module) -> dict[str, torch.T
     for (kind, w, b), (name, tkind, m) in zip(onnx_layers, torch_layers, strict=True):
         if kind != tkind or tuple(w.shape) != tuple(m.weight.shape):
             raise ValueError(
-                f"{name}: ONNX {kind} {w.shape} vs torch {tkind} {tuple(m.weight.shape)}")
+                f"{name}: ONNX {kind} {w.shape} vs torch {tkind} {tuple(m.weight.shape)}"
+            )
         state[f"{name}.weight"] = torch.from_numpy(np.array(w, dtype=np.float32))
         if m.bias is not None:
             if b is None or b.shape != tuple(m.bias.shape):
@@ -234,11 +237,19 @@ def finetune_attack(
     plain_onnx_acc = vgg19.accuracy_onnx(plain, xs, ys)
     mapped = vgg_from_onnx(plain)
     check_x = xs[: vgg19.CHECK_DIGITS]
-    diff = np.max(np.abs(_common.torch_forward(mapped, check_x)
-                         - _common.run_session(_common.ort_session(plain), check_x)))
+    diff = np.max(
+        np.abs(
+            _common.torch_forward(mapped, check_x)
+            - _common.run_session(_common.ort_session(plain), check_x)
+        )
+    )
     mapped_acc = vgg19.accuracy_torch(mapped, xs, ys)
-    check = {"plain_onnx_accuracy": plain_onnx_acc, "plain_mapped_torch_accuracy": mapped_acc,
-             "max_abs_logit_diff": float(diff), "digits": len(check_x)}
+    check = {
+        "plain_onnx_accuracy": plain_onnx_acc,
+        "plain_mapped_torch_accuracy": mapped_acc,
+        "max_abs_logit_diff": float(diff),
+        "digits": len(check_x),
+    }
     if abs(mapped_acc - plain_onnx_acc) > 1e-3:
         raise RuntimeError(f"ONNX -> PyTorch weight mapping is wrong: {check}")
 
@@ -257,17 +268,27 @@ def finetune_attack(
             model = make()
             if arm not in before:
                 before[arm] = vgg19.accuracy_torch(model, xs, ys)
-            stats = vgg19.fit(model, data.x_train[idx], data.y_train[idx], steps=config.steps,
-                              batch=config.batch, lr=config.lr, seed=config.seed,
-                              desc=f"{arm} {len(idx)}", show_progress=show_progress)
-            rows.append({
-                "fraction": fraction,
-                "n_digits": len(idx),
-                "arm": arm,
-                "accuracy_before": before[arm],
-                "accuracy_after": vgg19.accuracy_torch(model, xs, ys),
-                **stats,
-            })
+            stats = vgg19.fit(
+                model,
+                data.x_train[idx],
+                data.y_train[idx],
+                steps=config.steps,
+                batch=config.batch,
+                lr=config.lr,
+                seed=config.seed,
+                desc=f"{arm} {len(idx)}",
+                show_progress=show_progress,
+            )
+            rows.append(
+                {
+                    "fraction": fraction,
+                    "n_digits": len(idx),
+                    "arm": arm,
+                    "accuracy_before": before[arm],
+                    "accuracy_after": vgg19.accuracy_torch(model, xs, ys),
+                    **stats,
+                }
+            )
     return {"mapping_check": check, "config": dataclasses.asdict(config), "rows": rows}
 
 
@@ -299,14 +320,16 @@ def kernel_features(weight: np.ndarray) -> tuple[np.ndarray, list[str]]:
     grid = c.reshape(-1, kh, kw)
     # Lag-1 spatial autocorrelation: real kernels are smooth, independent draws are not.
     pairs = (grid[:, :, 1:] * grid[:, :, :-1]).sum(axis=(1, 2)) + (
-        grid[:, 1:, :] * grid[:, :-1, :]).sum(axis=(1, 2))
+        grid[:, 1:, :] * grid[:, :-1, :]
+    ).sum(axis=(1, 2))
     n_pairs = kh * (kw - 1) + kw * (kh - 1)
     autocorr = (pairs / max(n_pairs, 1)) / safe
     center = np.abs(grid[:, kh // 2, kw // 2]) / (np.abs(c).mean(axis=1) + 1e-12)
 
     def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return (a * b).sum(axis=-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
-                                       + 1e-12)
+        return (a * b).sum(axis=-1) / (
+            np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12
+        )
 
     k4 = w.reshape(o, i, kh * kw)
     # Mean of the *other* kernels in the same output filter / the same input channel.
@@ -329,12 +352,21 @@ def kernel_features(weight: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return x, list(feats)
 
 
-STAT_FEATURES = ("mean", "std", "abs_mean", "max_abs", "skew", "kurtosis", "spatial_autocorr",
-                 "center_ratio")
+STAT_FEATURES = (
+    "mean",
+    "std",
+    "abs_mean",
+    "max_abs",
+    "skew",
+    "kurtosis",
+    "spatial_autocorr",
+    "center_ratio",
+)
 
 
-def detection(plain: Path, encrypted: Path, *, max_negatives: int = 200_000,
-              seed: int = 0) -> dict[str, Any]:
+def detection(
+    plain: Path, encrypted: Path, *, max_negatives: int = 200_000, seed: int = 0
+) -> dict[str, Any]:
     """Try to tell masked kernels from untouched ones in the encrypted file.
 
     Args:
@@ -368,8 +400,7 @@ def detection(plain: Path, encrypted: Path, *, max_negatives: int = 200_000,
         xs.append(feats)
         ys.append(label)
         layer_ids.append(np.full(len(label), li))
-        row: dict[str, Any] = {"layer": name, "kernels": len(label),
-                               "encrypted": int(label.sum())}
+        row: dict[str, Any] = {"layer": name, "kernels": len(label), "encrypted": int(label.sum())}
         if (~label).any():
             ks = ks_2samp(k_enc[label].ravel(), k_enc[~label].ravel())
             row |= {"ks_statistic": float(ks.statistic), "ks_pvalue": float(ks.pvalue)}
@@ -380,25 +411,39 @@ def detection(plain: Path, encrypted: Path, *, max_negatives: int = 200_000,
     rng = np.random.default_rng(seed)
     neg = np.flatnonzero(~y)
     if len(neg) > max_negatives:
-        keep = np.sort(np.concatenate([np.flatnonzero(y),
-                                       rng.choice(neg, max_negatives, replace=False)]))
+        keep = np.sort(
+            np.concatenate([np.flatnonzero(y), rng.choice(neg, max_negatives, replace=False)])
+        )
         x, y, lid = x[keep], y[keep], lid[keep]
 
     cv = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
     stat_cols = [names.index(f) for f in STAT_FEATURES]
     detectors = {
-        "logreg_stats": (make_pipeline(StandardScaler(), LogisticRegression(
-            max_iter=2000, class_weight="balanced")), stat_cols),
-        "logreg_stats_context": (make_pipeline(StandardScaler(), LogisticRegression(
-            max_iter=2000, class_weight="balanced")), list(range(len(names)))),
-        "gbt_stats_context": (HistGradientBoostingClassifier(max_iter=200, random_state=seed),
-                              list(range(len(names)))),
+        "logreg_stats": (
+            make_pipeline(
+                StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced")
+            ),
+            stat_cols,
+        ),
+        "logreg_stats_context": (
+            make_pipeline(
+                StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced")
+            ),
+            list(range(len(names))),
+        ),
+        "gbt_stats_context": (
+            HistGradientBoostingClassifier(max_iter=200, random_state=seed),
+            list(range(len(names))),
+        ),
     }
     results: dict[str, Any] = {}
     for label_name, (clf, cols) in detectors.items():
         score = cross_val_predict(clf, x[:, cols], y, cv=cv, method="predict_proba")[:, 1]
-        per_layer = [roc_auc_score(y[lid == li], score[lid == li])
-                     for li in np.unique(lid) if 0 < y[lid == li].mean() < 1]
+        per_layer = [
+            roc_auc_score(y[lid == li], score[lid == li])
+            for li in np.unique(lid)
+            if 0 < y[lid == li].mean() < 1
+        ]
         top = np.argsort(-score)[: int(y.sum())]
         results[label_name] = {
             "roc_auc": float(roc_auc_score(y, score)),
@@ -406,8 +451,10 @@ def detection(plain: Path, encrypted: Path, *, max_negatives: int = 200_000,
             "r_precision": float(y[top].mean()),  # precision among the top-|positives|
         }
     # Which single statistic separates best (direction-free AUC), for the write-up.
-    single = {n: float(max(a, 1 - a)) for n, a in
-              ((n, roc_auc_score(y, x[:, j])) for j, n in enumerate(names))}
+    single = {
+        n: float(max(a, 1 - a))
+        for n, a in ((n, roc_auc_score(y, x[:, j])) for j, n in enumerate(names))
+    }
     tested = [r for r in ks_rows if r["ks_pvalue"] is not None]
     pvals = np.array([r["ks_pvalue"] for r in tested])
     return {
@@ -461,16 +508,24 @@ def run(
     dn = {s: dncnn.get_model(s, smoke=smoke, show_progress=show_progress) for s in dncnn.SIGMAS}
     data = vgg19.load_data()
     if smoke:
-        data = dataclasses.replace(data, x_test=data.x_test[: vgg19.SMOKE_EVAL_DIGITS],
-                                   y_test=data.y_test[: vgg19.SMOKE_EVAL_DIGITS])
+        data = dataclasses.replace(
+            data,
+            x_test=data.x_test[: vgg19.SMOKE_EVAL_DIGITS],
+            y_test=data.y_test[: vgg19.SMOKE_EVAL_DIGITS],
+        )
     out: dict[str, Any] = {
         "encryption": enc_kwargs,
         "smoke": smoke,
         "max_negatives": max_negatives,
-        "vgg19": {"onnx": str(vgg.onnx), "config_hash": vgg.meta["config_hash"],
-                  "n_heldout": len(data.x_test), "data_note": vgg19.DATA_NOTE},
-        "dncnn": {s: {"onnx": str(a.onnx), "config_hash": a.meta["config_hash"]}
-                  for s, a in dn.items()},
+        "vgg19": {
+            "onnx": str(vgg.onnx),
+            "config_hash": vgg.meta["config_hash"],
+            "n_heldout": len(data.x_test),
+            "data_note": vgg19.DATA_NOTE,
+        },
+        "dncnn": {
+            s: {"onnx": str(a.onnx), "config_hash": a.meta["config_hash"]} for s, a in dn.items()
+        },
         "machine": machine(),
         "versions": _common.versions(),
     }
@@ -479,34 +534,50 @@ def run(
     with encrypted_copy(vgg.onnx, **enc_kwargs) as (enc, key):
         out["vgg19"]["encrypted_fraction"] = _encrypted_fraction(vgg.onnx, enc)
         out["vgg19"]["levels"] = level_table(
-            enc, key, levels,
-            lambda s: {"accuracy": vgg19.accuracy_onnx(s, data.x_test, data.y_test)})
-        out["finetune"] = finetune_attack(vgg.onnx, enc, data, finetune,
-                                          show_progress=show_progress)
+            enc,
+            key,
+            levels,
+            lambda s: {"accuracy": vgg19.accuracy_onnx(s, data.x_test, data.y_test)},
+        )
+        out["finetune"] = finetune_attack(
+            vgg.onnx, enc, data, finetune, show_progress=show_progress
+        )
     for sigma, art in dn.items():
         with encrypted_copy(art.onnx, **enc_kwargs) as (enc, key):
             out["dncnn"][sigma]["encrypted_fraction"] = _encrypted_fraction(art.onnx, enc)
             out["dncnn"][sigma]["levels"] = level_table(
-                enc, key, levels, lambda s, sg=sigma: dncnn.evaluate(s, sg))
+                enc, key, levels, lambda s, sg=sigma: dncnn.evaluate(s, sg)
+            )
 
     out["detection"] = []
     for masking in DETECTION_MASKINGS:
         for name, plain in (("VGG19", vgg.onnx), ("DnCNN sigma=25", dn[25].onnx)):
             with encrypted_copy(plain, **{**enc_kwargs, "masking": masking}) as (enc, _key):
-                out["detection"].append({"model": name, "masking": masking,
-                                         **detection(plain, enc, max_negatives=max_negatives)})
+                out["detection"].append(
+                    {
+                        "model": name,
+                        "masking": masking,
+                        **detection(plain, enc, max_negatives=max_negatives),
+                    }
+                )
     out["seconds"] = round(time.perf_counter() - start, 1)
     return out
 
 
 def _encrypted_fraction(plain: Path, enc: Path) -> dict[str, Any]:
     pw, ew = conv_weights(plain), conv_weights(enc)
-    changed = sum(int(np.any(ew[n] != pw[n], axis=(2, 3)).sum()) * int(np.prod(pw[n].shape[2:]))
-                  for n in pw)
+    changed = sum(
+        int(np.any(ew[n] != pw[n], axis=(2, 3)).sum()) * int(np.prod(pw[n].shape[2:])) for n in pw
+    )
     total = sum(w.size for w in pw.values())
     layers = sum(bool(np.any(ew[n] != pw[n])) for n in pw)
-    return {"weights": changed, "of": total, "fraction": changed / total, "layers": layers,
-            "conv_layers": len(pw)}
+    return {
+        "weights": changed,
+        "of": total,
+        "fraction": changed / total,
+        "layers": layers,
+        "conv_layers": len(pw),
+    }
 
 
 def machine() -> str:
@@ -545,8 +616,9 @@ def markdown(res: Mapping[str, Any]) -> str:
         "",
         "### Service levels (context)",
         "",
-        "| level | VGG19 accuracy | " + " | ".join(
-            f"DnCNN σ={s} PSNR / SSIM" for s in res["dncnn"]) + " |",
+        "| level | VGG19 accuracy | "
+        + " | ".join(f"DnCNN σ={s} PSNR / SSIM" for s in res["dncnn"])
+        + " |",
         "|---|---|" + "---|" * len(res["dncnn"]),
     ]
     for i, row in enumerate(res["vgg19"]["levels"]):
@@ -555,8 +627,9 @@ def markdown(res: Mapping[str, Any]) -> str:
             for d in res["dncnn"].values()
         ]
         lines.append(f"| {row['level']} | " + " | ".join(cells) + " |")
-    noisy = " / ".join(f"σ={s}: {d['levels'][0]['noisy_psnr']:.2f} dB"
-                       for s, d in res["dncnn"].items())
+    noisy = " / ".join(
+        f"σ={s}: {d['levels'][0]['noisy_psnr']:.2f} dB" for s, d in res["dncnn"].items()
+    )
     lines += [
         "",
         f"Level 0 is the encrypted file as distributed; level {enc['levels']} restores the "
@@ -648,12 +721,15 @@ def write_benchmarks(section: str, path: Path = BENCHMARKS) -> None:
 
 def results_path(res: Mapping[str, Any]) -> Path:
     """Where :func:`main` stores a result: keyed by the models and the attack settings."""
-    key = _common.config_hash({
-        "encryption": res["encryption"], "finetune": res["finetune"]["config"],
-        "max_negatives": res["max_negatives"],
-        "vgg19": res["vgg19"]["config_hash"],
-        "dncnn": {str(s): d["config_hash"] for s, d in res["dncnn"].items()},
-    })
+    key = _common.config_hash(
+        {
+            "encryption": res["encryption"],
+            "finetune": res["finetune"]["config"],
+            "max_negatives": res["max_negatives"],
+            "vgg19": res["vgg19"]["config_hash"],
+            "dncnn": {str(s): d["config_hash"] for s, d in res["dncnn"].items()},
+        }
+    )
     parts = ("samples", "smoke", "attacks") if res["smoke"] else ("samples", "attacks")
     return cache_dir(*parts) / f"attacks-{key}.json"
 
@@ -661,13 +737,21 @@ def results_path(res: Mapping[str, Any]) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the attacks, print the tables, store JSON and update BENCHMARKS.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true",
-                        help="smoke models, 2 steps per arm; BENCHMARKS.md is not touched")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="smoke models, 2 steps per arm; BENCHMARKS.md is not touched",
+    )
     parser.add_argument("--steps", type=int, help="fine-tuning steps per arm")
     parser.add_argument("--no-benchmarks", action="store_true", help="do not edit BENCHMARKS.md")
-    parser.add_argument("--encryption", type=json.loads, default={}, metavar="JSON",
-                        help="encrypt() kwargs over the defaults, e.g. "
-                        "'{\"budget\": 0.02, \"allocation\": \"uniform\"}'")
+    parser.add_argument(
+        "--encryption",
+        type=json.loads,
+        default={},
+        metavar="JSON",
+        help="encrypt() kwargs over the defaults, e.g. "
+        '\'{"budget": 0.02, "allocation": "uniform"}\'',
+    )
     args = parser.parse_args(argv)
     finetune = smoke_finetune() if args.smoke else FinetuneConfig()
     if args.steps:

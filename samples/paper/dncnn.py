@@ -40,8 +40,17 @@ if TYPE_CHECKING:
 SIGMAS = (25, 50)
 # skimage.data names, or "sklearn:<file>" for sklearn.datasets.load_sample_images().
 TRAIN_IMAGES = (
-    "astronaut", "coffee", "chelsea", "rocket", "moon", "page", "text",
-    "grass", "gravel", "brick", "sklearn:flower.jpg",
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "moon",
+    "page",
+    "text",
+    "grass",
+    "gravel",
+    "brick",
+    "sklearn:flower.jpg",
 )
 TEST_IMAGES = ("camera", "coins", "stereo_motorcycle", "sklearn:china.jpg")
 TEST_CROP = 256
@@ -189,10 +198,16 @@ def ssim(clean: np.ndarray, estimate: np.ndarray, data_range: float = 1.0) -> fl
 
     c = clean.reshape(-1, clean.shape[-2], clean.shape[-1])
     e = estimate.reshape(c.shape)
-    return float(np.mean([
-        structural_similarity(a.astype(np.float64), b.astype(np.float64), data_range=data_range)
-        for a, b in zip(c, e, strict=True)
-    ]))
+    return float(
+        np.mean(
+            [
+                structural_similarity(
+                    a.astype(np.float64), b.astype(np.float64), data_range=data_range
+                )
+                for a, b in zip(c, e, strict=True)
+            ]
+        )
+    )
 
 
 class PatchSampler:
@@ -250,8 +265,9 @@ def cache_folder(config: TrainConfig, smoke: bool = False) -> Path:
     return cache_dir(*parts, f"sigma{config.sigma}-{_common.config_hash(config.cache_key())}")
 
 
-def train(config: TrainConfig, *, threads: int | None = 2,
-          show_progress: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
+def train(
+    config: TrainConfig, *, threads: int | None = 2, show_progress: bool = True
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train one DnCNN from scratch.
 
     Args:
@@ -276,8 +292,9 @@ def train(config: TrainConfig, *, threads: int | None = 2,
     model.train()
     start = time.perf_counter()
     losses = []
-    bar = _common.progress(range(config.steps), desc=f"DnCNN sigma={config.sigma}",
-                           enabled=show_progress)
+    bar = _common.progress(
+        range(config.steps), desc=f"DnCNN sigma={config.sigma}", enabled=show_progress
+    )
     for step in bar:
         clean = sampler.batch(config.batch)
         noisy = clean + (noise_rng.standard_normal(clean.shape) * std).astype(np.float32)
@@ -310,8 +327,9 @@ def denoise_onnx(model: str | Path | ort.InferenceSession, noisy: np.ndarray) ->
     return _common.run_session(sess, noisy.astype(np.float32), batch=1)
 
 
-def evaluate(model: str | Path | ort.InferenceSession, sigma: int,
-             seed: int = 0) -> dict[str, float]:
+def evaluate(
+    model: str | Path | ort.InferenceSession, sigma: int, seed: int = 0
+) -> dict[str, float]:
     """PSNR/SSIM of an ONNX DnCNN on the held-out photos (output clipped to [0, 1]).
 
     Returns:
@@ -327,8 +345,14 @@ def evaluate(model: str | Path | ort.InferenceSession, sigma: int,
     }
 
 
-def get_model(sigma: int, *, smoke: bool = False, force: bool = False,
-              threads: int | None = 2, show_progress: bool = True) -> Artifacts:
+def get_model(
+    sigma: int,
+    *,
+    smoke: bool = False,
+    force: bool = False,
+    threads: int | None = 2,
+    show_progress: bool = True,
+) -> Artifacts:
     """Return the cached DnCNN for ``sigma``, training and exporting it on a cache miss.
 
     Args:
@@ -351,10 +375,18 @@ def get_model(sigma: int, *, smoke: bool = False, force: bool = False,
         return Artifacts(sigma, folder, onnx_path, ckpt, meta)
 
     model, stats = train(config, threads=threads, show_progress=show_progress)
-    _common.save_torch_atomic({"config": dataclasses.asdict(config),
-                               "state_dict": model.state_dict()}, ckpt)
-    _common.export_onnx(model, torch.rand(1, 1, 64, 64), onnx_path, external_data=False,
-                        dynamic_axes=(0, 2, 3), input_name="noisy", output_name="denoised")
+    _common.save_torch_atomic(
+        {"config": dataclasses.asdict(config), "state_dict": model.state_dict()}, ckpt
+    )
+    _common.export_onnx(
+        model,
+        torch.rand(1, 1, 64, 64),
+        onnx_path,
+        external_data=False,
+        dynamic_axes=(0, 2, 3),
+        input_name="noisy",
+        output_name="denoised",
+    )
     sess = _common.ort_session(onnx_path)
     noisy = load_test_images(sigma)[1]
     # Check an odd size too: H and W must really be dynamic.
@@ -399,8 +431,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny run, separate cache")
     parser.add_argument("--force", action="store_true", help="retrain even if cached")
     args = parser.parse_args(argv)
-    print(f"held-out photos (never trained on): {', '.join(TEST_IMAGES)} "
-          f"(centre {TEST_CROP}x{TEST_CROP} crops)")
+    print(
+        f"held-out photos (never trained on): {', '.join(TEST_IMAGES)} "
+        f"(centre {TEST_CROP}x{TEST_CROP} crops)"
+    )
     for sigma in args.sigma:
         print(describe(get_model(sigma, smoke=args.smoke, force=args.force)), flush=True)
     return 0

@@ -22,8 +22,9 @@ from typing import Any
 from samples.paper import dncnn, vgg19
 
 
-def train_all(*, smoke: bool = False, force: bool = False, threads: int | None = 2,
-              show_progress: bool = True) -> dict[str, Any]:
+def train_all(
+    *, smoke: bool = False, force: bool = False, threads: int | None = 2, show_progress: bool = True
+) -> dict[str, Any]:
     """Train or load every sample model.
 
     Args:
@@ -36,10 +37,13 @@ def train_all(*, smoke: bool = False, force: bool = False, threads: int | None =
         ``{"vgg19": vgg19.Artifacts, "dncnn": {sigma: dncnn.Artifacts}, "seconds": float}``.
     """
     start = time.perf_counter()
-    vgg = vgg19.get_model(smoke=smoke, force=force, threads=threads,
-                          show_progress=show_progress)
-    dn = {s: dncnn.get_model(s, smoke=smoke, force=force, threads=threads,
-                             show_progress=show_progress) for s in dncnn.SIGMAS}
+    vgg = vgg19.get_model(smoke=smoke, force=force, threads=threads, show_progress=show_progress)
+    dn = {
+        s: dncnn.get_model(
+            s, smoke=smoke, force=force, threads=threads, show_progress=show_progress
+        )
+        for s in dncnn.SIGMAS
+    }
     return {"vgg19": vgg, "dncnn": dn, "seconds": time.perf_counter() - start}
 
 
@@ -51,10 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     args = parser.parse_args(argv)
     res = train_all(smoke=args.smoke, force=args.force, threads=args.threads)
-    print(("SMOKE run (tiny training; numbers are meaningless)\n" if args.smoke else "")
-          + vgg19.describe(res["vgg19"]))
-    print(f"DnCNN held-out photos (never trained on): {', '.join(dncnn.TEST_IMAGES)} "
-          f"(centre {dncnn.TEST_CROP}x{dncnn.TEST_CROP} crops)")
+    print(
+        ("SMOKE run (tiny training; numbers are meaningless)\n" if args.smoke else "")
+        + vgg19.describe(res["vgg19"])
+    )
+    print(
+        f"DnCNN held-out photos (never trained on): {', '.join(dncnn.TEST_IMAGES)} "
+        f"(centre {dncnn.TEST_CROP}x{dncnn.TEST_CROP} crops)"
+    )
     for art in res["dncnn"].values():
         print(dncnn.describe(art))
     print(f"total {res['seconds']:.0f} s (training only on a cache miss)")

