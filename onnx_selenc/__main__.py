@@ -1,3 +1,5 @@
+"""``python -m onnx_selenc``: the ``onnx-selenc`` command."""
+
 import sys
 
 from ._cli import main

@@ -535,8 +535,12 @@ def save_model(
     initializers point to the data file and hold no raw data any more.
 
     Args:
+        model: the model to write (its tensors' data in memory or already external).
+        path: the model file; its data goes to ``<name>.data`` beside it.
+        external_data: write large tensors to ``<name>.data``.
         protect: input files that must not be touched.
         replace: replace an existing model / ``<name>.data`` (else refuse them).
+        stage: an open set of staged outputs to add these files to, or None.
         serialised: ``model.SerializeToString()`` if the caller has it already (the
             self-check does): written as it is when the model goes in one file.
 
