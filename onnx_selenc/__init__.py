@@ -9,15 +9,20 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from ._calibration import Calibration
 from ._encrypt import EncryptResult, encrypt
 from ._inspect import ModelReport, inspect_model
 from ._keys import LevelKey, export_key, key_from_env, read_key_file
+from ._levels import LevelMetric, LevelReport
 from ._loader import RestoredModel, build_session, load_session, restore_model
 from ._package import PackageResult, package
 
 __all__ = [
+    "Calibration",
     "EncryptResult",
     "LevelKey",
+    "LevelMetric",
+    "LevelReport",
     "ModelReport",
     "PackageResult",
     "RestoredModel",

@@ -25,8 +25,10 @@ from ._inspect import format_report, inspect_model
 from ._keys import LevelKey, export_key, is_protected, key_from_env, key_info, read_key_file
 from ._levels import TOLERANCE
 from ._loader import load_session
+from ._masking import MASKINGS
 from ._modelio import load_model, model_inputs
-from ._selection import ALLOCATIONS
+from ._objective import OBJECTIVES
+from ._selection import ALLOCATIONS, LEVEL_ORDERS
 
 # Exit codes, one per kind of failure, so scripts can tell them apart.
 EXIT_CODES: list[tuple[type[BaseException], int]] = [
@@ -480,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--objective",
-        choices=["auto", "kl", "mse"],
+        choices=list(OBJECTIVES),
         default="auto",
         help="how outputs are compared with the plain model's (default auto)",
     )
@@ -498,10 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--level-order",
-        choices=["most-important-first", "least-important-first"],
+        choices=list(LEVEL_ORDERS),
         default="most-important-first",
     )
-    p.add_argument("--masking", choices=["empirical", "gaussian"], default="empirical")
+    p.add_argument("--masking", choices=list(MASKINGS), default="empirical")
     p.add_argument("--seed", type=int, help="reproducible selection and masking")
     p.add_argument(
         "--external-data",
@@ -521,7 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_calibration_args(p)
     p.set_defaults(func=cmd_encrypt)
 
-    p = sub.add_parser("evaluate", help="sweep budgets x selection strategies; table and plots")
+    p = sub.add_parser(
+        "evaluate",
+        help="research: sweep budgets x selection strategies on your data; table and plots",
+    )
     p.add_argument("model")
     p.add_argument(
         "--data",

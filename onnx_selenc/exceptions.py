@@ -52,8 +52,20 @@ class SelfCheckFailed(SelencError):
     """
 
 
+class KeyNotConfigured(SelencError, LookupError):
+    """No key reached the model at load time (no environment variable, no key file).
+
+    Raised by the MLflow flavour (``onnx_selenc.mlflow``), which reads its key from the
+    serving environment.
+    """
+
+
 class UnsafeSessionOptions(SelencError, ValueError):
     """Session options that would write restored (plaintext) weights to disk."""
+
+
+class WeakKeyWarning(UserWarning):
+    """The transform space of a block-wise key is below 128 bits (e.g. a 2x2 permutation)."""
 
 
 class LevelCountWarning(UserWarning):
@@ -74,6 +86,7 @@ __all__ = [
     "InvalidBundle",
     "KeyFileError",
     "KeyMismatch",
+    "KeyNotConfigured",
     "LevelCountWarning",
     "LevelNotGranted",
     "LevelTargetWarning",
@@ -82,4 +95,5 @@ __all__ = [
     "SelfCheckFailed",
     "UnsafeSessionOptions",
     "UnsupportedModel",
+    "WeakKeyWarning",
 ]

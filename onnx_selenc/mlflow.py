@@ -58,7 +58,7 @@ from ._package import (
     key_files_in,
     package,
 )
-from .exceptions import KeyFileError, SelencError
+from .exceptions import KeyFileError, KeyNotConfigured
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -92,10 +92,6 @@ _ORT_TYPES = {
     "tensor(bool)": np.bool_,
     "tensor(string)": np.object_,
 }
-
-
-class KeyNotConfigured(SelencError, LookupError):
-    """No key reached the model at load time (no environment variable, no key file)."""
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,10 @@ Example::
 
 from __future__ import annotations
 
+from ..exceptions import WeakKeyWarning
 from ._derive import BlockTransform
 from ._images import decrypt_images, encrypt_images, to_model_input
-from ._key import BlockKey, ImageDomain, WeakKeyWarning
+from ._key import BlockKey, ImageDomain
 from ._model import (
     METADATA_KEY,
     BlockwiseResult,

@@ -44,10 +44,6 @@ _MAX_KEY_FILE = 1 << 20
 _IDENTITY_REDRAWS = 64
 
 
-class WeakKeyWarning(UserWarning):
-    """The transform space of a key is below 128 bits (e.g. a 2x2 permutation)."""
-
-
 @dataclass(frozen=True)
 class ImageDomain:
     """Where the client-side transform acts.

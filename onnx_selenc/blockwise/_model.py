@@ -26,8 +26,9 @@ from onnx import numpy_helper
 from onnx_selenc._io import atomic_write, refuse_existing, refuse_overwrite_of_input
 from onnx_selenc.exceptions import FormatError, KeyMismatch, NotEncrypted, UnsupportedModel
 
+from ..exceptions import WeakKeyWarning
 from ._graph import GraphIndex, replace_constant, unique_name
-from ._key import BlockKey, ImageDomain, WeakKeyWarning
+from ._key import BlockKey, ImageDomain
 from ._scramble import ScramblePlan, apply_scramble, plan_scramble
 from ._stem import PatchStem, find_patch_stem
 
