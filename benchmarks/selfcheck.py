@@ -44,8 +44,8 @@ def measure(name: str, repeats: int) -> dict[str, dict[str, Stat]]:
     def run(verify: bool) -> None:
         out = work / str(next(counter))
         out.mkdir()
-        se.encrypt(bm.path, out / bm.path.name, key_file=out / "owner.key", seed=0,
-                   verify=verify)  # fmt: skip
+        options = se.EncryptOptions(seed=0, verify=verify)
+        se.encrypt(bm.path, out / bm.path.name, key_file=out / "owner.key", options=options)
         shutil.rmtree(out)
 
     wall: dict[str, Stat] = {}

@@ -7,7 +7,7 @@ to get an ONNX Runtime session restored to a key's level, in memory.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from ._calibration import Calibration
 from ._encrypt import EncryptResult, encrypt
@@ -15,11 +15,15 @@ from ._inspect import ModelReport, inspect_model
 from ._keys import LevelKey, export_key, key_from_env, read_key_file
 from ._levels import LevelMetric, LevelReport
 from ._loader import RestoredModel, build_session, load_session, restore_model
+from ._options import CalibratedLevels, EncryptOptions, FixedLevels
 from ._package import PackageResult, package
 
 __all__ = [
+    "CalibratedLevels",
     "Calibration",
+    "EncryptOptions",
     "EncryptResult",
+    "FixedLevels",
     "LevelKey",
     "LevelMetric",
     "LevelReport",

@@ -28,6 +28,7 @@ from ._loader import load_session
 from ._masking import MASKINGS
 from ._modelio import load_model, model_inputs
 from ._objective import OBJECTIVES
+from ._options import CalibratedLevels, EncryptOptions, FixedLevels
 from ._selection import ALLOCATIONS, LEVEL_ORDERS
 
 # Exit codes, one per kind of failure, so scripts can tell them apart.
@@ -159,25 +160,34 @@ def load_calibration(args: argparse.Namespace, model_path: str) -> Calibration |
 
 
 def _encrypt_from_args(args: argparse.Namespace, protect: str | None) -> EncryptResult:
-    return encrypt(
-        args.model,
-        args.output,
-        key_file=args.keys,
+    split: FixedLevels | CalibratedLevels
+    if args.level_targets is not None:
+        if args.level_fractions is not None:
+            raise ValueError("--level-targets replaces --level-fractions: give one of them")
+        split = CalibratedLevels(tuple(args.level_targets))
+    else:
+        fractions = None if args.level_fractions is None else tuple(args.level_fractions)
+        split = FixedLevels(fractions, args.level_order)
+    options = EncryptOptions(
         levels=args.levels,
         budget=args.budget,
         allocation=args.allocation,
         importance=args.importance,
-        calibration=load_calibration(args, args.model),
-        level_targets=args.level_targets,
+        split=split,
         objective=args.objective,
-        layers=args.layers,
-        level_fractions=args.level_fractions,
-        level_order=args.level_order,
+        layers=tuple(args.layers or ()),
         masking=args.masking,
         seed=args.seed,
-        passphrase=protect,
         external_data=args.external_data,
         show_progress=not args.quiet,
+    )
+    return encrypt(
+        args.model,
+        args.output,
+        key_file=args.keys,
+        options=options,
+        calibration=load_calibration(args, args.model),
+        passphrase=protect,
         overwrite=args.overwrite,
     )
 

@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -32,17 +33,17 @@ from ._io import (
     staged_outputs,
 )
 from ._keys import LevelKey, new_owner_key, refuse_replacing_key_file, stage_key_file
-from ._levels import TOLERANCE, LevelMetric, LevelReport, calibrate_levels, check_targets
+from ._levels import TOLERANCE, LevelReport, calibrate_levels
 from ._liveness import live_levels
-from ._masking import MASKINGS, MaskedLayer, UnmaskableLayer, kernel_matrix, mask_layer
+from ._masking import MaskedLayer, UnmaskableLayer, kernel_matrix, mask_layer
 from ._modelio import PROTO_LIMIT, external_files, load_external_data, load_model, save_model
+from ._options import CalibratedLevels, EncryptOptions, FixedLevels
 from ._progress import progress
 from ._selection import (
     ALLOCATIONS,
     Selection,
     allocate_balanced,
     allocate_uniform,
-    check_fractions,
     filter_layers,
     select,
 )
@@ -124,24 +125,11 @@ def encrypt(
     output_path: str | os.PathLike[str],
     *,
     key_file: str | os.PathLike[str],
-    levels: int = 5,
-    budget: float = 0.01,
-    allocation: str | None = None,
-    importance: str | None = None,
+    options: EncryptOptions | None = None,
     calibration: Calibration | None = None,
-    level_targets: Sequence[float] | None = None,
-    level_metric: LevelMetric | None = None,
-    objective: str = "auto",
-    layers: Sequence[str] | None = None,
-    level_fractions: Sequence[float] | None = None,
-    level_order: str = "most-important-first",
-    masking: str = "empirical",
-    seed: int | None = None,
     passphrase: str | None = None,
-    external_data: bool | None = None,
-    show_progress: bool = False,
-    verify: bool = True,
     overwrite: bool = False,
+    **keywords: Any,
 ) -> EncryptResult:
     """Encrypt the most important conv kernels of an ONNX model into tiered levels.
 
@@ -160,43 +148,16 @@ def encrypt(
             file); must not exist yet, nor ``<output>.data``, unless ``overwrite``.
         key_file: where the owner key goes; must not exist yet, even with
             ``overwrite`` (losing an owner key loses access to its model).
-        levels: number of service levels M (level M restores the original).
-        budget: with ``"balanced"`` or ``"sensitivity"`` allocation, the fraction of
-            *all* conv weights to encrypt; with ``"uniform"``, the kernel ratio in
-            each chosen layer (the paper: ``floor(n * ratio) + 1`` kernels per layer).
-        allocation: ``"sensitivity"`` (needs calibration; its default), ``"balanced"``
-            (data-free default) or ``"uniform"``.
-        importance: kernel scorer: ``"activation"`` or ``"pss"`` (need calibration;
-            ``activation`` is the default with it), ``"magnitude"`` (data-free
-            default), ``"abs-mean"``, ``"random"``.
-        calibration: unlabelled inputs for the data-driven steps.
-        level_targets: quality per level 1..M as a fraction of the plain model's
-            (last 1.0); the level cuts are searched on 75% of ``calibration`` (needs
-            it) and reported on the other 25% (``level_report``). Stated tolerance:
-            0.10 on unseen inputs, with a few hundred calibration inputs.
-        level_metric: the quality the level targets are stated in, if not the
-            built-in one (top-1 agreement for classifiers, else the share of output
-            error removed): ``metric(plain_outputs, level_outputs) -> float``, 1.0 when
-            they agree, e.g. detection F1 against the plain model's boxes.
-        objective: ``"auto"``, ``"kl"`` (classifiers) or ``"mse"``.
-        layers: glob patterns on weight names / conv node names; default all convs.
-        level_fractions: without targets, the cumulative share of all encrypted
-            kernels (merged over layers by relative rank) each level restores,
-            increasing; default equal steps ``m/M``.
-        level_order: without targets, ``"most-important-first"`` or
-            ``"least-important-first"``.
-        masking: ``"empirical"`` (default) or ``"gaussian"`` DPRM.
-        seed: makes selection and masking reproducible (keys and nonces stay random).
+        options: how to encrypt (levels, budget, scorer, level split, masking, seed,
+            external data, self-check, progress); default ``EncryptOptions()``.
+        calibration: unlabelled inputs for the data-driven steps (activation or PSS
+            importance, sensitivity allocation, ``CalibratedLevels``).
         passphrase: protect the owner key file with scrypt.
-        external_data: write weights to ``<output>.data``; default: as the input did.
-        show_progress: progress bars on stderr.
-        verify: before anything is written, restore the output in memory with the
-            owner key and compare every conv weight bit for bit, check each level's
-            sealed set and that plain ONNX Runtime loads the public model (on by
-            default; ``SelfCheckFailed`` if not).
         overwrite: replace an existing model at ``output_path`` and its
             ``<output>.data`` (the tier keys handed out for it stop working). Never a
             key file.
+        **keywords: 0.1's keyword arguments (``levels=``, ``budget=``,
+            ``level_targets=``, ...), deprecated: they build the ``EncryptOptions``.
 
     Returns:
         What was written and what was encrypted.
@@ -215,8 +176,9 @@ def encrypt(
 
     Example:
         >>> result = encrypt("model.onnx", "model.enc.onnx", key_file="owner.key",
-        ...                  levels=5, budget=0.01)  # doctest: +SKIP
+        ...                  options=EncryptOptions(levels=5, budget=0.01))  # doctest: +SKIP
     """
+    options = _options_of(options, keywords, deprecated=True)
     model_path, output_path = Path(model_path), Path(output_path)
     data_path = output_path.with_name(output_path.name + ".data")
     refuse_existing(key_file, "key file")
@@ -237,33 +199,18 @@ def encrypt(
     )
     for out in (output_path, data_path):
         refuse_replacing_key_file(out)
+    external_data = options.external_data
     if external_data is None:
         external_data = len(inputs) > 1
     # Parsed once, above; its external data is read only now the outputs are checked.
     load_external_data(model, model_path)
-    enc = encrypt_model(
-        model,
-        levels=levels,
-        budget=budget,
-        allocation=allocation,
-        importance=importance,
-        calibration=calibration,
-        level_targets=level_targets,
-        level_metric=level_metric,
-        objective=objective,
-        layers=layers,
-        level_fractions=level_fractions,
-        level_order=level_order,
-        masking=masking,
-        seed=seed,
-        show_progress=show_progress,
-    )
+    enc = encrypt_model(model, options=options, calibration=calibration)
     checked = (
         verify_encrypted(
             enc.model, enc.owner_key, enc.selection, enc.masked, enc.inventory.by_key(),
             enc.originals, model_path,
         )
-        if verify
+        if options.verify
         else None
     )  # fmt: skip
     # Written as checked: the self-check's serialised bytes are the file's (one encoding).
@@ -302,10 +249,10 @@ def encrypt(
         model_files=tuple(written),
         key_file=key_path,
         key_id=enc.owner_key.key_id,
-        levels=levels,
+        levels=options.levels,
         encrypted_weights=enc.selection.selected_weights,
         conv_weights=enc.inventory.total_weights,
-        layers=_layer_reports(enc.selection, enc.inventory, levels),
+        layers=_layer_reports(enc.selection, enc.inventory, options.levels),
         unsupported=enc.inventory.unsupported,
         level_report=enc.level_report,
     )
@@ -314,42 +261,33 @@ def encrypt(
 def encrypt_model(  # noqa: C901
     model: onnx.ModelProto,
     *,
-    levels: int = 5,
-    budget: float = 0.01,
-    allocation: str | None = None,
-    importance: str | None = None,
+    options: EncryptOptions | None = None,
     calibration: Calibration | None = None,
-    level_targets: Sequence[float] | None = None,
-    level_metric: LevelMetric | None = None,
-    objective: str = "auto",
-    layers: Sequence[str] | None = None,
-    level_fractions: Sequence[float] | None = None,
-    level_order: str = "most-important-first",
-    masking: str = "empirical",
-    seed: int | None = None,
     scores: ScoreProvider | None = None,
     counts: CountProvider | None = None,
     owner_key: LevelKey | None = None,
-    show_progress: bool = False,
+    **keywords: Any,
 ) -> EncryptedModel:
     """In-memory core of :func:`encrypt` (the model must have its data loaded).
 
     ``scores``/``counts`` replace the built-in scorers and allocators (research
     hooks); ``owner_key`` re-uses a key (tests, re-encryption). The model is
-    modified in place and returned inside the result.
+    modified in place and returned inside the result. ``keywords`` build the options
+    as 0.1's arguments did (``levels=``, ``budget=``, ...).
     """
     if _bundle.is_encrypted(model):
         raise SelencError("this model is already encrypted by onnx-selenc")
-    importance = importance or ("activation" if calibration is not None else "magnitude")
-    allocation = allocation or ("sensitivity" if calibration is not None else "balanced")
-    fractions = check_fractions(levels, level_fractions)
-    if level_targets is not None:
-        check_targets(levels, level_targets)
-    elif level_metric is not None:
-        raise ValueError("level_metric states the quality of level_targets: give those too")
-    _check_options(
-        importance, allocation, masking, budget, calibration, level_targets, scores, counts
-    )
+    options = _options_of(options, keywords, deprecated=False)
+    levels, budget, masking, seed = options.levels, options.budget, options.masking, options.seed
+    objective, layers, show_progress = options.objective, options.layers, options.show_progress
+    split = options.split
+    level_targets = split.targets if isinstance(split, CalibratedLevels) else None
+    level_metric = split.metric if isinstance(split, CalibratedLevels) else None
+    level_order = split.order if isinstance(split, FixedLevels) else "most-important-first"
+    fractions = options.fractions
+    importance = options.importance or ("activation" if calibration is not None else "magnitude")
+    allocation = options.allocation or ("sensitivity" if calibration is not None else "balanced")
+    _check_options(importance, allocation, calibration, level_targets, scores, counts)
 
     model = _inline_conv_functions(model)
     inventory = walk_conv_weights(model)
@@ -618,11 +556,27 @@ def _at_least_one_per_level(
     return out
 
 
+def _options_of(
+    options: EncryptOptions | None, keywords: dict[str, Any], *, deprecated: bool
+) -> EncryptOptions:
+    """The options given, or those 0.1's keyword arguments describe (not both)."""
+    if not keywords:
+        return options if options is not None else EncryptOptions()
+    if options is not None:
+        raise TypeError(f"give options= or keyword options, not both ({', '.join(keywords)})")
+    if deprecated:
+        warnings.warn(
+            "encrypt(levels=..., budget=..., ...) is deprecated: pass "
+            "options=EncryptOptions(...) (keyword options go in 0.3)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+    return EncryptOptions.from_keywords(**keywords)
+
+
 def _check_options(
     importance: str,
     allocation: str,
-    masking: str,
-    budget: float,
     calibration: Calibration | None,
     level_targets: Sequence[float] | None,
     scores: ScoreProvider | None,
@@ -645,10 +599,6 @@ def _check_options(
         raise ValueError(
             f"{' and '.join(needs)} need calibration inputs (calibration=Calibration(...))"
         )
-    if masking not in MASKINGS:
-        raise ValueError(f"unknown masking {masking!r} (known: {', '.join(MASKINGS)})")
-    if not 0.0 < budget <= 1.0:
-        raise ValueError(f"budget must be in (0, 1], got {budget}")
 
 
 def _data_driven_scorer(

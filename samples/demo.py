@@ -86,16 +86,19 @@ def main(argv: list[str] | None = None) -> int:
         f"(unlabelled calibration on {half} pages, quality targets {targets})"
     )
     start = time.perf_counter()
+    options = se.EncryptOptions(
+        levels=len(targets),
+        budget=args.budget,
+        split=se.CalibratedLevels(tuple(targets)),
+        seed=0,
+        show_progress=sys.stderr.isatty(),
+    )
     result = se.encrypt(
         model_path,
         out / "model.enc.onnx",
         key_file=out / "owner.key",
-        levels=len(targets),
-        budget=args.budget,
+        options=options,
         calibration=calibration,
-        level_targets=targets,
-        seed=0,
-        show_progress=sys.stderr.isatty(),
     )
     print(
         f"   encrypted {result.encrypted_weights} of {result.conv_weights} conv weights in "

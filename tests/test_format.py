@@ -91,7 +91,7 @@ GOLDEN_MANIFEST = {
         "level_order": "most-important-first",
         "masking": "empirical",
     },
-    "tool": "onnx-selenc 0.1.0",
+    "tool": "onnx-selenc 0.2.0",
     "version": 1,
 }
 
