@@ -14,9 +14,12 @@ Real weights have heavier tails than a Gaussian, so this is harder to tell apart
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from ._graph import ConvWeight, UnsupportedConv
 
 MASKINGS = ("empirical", "gaussian")
 
@@ -185,3 +188,25 @@ def mask_layer(
     masked = kernels.copy()
     masked[selected] = replacements
     return masked.reshape(weight.shape), MaskedLayer(key, selected, originals, replacements)
+
+
+def unmaskable_weights(
+    chosen: Sequence[ConvWeight], arrays: Mapping[str, np.ndarray]
+) -> tuple[list[ConvWeight], list[UnsupportedConv]]:
+    """Leave out weights whose values are all equal: no random replacement of such a
+    kernel can both differ from the original and keep the layer's distribution."""
+    kept, dropped = [], []
+    for w in chosen:
+        a = arrays[w.key]
+        if a.size and bool(np.all(a == a.flat[0])):
+            dropped.append(
+                UnsupportedConv(
+                    ", ".join(w.consumers),
+                    w.graph_path,
+                    f"every value of weight '{w.name}' is {a.flat[0]!r}: a replacement would "
+                    "equal the original or stand out, so it is not encrypted",
+                )
+            )
+        else:
+            kept.append(w)
+    return kept, dropped

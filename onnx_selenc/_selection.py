@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ._graph import ConvWeight
+from .exceptions import LevelCountWarning
 
 ALLOCATIONS = ("balanced", "uniform", "sensitivity")
 LEVEL_ORDERS = ("most-important-first", "least-important-first")
@@ -231,3 +233,48 @@ def top_kernels(scores: np.ndarray, k: int) -> np.ndarray:
     tied = np.flatnonzero(neg == kth)[: k - len(above)]
     chosen = np.concatenate([above, tied])  # index order within equal scores
     return chosen[np.argsort(neg[chosen], kind="stable")].astype(np.int64)
+
+
+def at_least_one_per_level(
+    counts: Mapping[str, int], chosen: Sequence[ConvWeight], levels: int
+) -> dict[str, int]:
+    """Raise the kernel counts so each of the ``levels`` levels restores one kernel.
+
+    With fewer encrypted kernels than levels, two tier keys would be equal (or a tier
+    key equal to the owner's); the largest layers give the extra kernels, with a warning.
+    """
+    out = {k: int(v) for k, v in counts.items()}
+    short = levels - sum(out.values())
+    if short <= 0:
+        return out
+    room = sorted(chosen, key=lambda w: w.n_kernels - out.get(w.key, 0), reverse=True)
+    available = sum(w.n_kernels - out.get(w.key, 0) for w in room)
+    if available < short:
+        raise ValueError(
+            f"{levels} distinct levels need at least {levels} encrypted kernels, and the "
+            f"chosen conv weights hold only {sum(out.values()) + available}: use fewer levels"
+        )
+    before = sum(out.values())
+    while short > 0:
+        for w in room:
+            if short and out.get(w.key, 0) < w.n_kernels:
+                out[w.key] = out.get(w.key, 0) + 1
+                short -= 1
+    warnings.warn(
+        f"the budget selects {before} kernels for {levels} levels; encrypting {levels} "
+        "so that every level restores at least one kernel more than the one below",
+        LevelCountWarning,
+        stacklevel=3,
+    )
+    return out
+
+
+def grow_counts(counts: dict[str, int], chosen: Sequence[ConvWeight]) -> bool:
+    """Double every layer's kernel count (within its size); False if none can grow."""
+    grown = False
+    for w in chosen:
+        now = counts.get(w.key, 0)
+        new = min(w.n_kernels, max(1, 2 * now)) if now else 0
+        grown = grown or new > now
+        counts[w.key] = new
+    return grown

@@ -181,11 +181,11 @@ def test_level_search_takes_the_closer_side_of_a_step() -> None:
 
 
 def test_levels_outside_the_tolerance_on_held_out_inputs_warn(tmp_path: Path, monkeypatch) -> None:
-    from onnx_selenc import _encrypt
+    from onnx_selenc import _pipeline
     from onnx_selenc.exceptions import LevelTargetWarning
 
     # Any miss at all is outside a tolerance of minus the sampling error.
-    monkeypatch.setattr(_encrypt, "TOLERANCE", -1 / np.sqrt(24))
+    monkeypatch.setattr(_pipeline, "TOLERANCE", -1 / np.sqrt(24))
     with pytest.warns(LevelTargetWarning, match="24 held-out calibration inputs"):
         enc = encrypt_model(
             tm.classifier(),
