@@ -29,11 +29,9 @@ import onnx
 
 from . import _seal, _strict
 from ._graph import weight_key
+from ._metadata import BUNDLE_KEYS, MANIFEST_KEY, SEALED_KEY, strip_bundle
 from .exceptions import FormatError, NotEncrypted
 
-MANIFEST_KEY = "onnx_selenc.manifest"
-SEALED_KEY = "onnx_selenc.sealed"
-BUNDLE_KEYS = frozenset({MANIFEST_KEY, SEALED_KEY})
 MODEL_FORMAT = "onnx-selenc-model"
 FORMAT_VERSION = 1
 MAX_MANIFEST_BYTES = 1 << 20
@@ -122,10 +120,7 @@ def attach(model: onnx.ModelProto, manifest_raw: bytes, blobs: Sequence[bytes]) 
 
 def strip(model: onnx.ModelProto) -> None:
     """Remove the bundle entries from the model's metadata."""
-    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in BUNDLE_KEYS]
-    del model.metadata_props[:]
-    for k, v in kept:
-        model.metadata_props.add(key=k, value=v)
+    strip_bundle(model)
 
 
 def is_encrypted(model: onnx.ModelProto) -> bool:

@@ -34,7 +34,7 @@ import onnx
 from google.protobuf import unknown_fields
 
 from . import _seal
-from ._tensors import external_info
+from ._tensors import Region, external_info, iter_tensors
 from .exceptions import FormatError
 
 _DOMAIN = b"onnx-selenc/v1/model-digest\0"
@@ -55,19 +55,6 @@ class ExternalData:
     path: Path
     offset: int
     length: int
-
-
-@dataclass(frozen=True)
-class Region:
-    """A tensor's bytes inside a larger buffer: ``data[start:stop]``.
-
-    With a :class:`PatchGate`, the loader may patch the region in place while the
-    digest is being computed; the digest still sees the bytes as they were.
-    """
-
-    data: memoryview
-    start: int
-    stop: int
 
 
 # What the digest hashes for one tensor: its bytes, the tensor itself when they are
@@ -111,34 +98,6 @@ class PatchGate:
             self._hashing = None
             self._done.add(start)
             self._cond.notify_all()
-
-
-def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Every TensorProto in a graph and its subgraphs, in a deterministic order.
-
-    Per node: the tensors of its TENSOR/TENSORS attributes, then those of its subgraphs
-    (GRAPH/GRAPHS attributes, as :func:`_graph.subgraphs` lists them), in attribute
-    order. One pass over the attributes: this walk runs several times per load.
-    """
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        subs: list[onnx.GraphProto] | None = None
-        for attr in node.attribute:
-            kind = attr.type
-            if kind == _A.TENSOR:
-                yield attr.t
-            elif kind == _A.TENSORS:
-                yield from attr.tensors
-            elif kind == _A.GRAPH:
-                subs = [*(subs or ()), attr.g]
-            elif kind == _A.GRAPHS:
-                subs = [*(subs or ()), *attr.graphs]
-        if subs:
-            for sub in subs:
-                yield from iter_tensors(sub)
 
 
 def model_digest(

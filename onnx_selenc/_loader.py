@@ -47,9 +47,8 @@ from ._digest import (
 )
 from ._graph import split_key, subgraphs
 from ._keys import LevelKey, parse_key_file, read_key_file
-from ._masking import kernel_matrix
 from ._modelio import PROTO_LIMIT, StrippedModel, external_files, read_stripped
-from ._tensors import owning_graph, read_array, write_array
+from ._tensors import kernel_matrix, owning_graph, read_array, write_array
 from .exceptions import FormatError, InvalidBundle, KeyMismatch, UnsafeSessionOptions
 
 if TYPE_CHECKING:

@@ -20,8 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._graph import ConvWeight, UnsupportedConv
+from ._tensors import kernel_matrix
 
 MASKINGS = ("empirical", "gaussian")
+__all__ = ["MASKINGS", "MaskedLayer", "UnmaskableLayer", "dprm_values", "kernel_matrix",
+           "mask_layer", "unmaskable_weights"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -35,11 +38,6 @@ class MaskedLayer:
     kernels: np.ndarray
     originals: np.ndarray
     replacements: np.ndarray
-
-
-def kernel_matrix(weight: np.ndarray) -> np.ndarray:
-    """View a conv weight as ``(n_kernels, kernel_size)`` (first two axes index kernels)."""
-    return weight.reshape(weight.shape[0] * weight.shape[1], -1)
 
 
 def dprm_values(

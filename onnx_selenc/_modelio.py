@@ -24,7 +24,6 @@ import onnx
 import onnx.parser
 from google.protobuf.message import DecodeError, EncodeError
 
-from ._digest import Region
 from ._io import (
     Staging,
     refuse_existing_outputs,
@@ -32,7 +31,7 @@ from ._io import (
     staged_outputs,
     write_new_file,
 )
-from ._tensors import external_info, external_location
+from ._tensors import Region, external_info, external_location, iter_tensors
 from .exceptions import FormatError
 
 # Protobuf cannot serialise a message of 2 GiB or more; leave headroom for metadata.
@@ -193,8 +192,6 @@ def load_external_data(model: onnx.ModelProto, path: str | os.PathLike[str]) -> 
 def _external_tensors(
     model: onnx.ModelProto, tensors: Iterable[onnx.TensorProto] | None = None
 ) -> list[onnx.TensorProto]:
-    from ._digest import iter_tensors
-
     every = iter_tensors(model.graph) if tensors is None else tensors
     return [t for t in every if t.data_location == onnx.TensorProto.EXTERNAL]
 
@@ -613,8 +610,6 @@ def serialise_if_small(model: onnx.ModelProto) -> bytes | None:
     measured; a lower bound from the raw tensors' shapes skips models that cannot fit
     (failing to encode one over 2 GiB takes as long as encoding it).
     """
-    from ._digest import iter_tensors
-
     floor = 0
     for t in iter_tensors(model.graph):
         if t.HasField("raw_data"):

@@ -13,9 +13,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from . import _bundle
 from ._calibration import Calibration
 from ._graph import ConvWeight
+from ._metadata import strip_bundle
 from ._tensors import owning_graph, read_array
 
 
@@ -41,7 +41,7 @@ class Probe:
 
         probe = onnx.ModelProto()
         probe.CopyFrom(model)
-        _bundle.strip(probe)
+        strip_bundle(probe)
         self.base: dict[str, np.ndarray] = {}
         self.names: dict[str, str] = {}
         existing_inputs = {i.name for i in probe.graph.input}

@@ -29,9 +29,9 @@ import onnx
 import onnx.version_converter
 from onnx import TensorProto, helper, numpy_helper
 
-from . import _bundle
 from ._calibration import Calibration
 from ._graph import ConvWeight
+from ._metadata import strip_bundle
 from ._objective import choose_objective
 from ._progress import progress
 from .exceptions import UnsupportedModel
@@ -94,7 +94,7 @@ def build_program(
 
     work = onnx.ModelProto()
     work.CopyFrom(model)
-    _bundle.strip(work)
+    strip_bundle(work)
     _constants_to_initializers(work.graph)
     work = _to_opset(work)
     sample = calibration.take(slice(0, batch))

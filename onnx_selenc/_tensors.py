@@ -6,6 +6,8 @@ import os
 import re
 import stat
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -199,3 +201,52 @@ def has_external_data(model: onnx.ModelProto) -> bool:
     from onnx.external_data_helper import _get_all_tensors
 
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _get_all_tensors(model))
+
+
+@dataclass(frozen=True)
+class Region:
+    """A tensor's bytes inside a larger buffer: ``data[start:stop]``.
+
+    With a ``_digest.PatchGate``, the loader may patch the region in place while the
+    digest is being computed; the digest still sees the bytes as they were.
+    """
+
+    data: memoryview
+    start: int
+    stop: int
+
+
+def kernel_matrix(weight: np.ndarray) -> np.ndarray:
+    """View a conv weight as ``(n_kernels, kernel_size)`` (first two axes index kernels)."""
+    return weight.reshape(weight.shape[0] * weight.shape[1], -1)
+
+
+_A = onnx.AttributeProto
+
+
+def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto in a graph and its subgraphs, in a deterministic order.
+
+    Per node: the tensors of its TENSOR/TENSORS attributes, then those of its subgraphs
+    (GRAPH/GRAPHS attributes, as :func:`_graph.subgraphs` lists them), in attribute
+    order. One pass over the attributes: this walk runs several times per load.
+    """
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        subs: list[onnx.GraphProto] | None = None
+        for attr in node.attribute:
+            kind = attr.type
+            if kind == _A.TENSOR:
+                yield attr.t
+            elif kind == _A.TENSORS:
+                yield from attr.tensors
+            elif kind == _A.GRAPH:
+                subs = [*(subs or ()), attr.g]
+            elif kind == _A.GRAPHS:
+                subs = [*(subs or ()), *attr.graphs]
+        if subs:
+            for sub in subs:
+                yield from iter_tensors(sub)
