@@ -9,14 +9,14 @@ from __future__ import annotations
 
 __version__ = "0.2.0"
 
-from ._calibration import Calibration
-from ._encrypt import EncryptResult, encrypt
-from ._inspect import ModelReport, inspect_model
-from ._keys import LevelKey, export_key, key_from_env, read_key_file
-from ._levels import LevelMetric, LevelReport
-from ._loader import RestoredModel, build_session, load_session, restore_model
-from ._options import CalibratedLevels, EncryptOptions, FixedLevels
-from ._package import PackageResult, package
+from onnx_selenc._crypto.keys import LevelKey, export_key, key_from_env, read_key_file
+from onnx_selenc._deploy.inspect import ModelReport, inspect_model
+from onnx_selenc._deploy.package import PackageResult, package
+from onnx_selenc._encrypt.files import EncryptResult, encrypt
+from onnx_selenc._encrypt.options import CalibratedLevels, EncryptOptions, FixedLevels
+from onnx_selenc._load.loader import RestoredModel, build_session, load_session, restore_model
+from onnx_selenc._select.calibration import Calibration
+from onnx_selenc._select.levels import LevelMetric, LevelReport
 
 __all__ = [
     "CalibratedLevels",

@@ -47,18 +47,19 @@ except ImportError as exc:  # pragma: no cover - exercised only without mlflow
 import numpy as np
 import onnx
 
-from . import __version__, _bundle
-from ._keys import LevelKey, key_from_env, read_key_file
-from ._loader import load_session, resolve_model_path
-from ._modelio import load_model as _load_onnx
-from ._package import (
+from onnx_selenc import __version__
+from onnx_selenc._crypto import bundle as _bundle
+from onnx_selenc._crypto.keys import LevelKey, key_from_env, read_key_file
+from onnx_selenc._deploy.package import (
     KEY_FILE_MARKER,
     contains_key_material,
     is_key_file,
     key_files_in,
     package,
 )
-from .exceptions import KeyFileError, KeyNotConfigured
+from onnx_selenc._load.loader import load_session, resolve_model_path
+from onnx_selenc._onnx.modelio import load_model as _load_onnx
+from onnx_selenc.exceptions import KeyFileError, KeyNotConfigured
 
 if TYPE_CHECKING:
     import onnxruntime as ort

@@ -9,8 +9,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from onnx_selenc._encrypt import encrypt_model
-from onnx_selenc._keys import write_key_file
+from onnx_selenc._crypto.keys import write_key_file
+from onnx_selenc._encrypt.files import encrypt_model
 
 
 def ort_run(model: onnx.ModelProto | str | Path | bytes, feeds: dict[str, np.ndarray]) -> list:

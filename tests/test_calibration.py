@@ -10,12 +10,12 @@ import onnx
 import pytest
 
 import onnx_selenc as se
-from onnx_selenc._activation import activation_scores, channel_rms
-from onnx_selenc._calibration import Calibration
-from onnx_selenc._encrypt import encrypt_model
-from onnx_selenc._graph import walk_conv_weights
-from onnx_selenc._objective import choose_objective, damage, quality
-from onnx_selenc._sensitivity import LayerCurve, allocate_by_sensitivity
+from onnx_selenc._encrypt.files import encrypt_model
+from onnx_selenc._onnx.graph import walk_conv_weights
+from onnx_selenc._select.activation import activation_scores, channel_rms
+from onnx_selenc._select.calibration import Calibration
+from onnx_selenc._select.objective import choose_objective, damage, quality
+from onnx_selenc._select.sensitivity import LayerCurve, allocate_by_sensitivity
 from onnx_selenc.exceptions import FormatError
 
 from . import tiny_models as tm
@@ -157,7 +157,7 @@ def _step_quality(jumps: dict[int, float], smooth: float):
 
 
 def test_level_search_defers_a_kernel_that_jumps_past_the_target() -> None:
-    from onnx_selenc._levels import _search
+    from onnx_selenc._select.levels import _search
 
     n = 100
     order = (np.zeros(n, dtype=np.int64), np.arange(n))
@@ -171,7 +171,7 @@ def test_level_search_defers_a_kernel_that_jumps_past_the_target() -> None:
 
 
 def test_level_search_takes_the_closer_side_of_a_step() -> None:
-    from onnx_selenc._levels import _search
+    from onnx_selenc._select.levels import _search
 
     order = (np.zeros(10, dtype=np.int64), np.arange(10))
     quality_at = _step_quality({}, smooth=0.1)  # 0, 0.1, ..., 1.0
@@ -181,7 +181,7 @@ def test_level_search_takes_the_closer_side_of_a_step() -> None:
 
 
 def test_levels_outside_the_tolerance_on_held_out_inputs_warn(tmp_path: Path, monkeypatch) -> None:
-    from onnx_selenc import _pipeline
+    from onnx_selenc._encrypt import pipeline as _pipeline
     from onnx_selenc.exceptions import LevelTargetWarning
 
     # Any miss at all is outside a tolerance of minus the sampling error.

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from onnx_selenc._cli import main
+from onnx_selenc._cli.commands import main
 
 from . import tiny_models as tm
 

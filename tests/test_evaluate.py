@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnx_selenc._calibration import Calibration
-from onnx_selenc._cli import main
-from onnx_selenc._evaluate import builtin_metric, format_table, sweep, write_outputs
+from onnx_selenc._cli.commands import main
+from onnx_selenc._select.calibration import Calibration
+from onnx_selenc._select.evaluate import builtin_metric, format_table, sweep, write_outputs
 
 from . import tiny_models as tm
 

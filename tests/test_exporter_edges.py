@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnx_selenc
 from onnx_selenc import exceptions
-from onnx_selenc._graph import split_key, walk_conv_weights, weight_key
+from onnx_selenc._onnx.graph import split_key, walk_conv_weights, weight_key
 
 from . import tiny_models as tm
 
@@ -83,10 +83,14 @@ def contract(
     top = onnx_selenc.load_session(out, key=owner, providers=["CPUExecutionProvider"])
     assert not _differ(top.run(None, feeds), plain)
     restored = onnx_selenc.restore_model(out, key=owner).model
-    inline = onnx_selenc._encrypt._inline_conv_functions(onnx.load(plain_path))
+    inline = onnx_selenc._encrypt.files._inline_conv_functions(onnx.load(plain_path))
     for w in walk_conv_weights(inline).weights:
-        want = onnx_selenc._tensors.read_array(onnx_selenc._tensors.weight_tensor(inline, w), None)
-        got = onnx_selenc._tensors.read_array(onnx_selenc._tensors.weight_tensor(restored, w), None)
+        want = onnx_selenc._onnx.tensors.read_array(
+            onnx_selenc._onnx.tensors.weight_tensor(inline, w), None
+        )
+        got = onnx_selenc._onnx.tensors.read_array(
+            onnx_selenc._onnx.tensors.weight_tensor(restored, w), None
+        )
         assert got.tobytes() == want.tobytes(), w.key
     previous = _run(out, feeds)
     for m in range(1, levels + 1):
@@ -359,7 +363,7 @@ def test_levels_split_over_the_whole_model(tmp_path: Path) -> None:
     """One or two kernels per layer: level 1 gets about 1/M of them, not every layer's top."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        enc = onnx_selenc._encrypt.encrypt_model(tm.cnn(), levels=4, budget=0.02, seed=0)
+        enc = onnx_selenc._encrypt.files.encrypt_model(tm.cnn(), levels=4, budget=0.02, seed=0)
     per_level = np.bincount(
         np.concatenate([layer.restore_level for layer in enc.selection.layers]), minlength=5
     )[1:]
@@ -387,7 +391,7 @@ def test_pruned_positions_still_change(tmp_path: Path) -> None:
     )  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        enc = onnx_selenc._encrypt.encrypt_model(onnx.load_from_string(
+        enc = onnx_selenc._encrypt.files.encrypt_model(onnx.load_from_string(
             model.SerializeToString()), levels=2, budget=0.5, seed=0)  # fmt: skip
     for record in enc.masked:
         assert not np.any(np.all(record.replacements == record.originals, axis=1))
@@ -431,7 +435,7 @@ def test_self_check_catches_an_output_that_would_not_restore(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A payload that addresses the wrong tensor is caught before anything is written."""
-    from onnx_selenc import _bundle
+    from onnx_selenc._crypto import bundle as _bundle
 
     real = _bundle.encode_payload
 
@@ -454,7 +458,8 @@ def test_self_check_catches_an_output_that_would_not_restore(
 def test_self_check_failure_has_its_own_exit_code(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from onnx_selenc import _cli, _loader
+    from onnx_selenc._cli import commands as _cli
+    from onnx_selenc._load import loader as _loader
 
     monkeypatch.setattr(_loader, "split_key", lambda key: ((), key + "-wrong"))
     onnx.save(tm.cnn(), tmp_path / "p.onnx")
@@ -479,7 +484,7 @@ def test_inspect_lists_function_convs_as_encrypt_sees_them(tmp_path: Path) -> No
     report = onnx_selenc.inspect_model(tmp_path / "m.onnx")
     assert report.inlined_functions == ("pkg.blocks:Block",)
     assert len(report.weights) == 2 and not report.unsupported
-    assert "pkg.blocks:Block" in onnx_selenc._inspect.format_report(report)
+    assert "pkg.blocks:Block" in onnx_selenc._deploy.inspect.format_report(report)
 
 
 def test_external_data_output_is_checked_as_written(
@@ -487,7 +492,7 @@ def test_external_data_output_is_checked_as_written(
 ) -> None:
     """With external data the written files are not the checked bytes: they are checked
     too, under their temporary names, and a corrupted write leaves nothing behind."""
-    from onnx_selenc import _modelio
+    from onnx_selenc._onnx import modelio as _modelio
 
     onnx.save(tm.cnn(), tmp_path / "p.onnx")
     result = onnx_selenc.encrypt(tmp_path / "p.onnx", tmp_path / "ok.onnx", budget=0.2,
@@ -593,7 +598,7 @@ def test_levels_change_the_outputs_when_most_kernels_feed_dead_channels(tmp_path
          numpy_helper.from_array(w2, "w2")],
     )  # fmt: skip
     with pytest.warns(exceptions.LevelCountWarning, match="changed nothing"):
-        onnx_selenc._encrypt.encrypt_model(
+        onnx_selenc._encrypt.files.encrypt_model(
             onnx.load_from_string(model.SerializeToString()), levels=3, budget=0.02, seed=0,
             layers=["w1"],
         )  # fmt: skip
@@ -601,7 +606,7 @@ def test_levels_change_the_outputs_when_most_kernels_feed_dead_channels(tmp_path
 
 
 def test_live_cuts_move_past_kernels_that_change_nothing() -> None:
-    from onnx_selenc._liveness import _live_cuts
+    from onnx_selenc._select.liveness import _live_cuts
 
     live = {3, 7, 9}  # restoring the k-th kernel (1-based) changes the outputs
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from onnx_selenc import _bundle
-from onnx_selenc._keys import new_owner_key, write_key_file
+from onnx_selenc._crypto import bundle as _bundle
+from onnx_selenc._crypto.keys import new_owner_key, write_key_file
 from onnx_selenc.exceptions import FormatError
 
 from . import tiny_models as tm
@@ -98,7 +98,7 @@ GOLDEN_MANIFEST = {
 
 def test_model_tag_is_the_same_in_pieces(monkeypatch) -> None:
     """Long inputs go to GMAC in pieces (the binding takes < 2 GiB per call)."""
-    from onnx_selenc import _seal
+    from onnx_selenc._crypto import seal as _seal
 
     key, nonce, data = bytes(range(32)), bytes(12), bytes(range(256)) * 40
     whole = _seal.ModelTagger(key, nonce)

@@ -30,12 +30,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from onnx_selenc import _bundle, _digest, _keys, _modelio, _tensors
-from onnx_selenc._cli import main
-from onnx_selenc._encrypt import encrypt_model
-from onnx_selenc._inspect import format_report, inspect_model
-from onnx_selenc._keys import LevelKey, key_from_env, new_owner_key, parse_key_file
-from onnx_selenc._loader import load_session, restore_model
+from onnx_selenc._cli.commands import main
+from onnx_selenc._crypto import bundle as _bundle
+from onnx_selenc._crypto import digest as _digest
+from onnx_selenc._crypto import keys as _keys
+from onnx_selenc._crypto.keys import LevelKey, key_from_env, new_owner_key, parse_key_file
+from onnx_selenc._deploy.inspect import format_report, inspect_model
+from onnx_selenc._encrypt.files import encrypt_model
+from onnx_selenc._load.loader import load_session, restore_model
+from onnx_selenc._onnx import modelio as _modelio
+from onnx_selenc._onnx import tensors as _tensors
 from onnx_selenc.exceptions import (
     FormatError,
     InvalidBundle,

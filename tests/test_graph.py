@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from onnx_selenc._graph import walk_conv_weights
+from onnx_selenc._onnx.graph import walk_conv_weights
 
 from . import tiny_models as tm
 

@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from onnx_selenc import _seal
-from onnx_selenc._keys import (
+from onnx_selenc._crypto import seal as _seal
+from onnx_selenc._crypto.keys import (
     LevelKey,
     export_key,
     new_owner_key,

@@ -21,9 +21,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_selenc as se
-from onnx_selenc import _bundle, _digest, _loader, _modelio
-from onnx_selenc._graph import subgraphs
-from onnx_selenc._tensors import external_info
+from onnx_selenc._crypto import bundle as _bundle
+from onnx_selenc._crypto import digest as _digest
+from onnx_selenc._load import loader as _loader
+from onnx_selenc._onnx import modelio as _modelio
+from onnx_selenc._onnx.graph import subgraphs
+from onnx_selenc._onnx.tensors import external_info
 from onnx_selenc.exceptions import FormatError, InvalidBundle
 
 from . import tiny_models as tm

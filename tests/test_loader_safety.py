@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 
 import onnx_selenc as se
-from onnx_selenc._encrypt import encrypt_model
-from onnx_selenc._keys import write_key_file
+from onnx_selenc._crypto.keys import write_key_file
+from onnx_selenc._encrypt.files import encrypt_model
 from onnx_selenc.exceptions import UnsafeSessionOptions
 
 from . import tiny_models as tm
@@ -99,7 +99,7 @@ def test_default_providers_are_available_ones(make_encrypted) -> None:
 
 
 def test_key_file_permissions_after_cli_export(tmp_path: Path) -> None:
-    from onnx_selenc._cli import main
+    from onnx_selenc._cli.commands import main
 
     plain = tmp_path / "m.onnx"
     onnx.save(tm.cnn(), plain)

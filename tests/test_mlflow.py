@@ -24,9 +24,9 @@ mlflow = pytest.importorskip("mlflow")
 
 import onnx_selenc  # noqa: E402
 from onnx_selenc import mlflow as om  # noqa: E402
-from onnx_selenc._encrypt import encrypt_model  # noqa: E402
-from onnx_selenc._keys import write_key_file  # noqa: E402
-from onnx_selenc._package import package as package_model  # noqa: E402
+from onnx_selenc._crypto.keys import write_key_file  # noqa: E402
+from onnx_selenc._deploy.package import package as package_model  # noqa: E402
+from onnx_selenc._encrypt.files import encrypt_model  # noqa: E402
 from onnx_selenc.exceptions import (  # noqa: E402
     KeyFileError,
     KeyMismatch,

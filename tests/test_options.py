@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 import onnx_selenc as se
-from onnx_selenc._encrypt import encrypt_model
+from onnx_selenc._encrypt.files import encrypt_model
 
 from . import tiny_models as tm
 

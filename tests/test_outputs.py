@@ -21,8 +21,8 @@ import onnx
 import pytest
 
 import onnx_selenc as se
-from onnx_selenc import _modelio
-from onnx_selenc._cli import main
+from onnx_selenc._cli.commands import main
+from onnx_selenc._onnx import modelio as _modelio
 from onnx_selenc.exceptions import KeyMismatch
 
 from . import tiny_models as tm
@@ -144,7 +144,7 @@ def test_overwrite_on_the_command_line(plain, tmp_path, capsys) -> None:
 def test_output_on_the_key_path_is_refused_before_anything_is_written(
     plain, tmp_path, monkeypatch, case
 ) -> None:
-    from onnx_selenc import _encrypt as enc_mod
+    from onnx_selenc._encrypt import files as enc_mod
 
     out = tmp_path / "same.key"
     key = {
@@ -292,7 +292,7 @@ def test_interruption_at_each_file_step_leaves_nothing_new(
 def test_interruption_while_writing_leaves_nothing_new(
     tmp_path, monkeypatch, external, where
 ) -> None:
-    from onnx_selenc import _encrypt as enc_mod
+    from onnx_selenc._encrypt import files as enc_mod
 
     plain, out, key = _setup(tmp_path, previous=True, external=external)
     before = snapshot(tmp_path)
@@ -345,7 +345,7 @@ _SLOW_ENCRYPT = """
 import os, sys, time, warnings
 from pathlib import Path
 import onnx_selenc as se
-from onnx_selenc import _modelio
+from onnx_selenc._onnx import modelio as _modelio
 
 where, plain, out, key = sys.argv[1:5]
 if where == "write":  # stop after the model is written under its temporary name

@@ -13,8 +13,8 @@ import onnx
 import pytest
 
 import onnx_selenc
-from onnx_selenc._cli_deploy import add_deploy_commands
-from onnx_selenc._package import DATA_NAME, KEY_FILE_MARKER, MODEL_NAME, package
+from onnx_selenc._cli.deploy import add_deploy_commands
+from onnx_selenc._deploy.package import DATA_NAME, KEY_FILE_MARKER, MODEL_NAME, package
 from onnx_selenc.exceptions import FormatError, NotEncrypted
 
 from . import tiny_models

@@ -8,10 +8,10 @@ import numpy as np
 import onnx
 import pytest
 
-from onnx_selenc._calibration import Calibration
-from onnx_selenc._encrypt import encrypt_model
-from onnx_selenc._graph import walk_conv_weights
-from onnx_selenc._pss import (
+from onnx_selenc._encrypt.files import encrypt_model
+from onnx_selenc._onnx.graph import walk_conv_weights
+from onnx_selenc._select.calibration import Calibration
+from onnx_selenc._select.pss import (
     GateTrainer,
     build_program,
     check_gradients,

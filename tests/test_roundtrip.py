@@ -10,8 +10,8 @@ import onnx
 import pytest
 
 import onnx_selenc as se
-from onnx_selenc._graph import walk_conv_weights
-from onnx_selenc._tensors import read_array, weight_tensor
+from onnx_selenc._onnx.graph import walk_conv_weights
+from onnx_selenc._onnx.tensors import read_array, weight_tensor
 
 from . import tiny_models as tm
 from .conftest import ort_run
@@ -125,7 +125,7 @@ def test_external_data_round_trip(tmp_path: Path) -> None:
 
 def test_external_data_kept_on_disk_path(tmp_path: Path, monkeypatch) -> None:
     """Large external data is read by onnxruntime itself; restored tensors go in memory."""
-    from onnx_selenc import _loader
+    from onnx_selenc._load import loader as _loader
 
     monkeypatch.setattr(_loader, "INLINE_EXTERNAL_LIMIT", 0)
     model = tm.wide_cnn(width=48)
@@ -235,6 +235,6 @@ def test_large_weights_read_only_in_subgraphs(tmp_path: Path) -> None:
         assert np.array_equal(session.run(None, feeds)[0], expected)
     # What ONNX Runtime may take in memory: read somewhere (here only in subgraphs);
     # the unused initializer is not (ONNX Runtime drops it, then refuses its value).
-    from onnx_selenc._loader import _memory_candidates
+    from onnx_selenc._load.loader import _memory_candidates
 
     assert {name for _, name in _memory_candidates(model).values()} == {"w_in", "w_init", "w_const"}

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnx_selenc._graph import ConvWeight
-from onnx_selenc._importance import score_kernels
-from onnx_selenc._masking import dprm_values, mask_layer
-from onnx_selenc._selection import (
+from onnx_selenc._onnx.graph import ConvWeight
+from onnx_selenc._select.importance import score_kernels
+from onnx_selenc._select.masking import dprm_values, mask_layer
+from onnx_selenc._select.selection import (
     allocate_balanced,
     allocate_uniform,
     check_fractions,
@@ -93,7 +93,7 @@ def test_top_kernels_equals_a_stable_descending_sort(n: int) -> None:
 
 def test_dprm_is_unchanged_by_chunking(monkeypatch) -> None:
     """The layer moments are accumulated in chunks of rows: same draw as in one go."""
-    from onnx_selenc import _masking
+    from onnx_selenc._select import masking as _masking
 
     rng = np.random.default_rng(3)
     k = (0.3 + 0.05 * rng.standard_normal((1000, 9))).astype(np.float32)

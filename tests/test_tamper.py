@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 import onnx_selenc as se
-from onnx_selenc import _bundle
+from onnx_selenc._crypto import bundle as _bundle
 from onnx_selenc.exceptions import (
     FormatError,
     InvalidBundle,
@@ -94,7 +94,8 @@ def test_edited_weight_is_caught_at_every_level(
 ) -> None:
     """Each level checks the model with its own tag: none lets an edit through, whether
     the check runs before the session is built or beside it (large models)."""
-    from onnx_selenc import _loader, _modelio
+    from onnx_selenc._load import loader as _loader
+    from onnx_selenc._onnx import modelio as _modelio
 
     if api == "load_session_threaded":
         monkeypatch.setattr(_loader, "_INLINE_TAG_BYTES", 0)
@@ -115,8 +116,8 @@ def test_edited_weight_is_caught_at_every_level(
 def test_a_lower_key_cannot_vouch_for_a_higher_level(make_encrypted) -> None:
     """A level-1 key holder who edits a weight and re-tags levels 0-1 (the manifest
     then changes, so blobs 0-1 are re-sealed) fools no one at level 2 or above."""
-    from onnx_selenc import _seal
-    from onnx_selenc._digest import model_digest
+    from onnx_selenc._crypto import seal as _seal
+    from onnx_selenc._crypto.digest import model_digest
 
     enc, key = make_encrypted(tm.cnn(), levels=3)
     low = se.read_key_file(key).derive(1)
@@ -147,8 +148,8 @@ def test_a_lower_key_cannot_vouch_for_a_higher_level(make_encrypted) -> None:
 
 
 def test_blob_moved_between_models_with_same_key(tmp_path: Path) -> None:
-    from onnx_selenc._encrypt import encrypt_model
-    from onnx_selenc._keys import new_owner_key
+    from onnx_selenc._crypto.keys import new_owner_key
+    from onnx_selenc._encrypt.files import encrypt_model
 
     owner = new_owner_key(3)
     a = encrypt_model(tm.cnn(seed=0), levels=3, budget=0.2, owner_key=owner).model

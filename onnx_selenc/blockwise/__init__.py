@@ -20,11 +20,10 @@ Example::
 
 from __future__ import annotations
 
-from ..exceptions import WeakKeyWarning
-from ._derive import BlockTransform
-from ._images import decrypt_images, encrypt_images, to_model_input
-from ._key import BlockKey, ImageDomain
-from ._model import (
+from onnx_selenc.blockwise._derive import BlockTransform
+from onnx_selenc.blockwise._images import decrypt_images, encrypt_images, to_model_input
+from onnx_selenc.blockwise._key import BlockKey, ImageDomain
+from onnx_selenc.blockwise._model import (
     METADATA_KEY,
     BlockwiseResult,
     apply_key,
@@ -32,8 +31,9 @@ from ._model import (
     encrypt_model,
     model_key_info,
 )
-from ._scramble import ScramblePlan, plan_scramble
-from ._stem import PatchStem, find_patch_stem
+from onnx_selenc.blockwise._scramble import ScramblePlan, plan_scramble
+from onnx_selenc.blockwise._stem import PatchStem, find_patch_stem
+from onnx_selenc.exceptions import WeakKeyWarning
 
 __all__ = [
     "METADATA_KEY",

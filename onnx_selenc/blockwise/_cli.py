@@ -16,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from onnx_selenc._io import refuse_overwrite_of_input
+from onnx_selenc._onnx.files import refuse_overwrite_of_input
+from onnx_selenc.blockwise._files import is_image_file, read_array, write_array
+from onnx_selenc.blockwise._images import _to_nhwc, decrypt_images, encrypt_images, to_model_input
+from onnx_selenc.blockwise._key import BlockKey
+from onnx_selenc.blockwise._model import check_key, encrypt_model, model_key_info
 from onnx_selenc.exceptions import SelencError
-
-from ._files import is_image_file, read_array, write_array
-from ._images import _to_nhwc, decrypt_images, encrypt_images, to_model_input
-from ._key import BlockKey
-from ._model import check_key, encrypt_model, model_key_info
 
 
 def _floats(text: str) -> tuple[float, ...]:

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import onnx
 
+from onnx_selenc.blockwise._graph import attr
+from onnx_selenc.blockwise._propagation import TokenStates
+from onnx_selenc.blockwise._tokens import INVARIANT, ConstantEdit, Group, State
 from onnx_selenc.exceptions import UnsupportedModel
-
-from ._graph import attr
-from ._propagation import TokenStates
-from ._tokens import INVARIANT, ConstantEdit, Group, State
 
 _ELEMENTWISE = frozenset(
     [

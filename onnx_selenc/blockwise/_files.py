@@ -9,7 +9,7 @@ from types import ModuleType
 
 import numpy as np
 
-from onnx_selenc._io import atomic_write
+from onnx_selenc._onnx.files import atomic_write
 from onnx_selenc.exceptions import SelencError
 
 IMAGE_SUFFIXES = frozenset((".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"))

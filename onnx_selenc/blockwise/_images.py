@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._key import BlockKey
+from onnx_selenc.blockwise._key import BlockKey
 
 _SINGLE = {"NCHW": "CHW", "NHWC": "HWC"}
 

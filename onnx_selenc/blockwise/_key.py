@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onnx_selenc._io import atomic_write, refuse_existing
+from onnx_selenc._onnx.files import atomic_write, refuse_existing
+from onnx_selenc.blockwise._derive import BlockTransform, derive_transform, log2_factorial, subkey
 from onnx_selenc.exceptions import KeyFileError
-
-from ._derive import BlockTransform, derive_transform, log2_factorial, subkey
 
 KEY_FORMAT = "onnx-selenc-blockwise-key"
 KEY_VERSION = 1

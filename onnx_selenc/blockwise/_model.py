@@ -23,14 +23,18 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_selenc._io import atomic_write, refuse_existing, refuse_overwrite_of_input
-from onnx_selenc.exceptions import FormatError, KeyMismatch, NotEncrypted, UnsupportedModel
-
-from ..exceptions import WeakKeyWarning
-from ._graph import GraphIndex, replace_constant, unique_name
-from ._key import BlockKey, ImageDomain
-from ._scramble import ScramblePlan, apply_scramble, plan_scramble
-from ._stem import PatchStem, find_patch_stem
+from onnx_selenc._onnx.files import atomic_write, refuse_existing, refuse_overwrite_of_input
+from onnx_selenc.blockwise._graph import GraphIndex, replace_constant, unique_name
+from onnx_selenc.blockwise._key import BlockKey, ImageDomain
+from onnx_selenc.blockwise._scramble import ScramblePlan, apply_scramble, plan_scramble
+from onnx_selenc.blockwise._stem import PatchStem, find_patch_stem
+from onnx_selenc.exceptions import (
+    FormatError,
+    KeyMismatch,
+    NotEncrypted,
+    UnsupportedModel,
+    WeakKeyWarning,
+)
 
 METADATA_KEY = "onnx_selenc.blockwise"
 

@@ -14,11 +14,18 @@ from collections import defaultdict
 import numpy as np
 import onnx
 
+from onnx_selenc.blockwise._graph import GraphIndex, attr, node_label
+from onnx_selenc.blockwise._shapes import Shapes
+from onnx_selenc.blockwise._tokens import (
+    INVARIANT,
+    ConstantEdit,
+    Group,
+    Move,
+    State,
+    merge,
+    restrict,
+)
 from onnx_selenc.exceptions import UnsupportedModel
-
-from ._graph import GraphIndex, attr, node_label
-from ._shapes import Shapes
-from ._tokens import INVARIANT, ConstantEdit, Group, Move, State, merge, restrict
 
 
 class TokenStates:

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ._equivariance import TokenAnalysis
-from ._graph import GraphIndex, replace_constant
-from ._shapes import Shapes, concrete_shapes
-from ._stem import PatchStem
-from ._tokens import ConstantEdit, materialize, take_along
+from onnx_selenc.blockwise._equivariance import TokenAnalysis
+from onnx_selenc.blockwise._graph import GraphIndex, replace_constant
+from onnx_selenc.blockwise._shapes import Shapes, concrete_shapes
+from onnx_selenc.blockwise._stem import PatchStem
+from onnx_selenc.blockwise._tokens import ConstantEdit, materialize, take_along
 
 
 @dataclass(frozen=True)

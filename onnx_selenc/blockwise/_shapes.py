@@ -12,9 +12,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnx_selenc.blockwise._graph import tensor_shape
 from onnx_selenc.exceptions import UnsupportedModel
-
-from ._graph import tensor_shape
 
 Shapes = dict[str, tuple[int, ...]]
 _DUMMY_BATCH = 2

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from onnx_selenc.blockwise._graph import GraphIndex, attr, node_label, tensor_shape
 from onnx_selenc.exceptions import UnsupportedModel
-
-from ._graph import GraphIndex, attr, node_label, tensor_shape
 
 _CHAIN_OPS = ("Transpose", "Cast", "Identity", "Sub", "Add", "Mul", "Div")
 _FLOAT_TYPES = (

@@ -1,0 +1,62 @@
+"""Deployment commands of the ``onnx-selenc`` CLI: ``package``.
+
+Hooked into the main parser by :func:`add_deploy_commands`; errors are raised and
+the main CLI prints them with its exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from onnx_selenc._deploy.package import package
+
+
+def add_deploy_commands(subparsers: Any) -> None:
+    """Add ``package`` to the CLI's subcommands.
+
+    Args:
+        subparsers: what ``ArgumentParser.add_subparsers()`` returned.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="onnx-selenc")
+        >>> add_deploy_commands(parser.add_subparsers(dest="command", required=True))
+    """
+    p = subparsers.add_parser(
+        "package",
+        help="write an encrypted model as a registry-ready folder (onnx/, manifest, README)",
+        description="Lay an encrypted model out like a Hugging Face ONNX repository: "
+        "onnx/model.enc.onnx (external data beside it), manifest.json (public) and a README.md "
+        "model card. Key files are never copied. The folder is built beside DIR and renamed "
+        "into place.",
+    )
+    p.add_argument("model", metavar="ENC_MODEL", help="encrypted .onnx or a packaged folder")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to create")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace DIR if it exists and is not empty"
+    )
+    p.add_argument("--title", help="heading of the README model card")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_package)
+
+
+def cmd_package(args: argparse.Namespace) -> int:
+    """``onnx-selenc package ENC_MODEL -o DIR``."""
+    result = package(args.model, args.output, overwrite=args.overwrite, title=args.title)
+    files = [result.model_file, *result.data_files, result.manifest_file, result.readme_file]
+    if args.json:
+        doc = {
+            "output_dir": str(result.output_dir),
+            "files": [str(f) for f in files],
+            "key_id": result.key_id,
+            "levels": result.levels,
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        print(
+            f"packaged {result.levels}-level model (key id {result.key_id}) in {result.output_dir}"
+        )
+        for f in files:
+            print(f"  {f.relative_to(result.output_dir)}")
+    return 0

@@ -1,0 +1,1 @@
+"""Sealing primitives: AES-GCM seal and tags, key chain and key files, bundle, digest."""

@@ -1,0 +1,395 @@
+"""The bundle: manifest and sealed level payloads carried inside the encrypted .onnx.
+
+Two ``metadata_props`` entries (FORMAT.md has the byte-level description):
+
+- ``onnx_selenc.manifest``: canonical JSON, public (no secrets, no kernel positions);
+- ``onnx_selenc.sealed``: base64 of the sealed blobs, one per level 0..M, back to back
+  at the offsets the manifest lists. Blob 0 seals nothing; it authenticates the
+  manifest for any key holder. Blob m seals the originals level m adds.
+
+Every blob's associated data is the SHA-256 of the exact manifest bytes plus its
+level, so a blob moved to another model or level fails to open, and the manifest
+(with the model digest in it) is authenticated before anything in it is trusted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnx_selenc._crypto import seal as _seal
+from onnx_selenc._crypto import strict as _strict
+from onnx_selenc._onnx.graph import weight_key
+from onnx_selenc._onnx.metadata import BUNDLE_KEYS, MANIFEST_KEY, SEALED_KEY, strip_bundle
+from onnx_selenc.exceptions import FormatError, NotEncrypted
+
+MODEL_FORMAT = "onnx-selenc-model"
+FORMAT_VERSION = 1
+MAX_MANIFEST_BYTES = 1 << 20
+_MANIFEST_FIELDS = {
+    "format",
+    "version",
+    "cipher",
+    "chain",
+    "key_id",
+    "levels",
+    "model_digest",
+    "model_tags",
+    "blobs",
+    "encrypted",
+    "level_weights",
+    "selection",
+    "tool",
+}
+# P2 tables address tensors by escaped key (``_graph.weight_key``); P1, written by 0.1,
+# joined path and name with "/" unescaped (read as such, for files that worked then).
+_PAYLOAD_MAGIC = b"SELENCP2"
+_LEGACY_PAYLOAD_MAGIC = b"SELENCP1"
+_DOMAIN = b"onnx-selenc/v1/blob/"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The public manifest of an encrypted model (parsed and range-checked)."""
+
+    key_id: str
+    levels: int
+    model_digest: str
+    model_tags: tuple[str, ...]
+    blobs: tuple[tuple[int, int], ...]
+    encrypted: dict[str, float]
+    level_weights: tuple[int, ...]
+    selection: dict[str, object]
+    tool: str
+    raw: bytes
+
+    def as_dict(self) -> dict[str, object]:
+        return json.loads(self.raw)
+
+
+@dataclass(frozen=True)
+class TensorPatch:
+    """Originals of one tensor's kernels, as sealed for one level."""
+
+    key: str
+    dtype: str
+    shape: tuple[int, ...]
+    kernels: np.ndarray
+    values: np.ndarray
+
+
+def canonical_json(obj: object) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def manifest_bytes(fields: dict[str, object]) -> bytes:
+    doc = {
+        "format": MODEL_FORMAT,
+        "version": FORMAT_VERSION,
+        "cipher": _seal.CIPHER_ID,
+        "chain": _seal.CHAIN_ID,
+        **fields,
+    }
+    return canonical_json(doc)
+
+
+def blob_aad(manifest_raw: bytes, level: int) -> bytes:
+    return _DOMAIN + hashlib.sha256(manifest_raw).digest() + level.to_bytes(2, "big")
+
+
+def blob_layout(lengths: Sequence[int]) -> list[tuple[int, int]]:
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int)
+    return [(int(o), int(n)) for o, n in zip(offsets, lengths, strict=True)]
+
+
+def attach(model: onnx.ModelProto, manifest_raw: bytes, blobs: Sequence[bytes]) -> None:
+    """Store the manifest and sealed blobs in the model's metadata (replacing old ones)."""
+    strip(model)
+    model.metadata_props.add(key=MANIFEST_KEY, value=manifest_raw.decode("ascii"))
+    model.metadata_props.add(key=SEALED_KEY, value=base64.b64encode(b"".join(blobs)).decode())
+
+
+def strip(model: onnx.ModelProto) -> None:
+    """Remove the bundle entries from the model's metadata."""
+    strip_bundle(model)
+
+
+def is_encrypted(model: onnx.ModelProto) -> bool:
+    return any(p.key == MANIFEST_KEY for p in model.metadata_props)
+
+
+def read_bundle(model: onnx.ModelProto) -> tuple[Manifest, list[bytes]]:
+    """Parse and range-check the bundle; nothing in it is trusted until blob 0 opens.
+
+    Raises:
+        NotEncrypted: the model has no bundle.
+        FormatError: malformed manifest, unknown version, blobs out of range.
+    """
+    entries = {p.key: p.value for p in model.metadata_props if p.key in BUNDLE_KEYS}
+    if MANIFEST_KEY not in entries:
+        raise NotEncrypted("this model was not encrypted by onnx-selenc (no manifest found)")
+    if SEALED_KEY not in entries:
+        raise FormatError("the encrypted model has a manifest but no sealed data")
+    manifest = parse_manifest(_entry_bytes(entries[MANIFEST_KEY]))
+    try:
+        sealed = base64.b64decode(entries[SEALED_KEY], validate=True)
+    except (binascii.Error, ValueError):
+        raise FormatError("the sealed data is not valid base64 (truncated or edited)") from None
+    expected = 0
+    for offset, length in manifest.blobs:
+        if offset != expected or length < _seal.SEAL_OVERHEAD:
+            raise FormatError("the manifest's blob table is malformed")
+        expected += length
+    if expected != len(sealed):
+        raise FormatError(
+            f"the sealed data has {len(sealed)} bytes; the manifest "
+            f"describes {expected} (truncated or edited)"
+        )
+    return manifest, [sealed[o : o + n] for o, n in manifest.blobs]
+
+
+def _entry_bytes(value: str | bytes) -> bytes:
+    """A metadata value as bytes: protobuf hands over ``bytes`` when it is not UTF-8."""
+    return value if isinstance(value, bytes) else value.encode("utf-8", "surrogatepass")
+
+
+# Text fields of the manifest, as docs/manifest.schema.json states them.
+_KEY_ID = re.compile(r"[0-9a-f]{32}")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_TAG = re.compile(r"[0-9a-f]{24}:[0-9a-f]{32}")
+_COUNTS = frozenset({"weights", "conv_weights", "layers", "fraction"})
+
+
+def parse_manifest(raw: bytes) -> Manifest:
+    """Parse and type-check a manifest exactly as docs/manifest.schema.json states it.
+
+    Nothing is coerced: a level count of ``2.0`` or ``true``, a string where a number
+    belongs, a blob table of the wrong length are all refused.
+
+    Raises:
+        FormatError: not ASCII JSON, a field unknown, missing or of the wrong type or
+            range, an unknown version.
+    """
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise FormatError("the manifest is too large")
+    doc = _strict.load(raw, "the manifest", ascii_only=True)
+    if not isinstance(doc, dict) or doc.get("format") != MODEL_FORMAT:
+        raise FormatError("the manifest is not an onnx-selenc manifest")
+    version = doc.get("version")
+    if not _strict.is_int(version) or version != FORMAT_VERSION:
+        raise FormatError(
+            f"encrypted-model format version {_strict.show(version)} is unknown; "
+            f"this onnx-selenc reads version {FORMAT_VERSION}"
+        )
+    unknown = set(doc) - _MANIFEST_FIELDS
+    missing = _MANIFEST_FIELDS - set(doc)
+    if unknown or missing:
+        raise FormatError(
+            f"the manifest has unknown fields {sorted(unknown)} or lacks {sorted(missing)}"
+        )
+    if doc["cipher"] != _seal.CIPHER_ID or doc["chain"] != _seal.CHAIN_ID:
+        raise FormatError(
+            f"unsupported cipher {_strict.show(doc['cipher'])} / chain {_strict.show(doc['chain'])}"
+        )
+    levels = _strict.integer(doc["levels"], "the manifest's levels", 1, 255)
+    return Manifest(
+        _strict.string(doc["key_id"], "the manifest's key_id", _KEY_ID),
+        levels,
+        _strict.string(doc["model_digest"], "the manifest's model_digest", _DIGEST),
+        tuple(
+            _strict.string(t, "a model tag in the manifest", _TAG)
+            for t in _strict.array(doc["model_tags"], "the manifest's model_tags", levels + 1)
+        ),
+        _blob_table(doc["blobs"], levels),
+        _encrypted_counts(doc["encrypted"]),
+        _level_weights(doc["level_weights"], levels),
+        _strict.mapping(doc["selection"], "the manifest's selection"),
+        _strict.string(doc["tool"], "the manifest's tool"),
+        raw,
+    )
+
+
+def _blob_table(value: object, levels: int) -> tuple[tuple[int, int], ...]:
+    """``[offset, length]`` per level; read_bundle checks they tile the sealed data."""
+    blobs = []
+    for pair in _strict.array(value, "the manifest's blobs", levels + 1):
+        offset, length = _strict.array(pair, "a blob entry in the manifest", 2)
+        blobs.append(
+            (
+                _strict.integer(offset, "a blob offset in the manifest"),
+                _strict.integer(length, "a blob length in the manifest"),
+            )
+        )
+    return tuple(blobs)
+
+
+def _encrypted_counts(value: object) -> dict[str, float]:
+    counts = _strict.mapping(value, "the manifest's encrypted counts", _COUNTS)
+    for k in ("weights", "conv_weights", "layers"):
+        _strict.integer(counts[k], f"the manifest's encrypted.{k}")
+    _strict.number(counts["fraction"], "the manifest's encrypted.fraction", 0, 1)
+    return dict(counts)
+
+
+def _level_weights(value: object, levels: int) -> tuple[int, ...]:
+    """Weights restored at each level: cumulative, so from 0 and never decreasing."""
+    weights = tuple(
+        _strict.integer(w, "a level_weights entry in the manifest")
+        for w in _strict.array(value, "the manifest's level_weights", levels + 1)
+    )
+    if weights[0] != 0 or list(weights) != sorted(weights):
+        raise FormatError("the manifest's level_weights must start at 0 and never decrease")
+    return weights
+
+
+def encode_payload(patches: Sequence[TensorPatch]) -> bytes:
+    """Serialise one level's originals: magic, u64 JSON length, JSON table, raw arrays."""
+    table = []
+    chunks: list[bytes] = []
+    offset = 0
+    for p in patches:
+        idx = np.ascontiguousarray(p.kernels, dtype="<i8").tobytes()
+        val = np.ascontiguousarray(p.values, dtype=np.dtype(p.dtype).newbyteorder("<")).tobytes()
+        table.append(
+            {
+                "key": p.key,
+                "dtype": p.dtype,
+                "shape": list(p.shape),
+                "count": len(p.kernels),
+                "offset": offset,
+            }
+        )
+        chunks += [idx, val]
+        offset += len(idx) + len(val)
+    head = canonical_json(table)
+    return _PAYLOAD_MAGIC + struct.pack("<Q", len(head)) + head + b"".join(chunks)
+
+
+# Fixed-size numeric dtypes a payload may hold, with their sizes: anything else in a
+# table is refused before numpy sees it (np.dtype parses far more than dtype names).
+_PAYLOAD_DTYPES = {
+    "float16": 2, "float32": 4, "float64": 8, "int8": 1, "uint8": 1, "int16": 2,
+    "uint16": 2, "int32": 4, "uint32": 4, "int64": 8, "uint64": 8,
+}  # fmt: skip
+_ENTRY_FIELDS = frozenset({"key", "dtype", "shape", "count", "offset"})
+_MAX_RANK = 16
+_ENTRY = "a sealed payload entry"
+
+
+def _payload_table(raw: bytes | memoryview) -> list[object]:
+    """The JSON table of a payload, strictly parsed: a list (entries checked one by one)."""
+    # No walk over the whole table: _payload_entry checks every value of every entry.
+    table = _strict.load(raw, "the sealed payload table", walk=False)
+    return _strict.array(table, "the sealed payload table")
+
+
+def _payload_entry(entry: object) -> tuple[str, str, tuple[int, ...], int, int]:
+    """``(key, dtype, shape, count, offset)`` of a table entry, type- and range-checked.
+
+    The payload is authenticated, so only a key holder can write a bad one; decoding
+    it must still raise nothing but FormatError. One expression checks the usual case
+    (hundreds of entries per load); the field readers word what is wrong otherwise.
+    """
+    if type(entry) is dict and entry.keys() == _ENTRY_FIELDS:
+        key, dtype, dims = entry["key"], entry["dtype"], entry["shape"]
+        count, offset = entry["count"], entry["offset"]
+        if (
+            type(key) is str
+            and type(dtype) is str
+            and dtype in _PAYLOAD_DTYPES
+            and type(dims) is list
+            and 2 <= len(dims) <= _MAX_RANK
+            and all(type(d) is int and d >= 0 for d in dims)
+            and type(count) is int
+            and count >= 0
+            and type(offset) is int
+            and offset >= 0
+        ):
+            shape = tuple(dims)
+            if math.prod(shape) * _PAYLOAD_DTYPES[dtype] <= _strict.INT64_MAX:
+                return key, dtype, shape, count, offset
+    raise FormatError(_entry_problem(entry))
+
+
+def _entry_problem(entry: object) -> str:
+    """What is wrong with a table entry :func:`_payload_entry` refused."""
+    try:
+        fields = _strict.mapping(entry, _ENTRY, _ENTRY_FIELDS)
+        _strict.string(fields["key"], f"{_ENTRY}'s key")
+        dtype = _strict.string(fields["dtype"], f"{_ENTRY}'s dtype")
+        if dtype not in _PAYLOAD_DTYPES:
+            return f"{_ENTRY} has the unknown dtype {_strict.show(dtype)}"
+        dims = _strict.array(fields["shape"], f"{_ENTRY}'s shape")
+        if not 2 <= len(dims) <= _MAX_RANK:
+            return f"{_ENTRY}'s shape must have 2 to {_MAX_RANK} dimensions, not {len(dims)}"
+        for d in dims:
+            _strict.integer(d, f"a dimension of {_ENTRY}'s shape")
+        _strict.integer(fields["count"], f"{_ENTRY}'s count")
+        _strict.integer(fields["offset"], f"{_ENTRY}'s offset")
+    except FormatError as exc:
+        return str(exc)
+    return f"{_ENTRY}'s shape {dims} is too large"
+
+
+def decode_payload(data: bytes) -> list[TensorPatch]:
+    """Inverse of :func:`encode_payload`, bounds-checked (it is authenticated already)."""
+    if data[:8] not in (_PAYLOAD_MAGIC, _LEGACY_PAYLOAD_MAGIC) or len(data) < 16:
+        raise FormatError("sealed payload has an unknown layout")
+    legacy = data[:8] == _LEGACY_PAYLOAD_MAGIC
+    (n,) = struct.unpack("<Q", data[8:16])
+    if n > len(data) - 16:
+        raise FormatError("sealed payload table is out of range")
+    table = _payload_table(data[16 : 16 + n])
+    body = memoryview(data)[16 + n :]
+    size = len(body)
+    patches = []
+    # Per dtype code: (dtype, its name, the stored little-endian dtype, whether they
+    # differ). numpy's dtype.name and astype are slow next to hundreds of small entries.
+    dtypes: dict[str, tuple[np.dtype, str, np.dtype, bool]] = {}
+    index_dtype = np.dtype("<i8")
+    native_index = index_dtype == np.dtype(np.int64)
+    for entry in table:
+        key, code, shape, count, offset = _payload_entry(entry)
+        if code not in dtypes:
+            dt = np.dtype(code)
+            stored_dt = dt.newbyteorder("<")
+            dtypes[code] = (dt, dt.name, stored_dt, stored_dt != dt)
+        dtype, dtype_name, stored, swap = dtypes[code]
+        ksize = math.prod(shape[2:])
+        end_idx = offset + 8 * count
+        end = end_idx + count * ksize * dtype.itemsize
+        if offset < 0 or count < 0 or end > size:
+            raise FormatError("sealed payload entry is out of range")
+        # Views of the payload where the byte order allows (no copy per entry).
+        kernels = np.frombuffer(body, index_dtype, count, offset)
+        if not native_index:
+            kernels = kernels.astype(np.int64)
+        values = np.frombuffer(body, stored, count * ksize, end_idx)
+        if swap:
+            values = values.astype(dtype)
+        patches.append(
+            TensorPatch(
+                _legacy_key(key) if legacy else key,
+                dtype_name,
+                shape,
+                kernels,
+                values.reshape(count, ksize),
+            )
+        )
+    return patches
+
+
+def _legacy_key(key: str) -> str:
+    """A 0.1 payload key (``"<step>/.../<name>"``, unescaped) as a :func:`weight_key`."""
+    *path, name = key.split("/")
+    return weight_key(tuple(path), name)

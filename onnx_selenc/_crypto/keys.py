@@ -1,0 +1,371 @@
+"""Key files: one level key of one encrypted model, in a small JSON file.
+
+Format (see FORMAT.md): canonical JSON with ``format``, ``version``, ``key_id``,
+``level``, ``levels``, ``chain``, and either ``key`` (hex) or ``protected``
+(scrypt + AES-GCM), plus ``check``, a digest of all other fields that catches a
+corrupted or truncated file before it can be mistaken for a wrong key.
+Written with 0600 permissions and never over an existing file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from onnx_selenc._crypto import seal as _seal
+from onnx_selenc._crypto import strict as _strict
+from onnx_selenc._onnx.files import (
+    Staging,
+    refuse_existing,
+    same_file,
+    staged_outputs,
+    write_new_file,
+)
+from onnx_selenc.exceptions import KeyFileError
+
+KEY_FORMAT = "onnx-selenc-key"
+KEY_VERSION = 1
+MAX_KEY_FILE_BYTES = 64 * 1024
+_FIELDS = {"format", "version", "key_id", "level", "levels", "chain", "key", "protected", "check"}
+
+
+@dataclass(frozen=True)
+class LevelKey:
+    """The key of one level of one encrypted model.
+
+    A level-m key restores levels 0..m. ``material`` is secret and kept out of ``repr``.
+    """
+
+    key_id: str
+    level: int
+    levels: int
+    material: bytes = field(repr=False)
+
+    def derive(self, level: int) -> LevelKey:
+        """Return the key of a lower (or the same) level.
+
+        Raises:
+            LevelNotGranted: ``level`` is above this key's level.
+        """
+        from onnx_selenc.exceptions import LevelNotGranted
+
+        if level > self.level:
+            raise LevelNotGranted(
+                f"this key is for level {self.level}; level {level} was asked for"
+            )
+        if level < 0:
+            raise ValueError(f"levels start at 0, got {level}")
+        return LevelKey(
+            self.key_id, level, self.levels, _seal.chain_down(self.material, self.level, level)
+        )
+
+    def level0(self) -> bytes:
+        return _seal.chain_down(self.material, self.level, 0)
+
+
+def new_owner_key(levels: int) -> LevelKey:
+    """A fresh top-level key for a model with ``levels`` levels."""
+    top = _seal.generate_key()
+    return LevelKey(_seal.key_id(_seal.chain_down(top, levels, 0)), levels, levels, top)
+
+
+def _header(key: LevelKey) -> dict[str, object]:
+    return {
+        "format": KEY_FORMAT,
+        "version": KEY_VERSION,
+        "key_id": key.key_id,
+        "level": key.level,
+        "levels": key.levels,
+        "chain": _seal.CHAIN_ID,
+    }
+
+
+def _canonical(obj: dict[str, object]) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def _check(doc: dict[str, object]) -> str:
+    return hashlib.sha256(_canonical({k: v for k, v in doc.items() if k != "check"})).hexdigest()[
+        :32
+    ]
+
+
+def key_file_bytes(key: LevelKey, *, passphrase: str | None = None) -> bytes:
+    """Serialise a key file (indented canonical JSON, human-inspectable)."""
+    doc = _header(key)
+    if passphrase is None:
+        doc["key"] = key.material.hex()
+    else:
+        doc["protected"] = _seal.wrap_with_passphrase(
+            key.material, passphrase, _canonical(_header(key))
+        )
+    doc["check"] = _check(doc)
+    return json.dumps(doc, sort_keys=True, indent=2).encode("utf-8") + b"\n"
+
+
+def write_key_file(
+    path: str | os.PathLike[str], key: LevelKey, *, passphrase: str | None = None
+) -> Path:
+    """Write a key file with 0600 permissions, atomically; never over an existing file.
+
+    Raises:
+        FileExistsError: ``path`` exists (losing an owner key loses the model).
+    """
+    refuse_existing(path, "key file")
+    with staged_outputs() as stage:
+        stage_key_file(stage, path, key, passphrase=passphrase)
+    return Path(path)
+
+
+def stage_key_file(
+    stage: Staging,
+    path: str | os.PathLike[str],
+    key: LevelKey,
+    *,
+    passphrase: str | None = None,
+    replace: bool = False,
+) -> Path:
+    """Add a key file (0600) to a set of outputs: it appears when the set is committed.
+
+    ``replace``: over an existing file (tier keys only, see :func:`export_key`); else
+    the commit fails if one has appeared meanwhile.
+    """
+    write_new_file(stage.path(path), key_file_bytes(key, passphrase=passphrase), mode=0o600)
+    stage.place(path, replace=replace)
+    return Path(path)
+
+
+def key_file_levels(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """``(level, levels)`` of the key file at ``path``; ``None`` if it is not one."""
+    try:
+        with open(path, "rb") as fh:
+            doc = _parse(fh.read(MAX_KEY_FILE_BYTES + 1), str(path))
+        return int(doc["level"]), int(doc["levels"])  # type: ignore[call-overload]
+    except (OSError, KeyFileError, KeyError, ValueError, TypeError):
+        return None
+
+
+def refuse_replacing_key_file(path: str | os.PathLike[str]) -> None:
+    """Refuse to write a model over a key file (a mistyped ``-o`` with ``--overwrite``).
+
+    Raises:
+        FileExistsError: ``path`` holds an onnx-selenc key file.
+    """
+    if os.path.isfile(path) and key_file_levels(path) is not None:
+        raise FileExistsError(
+            f"{path} is an onnx-selenc key file; refusing to replace it, even with "
+            "--overwrite (losing a key loses access): choose another output path"
+        )
+
+
+def is_protected(path: str | os.PathLike[str]) -> bool:
+    """Whether a key file needs a passphrase."""
+    return "protected" in _parse(Path(path).read_bytes()[: MAX_KEY_FILE_BYTES + 1], str(path))
+
+
+def read_key_file(path: str | os.PathLike[str], *, passphrase: str | None = None) -> LevelKey:
+    """Read and validate a key file.
+
+    Raises:
+        KeyFileError: malformed, truncated, corrupted, unknown version, or a wrong
+            or missing passphrase.
+        FileNotFoundError: no such file.
+    """
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_KEY_FILE_BYTES + 1)
+    return parse_key_file(data, source=str(path), passphrase=passphrase)
+
+
+def parse_key_file(
+    data: bytes, *, source: str = "key file", passphrase: str | None = None
+) -> LevelKey:
+    """Parse key-file bytes (see :func:`read_key_file`).
+
+    Every field is type-checked as docs/keyfile.schema.json states it, nothing coerced:
+    ``"level": 1.9``, ``"version": true`` or ``"levels": "3"`` are refused, not rounded.
+
+    Raises:
+        KeyFileError: see :func:`read_key_file`.
+    """
+    doc = _parse(data, source)
+    if doc["check"] != _check(doc):
+        raise KeyFileError(f"{source} is corrupted (its check digest does not match)")
+    key_id, level, levels = _header_fields(doc, source)
+    header = {k: doc[k] for k in ("format", "version", "key_id", "level", "levels", "chain")}
+    if "protected" in doc:
+        protected = _protected_fields(doc["protected"], source)
+        if passphrase is None:
+            raise KeyFileError(f"{source} is passphrase-protected: a passphrase is needed")
+        material = _seal.unwrap_with_passphrase(protected, passphrase, _canonical(header))
+    else:
+        material = bytes.fromhex(
+            _strict.string(doc["key"], f"the 'key' of {source}", _HEX64, error=KeyFileError)
+        )
+    if len(material) != _seal.KEY_BYTES:
+        raise KeyFileError(f"{source} holds a key of the wrong size")
+    key = LevelKey(key_id, level, levels, material)
+    if _seal.key_id(key.level0()) != key_id:
+        raise KeyFileError(f"{source} is corrupted (its key does not match its key id)")
+    return key
+
+
+_REQUIRED = frozenset({"format", "version", "key_id", "level", "levels", "chain", "check"})
+_PROTECTED = frozenset({"kdf", "n", "r", "p", "salt", "nonce", "wrapped"})
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_SALT = re.compile(r"(?:[0-9a-f]{2}){16,64}")
+_NONCE = re.compile(r"[0-9a-f]{24}")
+_WRAPPED = re.compile(r"[0-9a-f]{96}")  # a 32-byte key and its 16-byte GCM tag
+# scrypt needs 128 * n * r bytes: a key file must not make a load allocate gigabytes.
+_MAX_SCRYPT_MEMORY = 1 << 30
+
+
+def _header_fields(doc: dict[str, object], source: str) -> tuple[str, int, int]:
+    """``key_id``, ``level`` and ``levels``, type- and range-checked."""
+    key_id = _strict.string(doc["key_id"], f"the 'key_id' of {source}", _HEX32, error=KeyFileError)
+    level = _strict.integer(doc["level"], f"the 'level' of {source}", 0, 255, error=KeyFileError)
+    levels = _strict.integer(doc["levels"], f"the 'levels' of {source}", 1, 255, error=KeyFileError)
+    if level > levels:
+        raise KeyFileError(f"{source} is for level {level} of a model with {levels} levels")
+    if doc["chain"] != _seal.CHAIN_ID:
+        raise KeyFileError(
+            f"{source} uses the key chain {_strict.show(doc['chain'])}; "
+            f"this onnx-selenc knows {_seal.CHAIN_ID}"
+        )
+    return key_id, level, levels
+
+
+def _protected_fields(value: object, source: str) -> dict[str, object]:
+    """The scrypt parameters and wrapped key, checked before any work is spent on them."""
+    what = f"the 'protected' entry of {source}"
+    fields = _strict.mapping(value, what, _PROTECTED, error=KeyFileError)
+    if fields["kdf"] != "scrypt":
+        raise KeyFileError(f"{source} uses the unknown KDF {_strict.show(fields['kdf'])}")
+    n = _strict.integer(fields["n"], f"scrypt n in {what}", 2, 2**20, error=KeyFileError)
+    r = _strict.integer(fields["r"], f"scrypt r in {what}", 1, 32, error=KeyFileError)
+    _strict.integer(fields["p"], f"scrypt p in {what}", 1, 16, error=KeyFileError)
+    if n & (n - 1) or 128 * n * r > _MAX_SCRYPT_MEMORY:
+        raise KeyFileError(f"the scrypt parameters in {what} are out of range (n={n}, r={r})")
+    for name, pattern in (("salt", _SALT), ("nonce", _NONCE), ("wrapped", _WRAPPED)):
+        _strict.string(fields[name], f"the {name} in {what}", pattern, error=KeyFileError)
+    return fields
+
+
+def _parse(data: bytes, source: str) -> dict[str, object]:
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise KeyFileError(f"{source} is too large to be an onnx-selenc key file")
+    doc = _strict.load(data, source, error=KeyFileError)
+    if not isinstance(doc, dict) or doc.get("format") != KEY_FORMAT:
+        raise KeyFileError(f"{source} is not an onnx-selenc key file")
+    version = doc.get("version")
+    if not _strict.is_int(version) or version != KEY_VERSION:
+        raise KeyFileError(
+            f"{source} has key-file version {_strict.show(version)}; "
+            f"this onnx-selenc reads version {KEY_VERSION}"
+        )
+    unknown = set(doc) - _FIELDS
+    if unknown:
+        raise KeyFileError(f"{source} has unknown fields: {', '.join(sorted(unknown))}")
+    missing = _REQUIRED - set(doc)
+    if missing:
+        raise KeyFileError(f"{source} is malformed (it lacks {', '.join(sorted(missing))})")
+    if ("key" in doc) == ("protected" in doc):
+        raise KeyFileError(f"{source} is malformed (needs one of 'key'/'protected')")
+    return doc
+
+
+def export_key(
+    key_file: str | os.PathLike[str],
+    level: int,
+    output: str | os.PathLike[str],
+    *,
+    passphrase: str | None = None,
+    new_passphrase: str | None = None,
+    overwrite: bool = False,
+) -> LevelKey:
+    """Derive a lower-tier key file from a higher one (e.g. the owner key).
+
+    Args:
+        key_file: a key file of level ``>= level``.
+        level: the tier to hand out.
+        output: the new key file: must not exist, or with ``overwrite`` hold a key
+            file below its top level (a tier key; an owner key is never replaced).
+        passphrase: of ``key_file`` if it is protected.
+        new_passphrase: protect the new key file with this passphrase.
+        overwrite: replace an existing tier key file at ``output`` (atomically).
+
+    Returns:
+        The exported key.
+
+    Raises:
+        LevelNotGranted: ``key_file`` is below ``level``.
+        KeyFileError: ``key_file`` is malformed or its passphrase is wrong.
+        FileExistsError: ``output`` exists (with ``overwrite``: and is not a tier key).
+        ValueError: ``output`` is ``key_file``.
+
+    Example:
+        >>> export_key("owner.key", 2, "tier2.key")  # doctest: +SKIP
+    """
+    source, out = Path(key_file), Path(output)
+    if same_file(out, source):
+        raise ValueError(
+            f"refusing to overwrite the source key file {source}: choose another output path"
+        )
+    if os.path.lexists(out):
+        if not overwrite:
+            raise FileExistsError(
+                f"key file {out} already exists; refusing to replace it (move it away "
+                "first, or pass --overwrite / overwrite=True to replace a tier key file)"
+            )
+        levels = key_file_levels(out)
+        if levels is None:
+            raise FileExistsError(
+                f"{out} exists and is not an onnx-selenc key file; refusing to replace it "
+                "(--overwrite replaces only a tier key file)"
+            )
+        if levels[0] == levels[1]:
+            raise FileExistsError(
+                f"{out} holds a top-level (owner) key; refusing to replace it, even with "
+                "--overwrite (losing an owner key loses access to its model)"
+            )
+    lower = read_key_file(source, passphrase=passphrase).derive(level)
+    with staged_outputs() as stage:
+        stage_key_file(stage, out, lower, passphrase=new_passphrase, replace=overwrite)
+    return lower
+
+
+def key_info(key: LevelKey) -> dict[str, object]:
+    """Public facts about a key (no secret material), for ``keys info``."""
+    return {
+        "key_id": key.key_id,
+        "level": key.level,
+        "levels": key.levels,
+        "chain": _seal.CHAIN_ID,
+        "format": KEY_FORMAT,
+        "version": KEY_VERSION,
+    }
+
+
+def key_from_env(variable: str, *, passphrase: str | None = None) -> LevelKey:
+    """Read a key from an environment variable holding a key file's path or its content.
+
+    Serving environments inject secrets either way (a mounted file or the value itself).
+
+    Raises:
+        KeyError: the variable is not set.
+        KeyFileError: the content is not a valid key file.
+    """
+    try:
+        value = os.environ[variable]
+    except KeyError:
+        raise KeyError(f"environment variable {variable} (onnx-selenc key) is not set") from None
+    if value.lstrip().startswith("{"):
+        # surrogateescape: bytes the OS could not decode come back as they were (and
+        # are refused as not UTF-8) instead of raising UnicodeEncodeError here.
+        content = value.encode("utf-8", "surrogateescape")
+        return parse_key_file(content, source=f"${variable}", passphrase=passphrase)
+    return read_key_file(value, passphrase=passphrase)

@@ -1,0 +1,1 @@
+"""Deployment: registry-ready packages, inspection."""

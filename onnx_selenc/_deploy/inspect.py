@@ -1,0 +1,123 @@
+"""Inspection: the conv inventory of any model, and the public manifest of an encrypted one."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from onnx_selenc._crypto import bundle as _bundle
+from onnx_selenc._load.loader import resolve_model_path
+from onnx_selenc._onnx.graph import (
+    ConvWeight,
+    UnsupportedConv,
+    conv_functions,
+    inline_conv_functions,
+    walk_conv_weights,
+)
+from onnx_selenc._onnx.modelio import load_model
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    """What ``inspect`` shows: conv weights, refusals, and the manifest if encrypted."""
+
+    path: Path
+    producer: str
+    opsets: dict[str, int]
+    weights: tuple[ConvWeight, ...]
+    unsupported: tuple[UnsupportedConv, ...]
+    manifest: dict[str, object] | None
+    # ``domain:name`` of the local functions holding convolutions: the inventory is that
+    # of the model with them inlined, as ``encrypt`` sees it.
+    inlined_functions: tuple[str, ...] = ()
+
+    @property
+    def conv_weights(self) -> int:
+        return sum(w.n_weights for w in self.weights)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "path": str(self.path),
+            "producer": self.producer,
+            "opsets": self.opsets,
+            "encrypted": self.manifest is not None,
+            "conv_weights": self.conv_weights,
+            "weights": [
+                {**asdict(w), "kernels": w.n_kernels, "params": w.n_weights} for w in self.weights
+            ],
+            "unsupported": [asdict(u) for u in self.unsupported],
+            "inlined_functions": list(self.inlined_functions),
+            "manifest": self.manifest,
+        }
+
+
+def inspect_model(model_path: str | os.PathLike[str]) -> ModelReport:
+    """Describe a model without any key: where each conv weight lives, and the manifest.
+
+    The manifest is public: levels, key id, how many weights each level restores.
+    Which tensors and kernels are encrypted is sealed and not shown.
+
+    Raises:
+        FormatError: not a valid ONNX model or a malformed manifest.
+    """
+    path = resolve_model_path(model_path)
+    model = load_model(path, load_external=False)
+    functions = tuple(f"{d}:{n}" for d, n in conv_functions(model))
+    inventory = walk_conv_weights(inline_conv_functions(model))
+    manifest = None
+    if _bundle.is_encrypted(model):
+        manifest = _bundle.read_bundle(model)[0].as_dict()
+    producer = f"{model.producer_name} {model.producer_version}".strip()
+    opsets = {o.domain or "ai.onnx": int(o.version) for o in model.opset_import}
+    return ModelReport(
+        path, producer, opsets, inventory.weights, inventory.unsupported, manifest, functions
+    )
+
+
+def format_report(report: ModelReport) -> str:
+    """A human-readable table of a :class:`ModelReport`."""
+    lines = [
+        f"model: {report.path}",
+        f"producer: {report.producer or '?'}  opsets: "
+        + ", ".join(f"{k} {v}" for k, v in report.opsets.items()),
+    ]
+    header = (
+        f"{'weight':<48} {'where':<12} {'dtype':<8} {'shape':<20} {'kernels':>9} {'params':>10}"
+    )
+    lines += ["", header, "-" * len(header)]
+    for w in report.weights:
+        where = w.storage + ("+ext" if w.external else "")
+        if w.graph_path:
+            where += "+sub"
+        name = w.key if len(w.key) <= 48 else "…" + w.key[-47:]
+        lines.append(
+            f"{name:<48} {where:<12} {w.dtype:<8} {'x'.join(map(str, w.shape)):<20} "
+            f"{w.n_kernels:>9} {w.n_weights:>10}"
+        )
+    lines.append(f"{len(report.weights)} conv weights, {report.conv_weights} parameters")
+    for u in report.unsupported:
+        lines.append(f"not encryptable: {u.node}: {u.reason}")
+    if report.inlined_functions:
+        lines.append(
+            "convolutions inside local functions, listed as encrypt inlines them: "
+            + ", ".join(report.inlined_functions)
+        )
+    m = report.manifest
+    if m is not None:
+        enc = m["encrypted"]
+        assert isinstance(enc, dict)
+        lines += [
+            "",
+            "encrypted by onnx-selenc",
+            f"  key id: {m['key_id']}",
+            f"  levels: {m['levels']}  ({m['cipher']}, {m['chain']})",
+            f"  encrypted: {enc['weights']} of {enc['conv_weights']} conv weights "
+            f"({100 * float(enc['fraction']):.3f}%) in {enc['layers']} tensors",
+            f"  selection: {m['selection']}",
+        ]
+        lw = m["level_weights"]
+        assert isinstance(lw, list)
+        for level, restored in enumerate(lw):
+            lines.append(f"  level {level}: restores {restored} weights")
+    return "\n".join(lines)

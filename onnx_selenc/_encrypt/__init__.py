@@ -1,0 +1,1 @@
+"""Encryption: options, the pipeline's stages, sealing, the self-check, files."""

@@ -1,0 +1,93 @@
+"""Sealing: the manifest and each level's increment of originals, under the key chain."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from onnx_selenc._crypto import bundle as _bundle
+from onnx_selenc._crypto import seal as _seal
+from onnx_selenc._crypto.digest import model_digest
+from onnx_selenc._crypto.keys import LevelKey
+from onnx_selenc._onnx.graph import ConvInventory, ConvWeight
+from onnx_selenc._select.masking import MaskedLayer
+from onnx_selenc._select.selection import Selection
+
+
+def seal_levels(
+    model: onnx.ModelProto,
+    selection: Selection,
+    masked: Sequence[MaskedLayer],
+    by_key: Mapping[str, ConvWeight],
+    inventory: ConvInventory,
+    owner: LevelKey,
+    selection_params: dict[str, object],
+) -> tuple[bytes, list[bytes]]:
+    """Build the manifest and seal each level's increment of originals."""
+    levels = selection.levels
+    payloads = [
+        _bundle.encode_payload(level_patches(selection, masked, by_key, m))
+        for m in range(1, levels + 1)
+    ]
+    weights_per_level = [
+        sum(
+            int(np.count_nonzero(layer.restore_level == m)) * by_key[layer.key].kernel_size
+            for layer in selection.layers
+        )
+        for m in range(1, levels + 1)
+    ]
+    lengths = [_seal.SEAL_OVERHEAD] + [len(p) + _seal.SEAL_OVERHEAD for p in payloads]
+    level_keys = [owner.derive(m).material for m in range(levels + 1)]
+    taggers = [_seal.new_model_tagger(k) for k in level_keys]
+    digest = model_digest(model, None, exclude_metadata=_bundle.BUNDLE_KEYS, taggers=taggers)
+    manifest_raw = _bundle.manifest_bytes(
+        {
+            "key_id": owner.key_id,
+            "levels": levels,
+            "model_digest": digest,
+            "model_tags": [t.result() for t in taggers],
+            "blobs": _bundle.blob_layout(lengths),
+            "encrypted": {
+                "weights": selection.selected_weights,
+                "conv_weights": inventory.total_weights,
+                "layers": len(selection.layers),
+                "fraction": round(selection.fraction, 8),
+            },
+            "level_weights": [0, *np.cumsum(weights_per_level).tolist()],
+            # The seed is deliberately absent: with the random scorer it would reveal
+            # which kernels are encrypted.
+            "selection": selection_params,
+            "tool": f"onnx-selenc {_version()}",
+        }
+    )
+    blobs = [_seal.seal(level_keys[0], b"", _bundle.blob_aad(manifest_raw, 0))]
+    for m, payload in enumerate(payloads, start=1):
+        blobs.append(_seal.seal(level_keys[m], payload, _bundle.blob_aad(manifest_raw, m)))
+    return manifest_raw, blobs
+
+
+def level_patches(
+    selection: Selection,
+    masked: Sequence[MaskedLayer],
+    by_key: Mapping[str, ConvWeight],
+    level: int,
+) -> list[_bundle.TensorPatch]:
+    patches = []
+    for layer, record in zip(selection.layers, masked, strict=True):
+        here = layer.restore_level == level
+        if here.any():
+            w = by_key[layer.key]
+            patches.append(
+                _bundle.TensorPatch(
+                    layer.key, w.dtype, w.shape, record.kernels[here], record.originals[here]
+                )
+            )
+    return patches
+
+
+def _version() -> str:
+    from onnx_selenc import __version__
+
+    return __version__

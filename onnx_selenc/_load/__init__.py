@@ -1,0 +1,1 @@
+"""Loading: files -> key -> unsealing -> patched model -> ONNX Runtime session."""

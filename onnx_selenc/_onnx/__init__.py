@@ -1,0 +1,1 @@
+"""ONNX model handling below every stage: graph walk, tensors, model files, atomic outputs."""

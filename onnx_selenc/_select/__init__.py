@@ -1,0 +1,1 @@
+"""What to encrypt: calibration, importance scorers, allocation, selection, masking, levels."""
