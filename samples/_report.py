@@ -11,7 +11,7 @@ import os
 import platform
 from pathlib import Path
 
-from onnx_selenc._io import atomic_write
+from onnx_selenc._onnx.files import atomic_write
 
 
 def cpu_name() -> str:

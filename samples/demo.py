@@ -25,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 import onnx_selenc as se
-from onnx_selenc._calibration import Calibration
+from onnx_selenc._select.calibration import Calibration
 from samples import real_inputs, real_models
 
 # Written into --out: a folder holding it was made by this demo, which may then remove

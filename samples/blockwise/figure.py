@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnx_selenc._io import atomic_write
+from onnx_selenc._onnx.files import atomic_write
 from onnx_selenc.blockwise import BlockKey, encrypt_images
 
 
