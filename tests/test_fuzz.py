@@ -39,6 +39,7 @@ from onnx_selenc._deploy.inspect import format_report, inspect_model
 from onnx_selenc._encrypt.files import encrypt_model
 from onnx_selenc._load.loader import load_session, restore_model
 from onnx_selenc._onnx import modelio as _modelio
+from onnx_selenc._onnx import stripped as _stripped
 from onnx_selenc._onnx import tensors as _tensors
 from onnx_selenc.exceptions import (
     FormatError,
@@ -443,13 +444,13 @@ def test_key_from_env_content_raises_only_key_file_errors(text: str) -> None:
 def test_wire_reader_is_faithful_or_refuses(sample: Sample, data) -> None:
     source = data.draw(st.sampled_from([sample.data, tm.constant_nodes().SerializeToString()]))
     blob = data.draw(mutated_bytes(source, [(0, len(source))]) | st.binary(max_size=200))
-    with mock.patch.object(_modelio, "STRIP_THRESHOLD", 64):
-        with contextlib.suppress(_modelio._Irregular):
-            _modelio._strip(blob)
+    with mock.patch.object(_stripped, "STRIP_THRESHOLD", 64):
+        with contextlib.suppress(_stripped._Irregular):
+            _stripped._strip(blob)
         path = sample.folder / "wire.onnx"
         path.write_bytes(blob)
         try:
-            stripped = _modelio.read_stripped(path)
+            stripped = _stripped.read_stripped(path)
         except FormatError:
             return
     # What the wire reader kept out is exactly what a plain parse holds.

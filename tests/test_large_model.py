@@ -1,15 +1,14 @@
 """Large models: the >2 GB round trip, and the machinery that keeps loading cheap.
 
-The fast tests pin the performance work to the old behaviour: the model digest equals
-the original implementation's (kept below as the reference) on every kind of model,
-the stripped parse gives back the exact model, the external-data writer writes what
-``onnx.save_model`` writes, and the in-memory load gives the plain model's outputs.
-The slow test builds a model over 2 GB and runs it through encrypt, inspect and load.
+The fast tests pin the performance work to the old behaviour: the external-data writer
+writes what ``onnx.save_model`` writes, and the in-memory load gives the plain model's
+outputs (the digest's and the stripped parse's own tests are test_digest.py and
+test_stripped.py). The slow test builds a model over 2 GB and runs it through encrypt,
+inspect and load.
 """
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import warnings
 from pathlib import Path
@@ -21,195 +20,15 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_selenc as se
-from onnx_selenc._crypto import bundle as _bundle
 from onnx_selenc._crypto import digest as _digest
 from onnx_selenc._load import loader as _loader
 from onnx_selenc._onnx import modelio as _modelio
-from onnx_selenc._onnx.graph import subgraphs
-from onnx_selenc._onnx.tensors import external_info
-from onnx_selenc.exceptions import FormatError, InvalidBundle
+from onnx_selenc._onnx import stripped as _stripped
+from onnx_selenc.exceptions import InvalidBundle
 
 from . import tiny_models as tm
 from .conftest import ort_run
-
-
-# --- the digest as first written: the reference the faster one must equal ------------
-def _reference_iter(graph: onnx.GraphProto):
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
-            elif attr.type == onnx.AttributeProto.TENSORS:
-                yield from attr.tensors
-        for _, sub in subgraphs(node):
-            yield from _reference_iter(sub)
-
-
-def reference_digest(model: onnx.ModelProto, base_dir, *, exclude_metadata=frozenset()) -> str:
-    h = hashlib.sha256(b"onnx-selenc/v1/model-digest\0")
-    tensors = list(_reference_iter(model.graph))
-    saved = [
-        (
-            t.raw_data if t.HasField("raw_data") else None,
-            list(t.external_data),
-            t.data_location if t.HasField("data_location") else None,
-        )
-        for t in tensors
-    ]
-    kept_meta = [(p.key, p.value) for p in model.metadata_props]
-    try:
-        for t in tensors:
-            t.ClearField("raw_data")
-            t.ClearField("external_data")
-            t.ClearField("data_location")
-        del model.metadata_props[:]
-        for k, v in kept_meta:
-            if k not in exclude_metadata:
-                model.metadata_props.add(key=k, value=v)
-        skeleton = model.SerializeToString(deterministic=True)
-    finally:
-        del model.metadata_props[:]
-        for k, v in kept_meta:
-            model.metadata_props.add(key=k, value=v)
-        for t, (raw, ext, loc) in zip(tensors, saved, strict=True):
-            if raw is not None:
-                t.raw_data = raw
-            t.external_data.extend(ext)
-            if loc is not None:
-                t.data_location = loc
-    h.update(len(skeleton).to_bytes(8, "little"))
-    h.update(skeleton)
-    for t, (raw, _, loc) in zip(tensors, saved, strict=True):
-        if loc == onnx.TensorProto.EXTERNAL:
-            info = external_info(t, base_dir)
-            length = (
-                info.length
-                if info.length is not None
-                else (int(np.prod(t.dims)) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize)
-            )
-            with open(info.path, "rb") as fh:
-                fh.seek(info.offset)
-                data = fh.read(length)
-            h.update(length.to_bytes(8, "little"))
-            h.update(data)
-        else:
-            data = raw or b""
-            h.update(len(data).to_bytes(8, "little"))
-            h.update(data)
-    return "sha256:" + h.hexdigest()
-
-
-# --- odd but valid-to-protobuf models the digest must treat exactly as before ----------
-def _odd_model() -> onnx.ModelProto:
-    """Sparse initializers, a TENSOR attribute without its tensor, TENSORS attributes,
-    an attribute tensor on a non-tensor attribute, unusual metadata entries."""
-    model = tm.if_subgraph()
-    g = model.graph
-    sp = g.sparse_initializer.add()
-    sp.dims.extend([4])
-    sp.values.CopyFrom(numpy_helper.from_array(np.arange(2, dtype=np.float32), "sv"))
-    sp.indices.CopyFrom(numpy_helper.from_array(np.array([0, 3], dtype=np.int64), "si"))
-    stub = g.sparse_initializer.add()  # no values, no indices
-    stub.dims.extend([2])
-    node = g.node.add(op_type="Custom", domain="x.y", name="odd")
-    a = node.attribute.add(name="t_missing", type=onnx.AttributeProto.TENSOR)
-    b = node.attribute.add(name="many", type=onnx.AttributeProto.TENSORS)
-    b.tensors.add().CopyFrom(numpy_helper.from_array(np.ones(3, np.float32), "m0"))
-    c = node.attribute.add(name="f_with_t", type=onnx.AttributeProto.FLOAT, f=1.0)
-    c.t.CopyFrom(numpy_helper.from_array(np.ones(2, np.float32), "hidden"))
-    del a
-    model.metadata_props.add(key="only_key")
-    model.metadata_props.add(key="k", value="v")
-    model.metadata_props.add(key=_bundle.MANIFEST_KEY, value="{}")
-    return model
-
-
-def _with_unknown_field(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with an unknown field (number 999) in its largest initializer."""
-    t = max(model.graph.initializer, key=lambda i: len(i.raw_data))
-    odd = onnx.TensorProto.FromString(t.SerializeToString() + b"\xb8\x3e\x05")
-    t.CopyFrom(odd)
-    return model
-
-
-_DIGEST_CASES = {
-    **{name: fn for name, fn in tm.ALL.items()},
-    "odd": _odd_model,
-    "unknown_field": lambda: _with_unknown_field(tm.cnn()),
-    "unknown_field_large": lambda: _with_unknown_field(tm.wide_cnn(width=48)),
-    "wide": lambda: tm.wide_cnn(width=48),
-}
-
-
-@pytest.mark.parametrize("name", sorted(_DIGEST_CASES))
-def test_digest_equals_the_reference(name: str) -> None:
-    model = _DIGEST_CASES[name]()
-    twin = onnx.ModelProto.FromString(model.SerializeToString())
-    excluded = frozenset({_bundle.MANIFEST_KEY})
-    before = model.SerializeToString(deterministic=True)
-    ours = _digest.model_digest(model, None, exclude_metadata=excluded)
-    assert ours == reference_digest(twin, None, exclude_metadata=excluded)
-    # Same side effects on the model as the original (it was re-saved after hashing).
-    assert model.SerializeToString(deterministic=True) == twin.SerializeToString(deterministic=True)
-    del before
-
-
-@pytest.mark.parametrize("name", sorted(_DIGEST_CASES))
-@pytest.mark.parametrize("threshold", [0, 1 << 16])
-def test_stripped_parse_gives_the_model_back(
-    name: str, threshold: int, tmp_path: Path, monkeypatch
-) -> None:
-    monkeypatch.setattr(_modelio, "STRIP_THRESHOLD", threshold)
-    model = _DIGEST_CASES[name]()
-    path = tmp_path / "m.onnx"
-    path.write_bytes(model.SerializeToString())
-    stripped = _modelio.read_stripped(path)
-    assert all(not t.HasField("raw_data") for t in stripped.tensors)
-    if threshold == 0 and name == "wide":
-        assert stripped.tensors  # the cut really happens
-    # The digest straight from the buffer equals the reference.
-    skeleton, sources = _digest.prepare_digest(
-        stripped.model, tmp_path, exclude_metadata=_bundle.BUNDLE_KEYS, raw_of=stripped.raw
-    )
-    twin = onnx.load(path)
-    assert _digest.hash_model(skeleton, sources, tmp_path) == reference_digest(
-        twin, tmp_path, exclude_metadata=_bundle.BUNDLE_KEYS
-    )
-    stripped.restore_raw_data()
-    assert stripped.model.SerializeToString(deterministic=True) == twin.SerializeToString(
-        deterministic=True
-    )
-
-
-def test_digest_of_external_data_equals_inline(tmp_path: Path) -> None:
-    model = tm.wide_cnn(width=48)
-    inline = _digest.model_digest(onnx.ModelProto.FromString(model.SerializeToString()), None)
-    onnx.save(
-        model,
-        tmp_path / "m.onnx",
-        save_as_external_data=True,
-        location="m.onnx.data",
-        size_threshold=0,
-    )
-    external = onnx.load(tmp_path / "m.onnx", load_external_data=False)
-    assert _digest.model_digest(external, tmp_path) == inline
-    assert reference_digest(external, tmp_path) == inline
-    (tmp_path / "m.onnx.data").write_bytes((tmp_path / "m.onnx.data").read_bytes()[:-4])
-    with pytest.raises(FormatError):
-        _digest.model_digest(external, tmp_path)
-
-
-def test_malformed_bytes_are_format_errors(tmp_path: Path) -> None:
-    data = tm.wide_cnn(width=48).SerializeToString()
-    for cut in (len(data) // 2, len(data) - 3, 7):
-        path = tmp_path / f"cut{cut}.onnx"
-        path.write_bytes(data[:cut])
-        with pytest.raises(FormatError):
-            _modelio.read_stripped(path)
+from .digest_reference import DIGEST_CASES as _DIGEST_CASES
 
 
 @pytest.mark.parametrize("name", ["cnn", "constant_nodes", "if_subgraph", "wide"])
@@ -243,7 +62,7 @@ def test_in_memory_load_equals_plain_and_ordinary_load(
     name: str, threshold: int, make_encrypted, monkeypatch
 ) -> None:
     """Everything handed over in memory (threshold 0) or inline: same outputs."""
-    monkeypatch.setattr(_modelio, "STRIP_THRESHOLD", threshold)
+    monkeypatch.setattr(_stripped, "STRIP_THRESHOLD", threshold)
     monkeypatch.setattr(_loader, "_MEMORY_THRESHOLD", threshold)
     model = _DIGEST_CASES[name]()
     enc, key = make_encrypted(model, levels=3, budget=0.3)
@@ -407,7 +226,7 @@ def _slow_hash(monkeypatch, delay: float) -> None:
 @pytest.mark.parametrize("mode", ["hash_late", "hash_first", "inline"])
 def test_in_place_restore_keeps_the_digest_right(mode: str, make_encrypted, monkeypatch) -> None:
     """Tensors restored in the file buffer before or after hashing: same tag, outputs."""
-    monkeypatch.setattr(_modelio, "STRIP_THRESHOLD", 0)
+    monkeypatch.setattr(_stripped, "STRIP_THRESHOLD", 0)
     monkeypatch.setattr(_loader, "_MEMORY_THRESHOLD", 0)
     monkeypatch.setattr(_digest, "_CHUNK", 64)  # several chunks per tensor, rows across them
     if mode == "hash_late":
@@ -424,45 +243,3 @@ def test_in_place_restore_keeps_the_digest_right(mode: str, make_encrypted, monk
             np.array_equal(a, b)
             for a, b in zip(ort_run(model, feeds), out.run(None, feeds), strict=True)
         )
-
-
-def test_gate_waits_for_a_region_being_hashed() -> None:
-    import threading
-    import time
-
-    gate = _digest.PatchGate()
-    buf = np.arange(64, dtype=np.float32)
-    rows = buf.reshape(16, 4)
-    gate._begin(0)  # the hasher is inside the region at offset 0
-    done = threading.Event()
-
-    def patch() -> None:
-        gate.before_patch(0, rows, np.array([3]))
-        rows[3] = -1
-        done.set()
-
-    worker = threading.Thread(target=patch)
-    worker.start()
-    time.sleep(0.1)
-    assert not done.is_set() and rows[3, 0] == 12  # still waiting, nothing written
-    gate._end(0)
-    worker.join(5)
-    assert done.is_set() and rows[3, 0] == -1
-    # A region already hashed is patched at once; one not reached yet keeps its rows.
-    gate.before_patch(0, rows, np.array([1]))
-    gate.before_patch(64, rows, np.array([2, 5]))
-    assert 0 not in gate._saved and gate._saved[64][0].tolist() == [2, 5]
-
-
-def test_gated_hash_sees_the_original_rows(monkeypatch) -> None:
-    monkeypatch.setattr(_digest, "_CHUNK", 40)  # 2 rows of 16 bytes per chunk
-    data = bytearray(np.arange(48, dtype=np.float32).tobytes())  # 12 rows of 4 floats
-    region = _digest.Region(memoryview(data), 16, 16 + 10 * 16)  # rows 1..10
-    expected = _digest.hash_model(b"s", [region], None)
-    gate = _digest.PatchGate()
-    view = np.frombuffer(data, np.float32)[4:44].reshape(10, 4)
-    changed = np.array([7, 0, 3, 4, 9])
-    gate.before_patch(16, view, changed)
-    view[changed] = -5.0
-    assert _digest.hash_model(b"s", [region], None, gate=gate) == expected
-    assert _digest.hash_model(b"s", [region], None) != expected  # the buffer did change

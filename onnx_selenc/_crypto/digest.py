@@ -204,7 +204,7 @@ def tensor_sources(
     Args:
         model: the model.
         raw_of: returns a tensor's raw bytes when they are held outside the model
-            (see ``_modelio.StrippedModel.raw``), else ``None``.
+            (see ``_onnx/stripped.StrippedModel.raw``), else ``None``.
         tensors: ``iter_tensors(model.graph)``, if already listed.
 
     Yields:

@@ -11,7 +11,7 @@ run the encrypted weights.
 ONNX Runtime a serialised model costs more than building the session from a path
 (serialising it, then copying the ``bytes`` into ONNX Runtime and parsing them
 again): the file is read once, its large tensors are never parsed into protobuf
-(``_modelio.read_stripped``), restored kernels are written into that buffer in place,
+(``_onnx/stripped.read_stripped``), restored kernels are written into that buffer in place,
 and every large main-graph weight, restored or not, is handed over as an in-memory
 external initializer backed by it; ONNX Runtime gets only the small graph. The
 model is checked against its level's tag (AES-GMAC over the bytes the manifest's
@@ -48,7 +48,8 @@ from onnx_selenc._crypto.digest import (
 )
 from onnx_selenc._crypto.keys import LevelKey, parse_key_file, read_key_file
 from onnx_selenc._onnx.graph import split_key, subgraphs
-from onnx_selenc._onnx.modelio import PROTO_LIMIT, StrippedModel, external_files, read_stripped
+from onnx_selenc._onnx.modelio import PROTO_LIMIT, external_files
+from onnx_selenc._onnx.stripped import StrippedModel, read_stripped
 from onnx_selenc._onnx.tensors import kernel_matrix, owning_graph, read_array, write_array
 from onnx_selenc.exceptions import FormatError, InvalidBundle, KeyMismatch, UnsafeSessionOptions
 
