@@ -459,9 +459,9 @@ def test_self_check_failure_has_its_own_exit_code(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from onnx_selenc._cli import commands as _cli
-    from onnx_selenc._load import loader as _loader
+    from onnx_selenc._load import restore as _restore
 
-    monkeypatch.setattr(_loader, "split_key", lambda key: ((), key + "-wrong"))
+    monkeypatch.setattr(_restore, "split_key", lambda key: ((), key + "-wrong"))
     onnx.save(tm.cnn(), tmp_path / "p.onnx")
     code = _cli.main(["encrypt", str(tmp_path / "p.onnx"), "-o", str(tmp_path / "e.onnx"),
                       "--keys", str(tmp_path / "k"), "--budget", "0.2"])  # fmt: skip

@@ -21,7 +21,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnx_selenc as se
 from onnx_selenc._crypto import digest as _digest
-from onnx_selenc._load import loader as _loader
+from onnx_selenc._load import opened as _opened
+from onnx_selenc._load import session as _session
 from onnx_selenc._onnx import modelio as _modelio
 from onnx_selenc._onnx import stripped as _stripped
 from onnx_selenc.exceptions import InvalidBundle
@@ -63,7 +64,7 @@ def test_in_memory_load_equals_plain_and_ordinary_load(
 ) -> None:
     """Everything handed over in memory (threshold 0) or inline: same outputs."""
     monkeypatch.setattr(_stripped, "STRIP_THRESHOLD", threshold)
-    monkeypatch.setattr(_loader, "_MEMORY_THRESHOLD", threshold)
+    monkeypatch.setattr(_session, "_MEMORY_THRESHOLD", threshold)
     model = _DIGEST_CASES[name]()
     enc, key = make_encrypted(model, levels=3, budget=0.3)
     for feeds in [tm.feeds(model)]:
@@ -214,26 +215,26 @@ def _slow_hash(monkeypatch, delay: float) -> None:
     """Make the loader's background hashing start late (after the tensors are patched)."""
     import time
 
-    real = _loader.hash_model
+    real = _opened.hash_model
 
     def late(*args, **kwargs):
         time.sleep(delay)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(_loader, "hash_model", late)
+    monkeypatch.setattr(_opened, "hash_model", late)
 
 
 @pytest.mark.parametrize("mode", ["hash_late", "hash_first", "inline"])
 def test_in_place_restore_keeps_the_digest_right(mode: str, make_encrypted, monkeypatch) -> None:
     """Tensors restored in the file buffer before or after hashing: same tag, outputs."""
     monkeypatch.setattr(_stripped, "STRIP_THRESHOLD", 0)
-    monkeypatch.setattr(_loader, "_MEMORY_THRESHOLD", 0)
+    monkeypatch.setattr(_session, "_MEMORY_THRESHOLD", 0)
     monkeypatch.setattr(_digest, "_CHUNK", 64)  # several chunks per tensor, rows across them
     if mode == "hash_late":
-        monkeypatch.setattr(_loader, "_INLINE_TAG_BYTES", 0)  # on a thread, as for big models
+        monkeypatch.setattr(_opened, "_INLINE_TAG_BYTES", 0)  # on a thread, as for big models
         _slow_hash(monkeypatch, 0.3)
     elif mode == "hash_first":
-        monkeypatch.setattr(_loader, "_INLINE_TAG_BYTES", 0)
+        monkeypatch.setattr(_opened, "_INLINE_TAG_BYTES", 0)
         monkeypatch.setenv("ORT_LOAD_CONFIG_FROM_MODEL", "1")  # digest first, then patch
     for model in (tm.wide_cnn(width=48), tm.constant_nodes(), tm.cnn()):
         enc, key = make_encrypted(model, levels=3, budget=0.3)

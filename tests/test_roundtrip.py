@@ -125,9 +125,9 @@ def test_external_data_round_trip(tmp_path: Path) -> None:
 
 def test_external_data_kept_on_disk_path(tmp_path: Path, monkeypatch) -> None:
     """Large external data is read by onnxruntime itself; restored tensors go in memory."""
-    from onnx_selenc._load import loader as _loader
+    from onnx_selenc._load import opened as _opened
 
-    monkeypatch.setattr(_loader, "INLINE_EXTERNAL_LIMIT", 0)
+    monkeypatch.setattr(_opened, "INLINE_EXTERNAL_LIMIT", 0)
     model = tm.wide_cnn(width=48)
     plain = tmp_path / "model.onnx"
     onnx.save(
@@ -235,6 +235,6 @@ def test_large_weights_read_only_in_subgraphs(tmp_path: Path) -> None:
         assert np.array_equal(session.run(None, feeds)[0], expected)
     # What ONNX Runtime may take in memory: read somewhere (here only in subgraphs);
     # the unused initializer is not (ONNX Runtime drops it, then refuses its value).
-    from onnx_selenc._load.loader import _memory_candidates
+    from onnx_selenc._load.session import _memory_candidates
 
     assert {name for _, name in _memory_candidates(model).values()} == {"w_in", "w_init", "w_const"}

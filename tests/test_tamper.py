@@ -94,12 +94,13 @@ def test_edited_weight_is_caught_at_every_level(
 ) -> None:
     """Each level checks the model with its own tag: none lets an edit through, whether
     the check runs before the session is built or beside it (large models)."""
-    from onnx_selenc._load import loader as _loader
+    from onnx_selenc._load import opened as _opened
+    from onnx_selenc._load import session as _session
     from onnx_selenc._onnx import stripped as _stripped
 
     if api == "load_session_threaded":
-        monkeypatch.setattr(_loader, "_INLINE_TAG_BYTES", 0)
-        monkeypatch.setattr(_loader, "_MEMORY_THRESHOLD", 0)
+        monkeypatch.setattr(_opened, "_INLINE_TAG_BYTES", 0)
+        monkeypatch.setattr(_session, "_MEMORY_THRESHOLD", 0)
         monkeypatch.setattr(_stripped, "STRIP_THRESHOLD", 0)
         api = "load_session"
     enc, key = make_encrypted(tm.cnn(), levels=3)

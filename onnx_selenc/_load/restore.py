@@ -1,0 +1,219 @@
+"""Restoring: the sealed originals written back into the model's tensors, in memory."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+
+from onnx_selenc._crypto import bundle as _bundle
+from onnx_selenc._crypto.digest import (
+    PatchGate,
+)
+from onnx_selenc._onnx.graph import split_key
+from onnx_selenc._onnx.stripped import StrippedModel
+from onnx_selenc._onnx.tensors import kernel_matrix, owning_graph, read_array, write_array
+from onnx_selenc.exceptions import FormatError, InvalidBundle
+
+if TYPE_CHECKING:
+    pass
+from onnx_selenc._load.opened import (
+    _TAG_MISMATCH,
+    KeySource,
+    RestoredModel,
+    _open,
+    _Opened,
+    _reads_files,
+)
+
+
+def _group(
+    payloads: Sequence[Sequence[_bundle.TensorPatch]],
+) -> dict[str, list[_bundle.TensorPatch]]:
+    by_key: dict[str, list[_bundle.TensorPatch]] = {}
+    for patches in payloads:
+        for p in patches:
+            by_key.setdefault(p.key, []).append(p)
+    return by_key
+
+
+def _patched(
+    model: onnx.ModelProto,
+    payloads: Sequence[Sequence[_bundle.TensorPatch]],
+    base_dir: Path,
+    stripped: StrippedModel | None,
+    gate: PatchGate | None = None,
+) -> Iterator[tuple[tuple[str, ...], str, onnx.TensorProto, np.ndarray]]:
+    """Each patched tensor with its restored values, checked to fit.
+
+    The values are a fresh array, or, with a ``gate``, the stripped tensor's own bytes
+    in the file buffer, restored in place (the gate keeps the digest right).
+    """
+    locate = _Locator(model)
+    names: dict[np.dtype, str] = {}  # numpy's dtype.name is slow; hundreds of tensors
+    for key, patches in _group(payloads).items():
+        graph_path, name = split_key(key)
+        tensor = locate(graph_path, name)
+        values, owned = _values(tensor, base_dir, stripped)
+        if values.dtype not in names:
+            names[values.dtype] = values.dtype.name
+        if names[values.dtype] != patches[0].dtype or tuple(values.shape) != patches[0].shape:
+            raise InvalidBundle("sealed data does not fit the model's tensors")
+        span = stripped.span(tensor) if gate is not None and stripped is not None else None
+        in_place = span is not None and not owned and values.flags.writeable
+        # A fresh array read from an external file is ours to patch: no second copy.
+        restored = values if owned or in_place else np.array(values, copy=True)
+        kernels = kernel_matrix(restored)
+        indices = [p.kernels for p in patches if p.kernels.size]
+        if indices:
+            every = indices[0] if len(indices) == 1 else np.concatenate(indices)
+            if every.min() < 0 or every.max() >= kernels.shape[0]:
+                raise InvalidBundle("sealed data does not fit the model's tensors")
+            if gate is not None and span is not None and in_place:
+                gate.before_patch(span[0], kernels, every)
+        for p in patches:
+            kernels[p.kernels] = p.values
+        yield graph_path, name, tensor, restored
+
+
+def _values(
+    tensor: onnx.TensorProto, base_dir: Path, stripped: StrippedModel | None
+) -> tuple[np.ndarray, bool]:
+    """A tensor's current values, and whether the array is a fresh one nobody else holds.
+
+    A stripped tensor gives a read-only view of the file buffer; an external one an
+    array read from its file; any other the model's own bytes (read-only).
+    """
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return read_array(tensor, base_dir), True
+    if stripped is not None:
+        view = stripped.array(tensor)
+        if view is not None:
+            return view, False
+        raw = stripped.raw(tensor)
+        if raw is not None:  # an odd size or dtype: let onnx read it as usual
+            tensor.raw_data = bytes(raw)
+    return read_array(tensor, base_dir), False
+
+
+def _apply(
+    model: onnx.ModelProto,
+    payloads: Sequence[Sequence[_bundle.TensorPatch]],
+    base_dir: Path,
+    stripped: StrippedModel | None = None,
+) -> dict[str, np.ndarray]:
+    """Write the sealed originals back; return values of tensors that stay external."""
+    external: dict[str, np.ndarray] = {}
+    for graph_path, name, tensor, restored in _patched(model, payloads, base_dir, stripped):
+        if (
+            tensor.data_location == onnx.TensorProto.EXTERNAL
+            and not graph_path
+            and any(i is tensor for i in model.graph.initializer)
+        ):
+            external[name] = restored
+        else:
+            write_array(tensor, restored)
+    return external
+
+
+class _Locator:
+    """A patched tensor by ``(graph path, name)``, each graph indexed once.
+
+    A scan per patched tensor is quadratic: PaddlePaddle exports hold hundreds of
+    weights in Constant nodes. The index keeps :func:`_tensors.find_tensor`'s choice: the
+    first initializer of that name, else the first Constant with a ``value`` that outputs
+    it.
+    """
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self._model = model
+        self._graphs: dict[tuple[str, ...], tuple[dict[str, Any], dict[str, Any]] | None] = {}
+
+    def __call__(self, graph_path: tuple[str, ...], name: str) -> onnx.TensorProto:
+        if graph_path not in self._graphs:
+            try:
+                graph = owning_graph(self._model, graph_path)
+            except FormatError:
+                self._graphs[graph_path] = None
+            else:
+                initializers: dict[str, Any] = {}
+                constants: dict[str, Any] = {}
+                for t in graph.initializer:
+                    initializers.setdefault(t.name, t)
+                for node in graph.node:
+                    if node.op_type == "Constant" and node.output:
+                        for attr in node.attribute:
+                            if attr.name == "value":
+                                constants.setdefault(node.output[0], attr.t)
+                                break
+                self._graphs[graph_path] = (initializers, constants)
+        found = self._graphs[graph_path]
+        tensor = None
+        if found is not None:
+            tensor = found[0].get(name)
+            if tensor is None:
+                tensor = found[1].get(name)
+        if tensor is None:
+            raise InvalidBundle("sealed data does not fit the model's tensors")
+        return tensor
+
+
+def restore_model(
+    model_path: str | os.PathLike[str],
+    *,
+    key: KeySource,
+    level: int | None = None,
+    passphrase: str | None = None,
+) -> RestoredModel:
+    """Restore an encrypted model to a level, in memory.
+
+    Args:
+        model_path: the encrypted ``.onnx`` (or a packaged folder).
+        key: key file path or :class:`LevelKey` (no default: the caller supplies it).
+        level: level to restore; default: the key's own level.
+        passphrase: for a passphrase-protected key file.
+
+    Returns:
+        The restored model; at the top level its weights equal the original's bit for bit.
+
+    Raises:
+        NotEncrypted: the model carries no onnx-selenc bundle.
+        KeyMismatch: the key belongs to another encrypted model.
+        LevelNotGranted: ``level`` is above the key's level.
+        InvalidBundle: the model, its sealed data or the key failed authentication.
+        FormatError, KeyFileError: malformed or truncated files.
+    """
+    return restore_opened(_open(model_path, key, level, passphrase))
+
+
+def restore_opened(
+    opened: _Opened, payloads: list[list[_bundle.TensorPatch]] | None = None
+) -> RestoredModel:
+    """:func:`restore_model` after :func:`_open` (``encrypt``'s self-check opens bytes;
+    it has opened the ``payloads`` already)."""
+    model, base_dir = opened.stripped.model, opened.path.parent
+    skeleton, sources = opened.digest_inputs()
+    if not opened.matches(opened.model_tag(skeleton, sources, overlap=_reads_files(sources))):
+        raise InvalidBundle(_TAG_MISMATCH)
+    if payloads is None:
+        payloads = opened.payloads()
+    _bundle.strip(model)
+    if opened.files and opened.inline:
+        onnx.load_external_data_for_model(model, str(base_dir))
+    external = _apply(model, payloads, base_dir, opened.stripped)
+    # Large tensors were parsed without their bytes: put back those not rewritten.
+    opened.stripped.restore_raw_data(
+        skip=frozenset(id(t) for t in opened.stripped.tensors if t.HasField("raw_data"))
+    )
+    return RestoredModel(
+        model,
+        opened.target,
+        opened.manifest.levels,
+        opened.manifest.key_id,
+        base_dir if opened.files and not opened.inline else None,
+        external,
+    )

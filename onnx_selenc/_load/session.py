@@ -1,0 +1,348 @@
+"""The loader: files -> key -> unsealing -> patched model -> ONNX Runtime session.
+
+Restored weights live only in memory, never written anywhere. Models with external
+data stay on disk as they are (ONNX Runtime reads the unchanged encrypted weights
+from there); restored tensors reach it through ``add_external_initializers``, which
+replaces them before graph optimisation. ``SessionOptions.add_initializer`` is never
+used: ONNX Runtime may ignore it silently (device or name change after fusion) and
+run the encrypted weights.
+
+:func:`load_session` (with its own session options) goes further, because handing
+ONNX Runtime a serialised model costs more than building the session from a path
+(serialising it, then copying the ``bytes`` into ONNX Runtime and parsing them
+again): the file is read once, its large tensors are never parsed into protobuf
+(``_onnx/stripped.read_stripped``), restored kernels are written into that buffer in place,
+and every large main-graph weight, restored or not, is handed over as an in-memory
+external initializer backed by it; ONNX Runtime gets only the small graph. The
+model is checked against its level's tag (AES-GMAC over the bytes the manifest's
+SHA-256 digest covers, FORMAT.md 1.3) while ONNX Runtime builds the session (a
+``PatchGate`` gives the check the original rows of what was already restored), and
+the session is dropped unless it matches; the restored weights only ever reach ONNX
+Runtime in this process, and nothing in the model can make it write anything (unless
+``ORT_LOAD_CONFIG_FROM_MODEL=1`` lets the model set session options: then the tag
+is checked first).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+
+from onnx_selenc._crypto import bundle as _bundle
+from onnx_selenc._crypto.digest import (
+    PatchGate,
+)
+from onnx_selenc._onnx.graph import subgraphs
+from onnx_selenc._onnx.stripped import StrippedModel
+from onnx_selenc._onnx.tensors import write_array
+from onnx_selenc.exceptions import UnsafeSessionOptions
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+from onnx_selenc._load.opened import KeySource, RestoredModel, _open, _TagCheck
+from onnx_selenc._load.restore import _patched, restore_model
+
+_DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+# Provider options that make an execution provider write compiled weights to disk.
+_DISK_CACHE_OPTIONS = (
+    "trt_engine_cache_enable",
+    "trt_dump_ep_context_model",
+    "cache_dir",
+    "ep_context_enable",
+    "trt_ep_context_file_path",
+)
+
+
+# The location given to tensors whose values ONNX Runtime receives in memory. No such
+# file exists (':' cannot even be in a Windows file name): were ONNX Runtime ever to
+# read the location instead of using the value, it would fail, never run masked weights.
+_IN_MEMORY = "onnx-selenc:in-memory"
+
+
+_CONSTANT_DOMAINS = ("", "ai.onnx")
+
+
+# The standard operators with graph attributes (see _may_hold_subgraphs).
+_SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+
+
+# Smaller tensors go to ONNX Runtime inside the serialised model: per tensor, an
+# in-memory initializer costs more than copying a few KiB.
+_MEMORY_THRESHOLD = 1 << 16
+
+
+def check_session_options(
+    sess_options: ort.SessionOptions | None, provider_options: Sequence[Mapping[str, Any]] = ()
+) -> None:
+    """Refuse options that would write restored weights to disk.
+
+    Raises:
+        UnsafeSessionOptions: an optimised-model path, EP-context dumps, or engine caches.
+    """
+    if sess_options is not None:
+        if sess_options.optimized_model_filepath:
+            raise UnsafeSessionOptions(
+                "SessionOptions.optimized_model_filepath would write the restored (plaintext) "
+                "weights to disk; unset it"
+            )
+        if _config_entry(sess_options, "ep.context_enable") not in ("", "0"):
+            raise UnsafeSessionOptions(
+                "session config 'ep.context_enable' would dump the restored model to disk"
+            )
+    for opts in provider_options:
+        for name in _DISK_CACHE_OPTIONS:
+            value = str(opts.get(name, "")).strip().lower()
+            if value not in ("", "0", "false"):
+                raise UnsafeSessionOptions(
+                    f"provider option '{name}' would write compiled restored weights to disk"
+                )
+
+
+def _config_entry(sess_options: ort.SessionOptions, entry: str) -> str:
+    try:
+        return str(sess_options.get_session_config_entry(entry))
+    except Exception:  # onnxruntime raises when the entry was never set
+        return ""
+
+
+def default_providers() -> list[str]:
+    """CUDA where the installed onnxruntime offers it, then CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [p for p in _DEFAULT_PROVIDERS if p in available]
+
+
+def build_session(
+    restored: RestoredModel,
+    *,
+    providers: Sequence[str | tuple[str, Mapping[str, Any]]] | None = None,
+    sess_options: ort.SessionOptions | None = None,
+) -> ort.InferenceSession:
+    """Build an ONNX Runtime session from a restored model, entirely in memory."""
+    import onnxruntime as ort
+
+    chosen = list(providers) if providers is not None else default_providers()
+    check_session_options(sess_options, [p[1] for p in chosen if isinstance(p, tuple)])
+    options = sess_options if sess_options is not None else ort.SessionOptions()
+    keep_alive = []
+    if restored.base_dir is not None:
+        options.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", str(restored.base_dir)
+        )
+    if restored.external_initializers:
+        names = list(restored.external_initializers)
+        keep_alive = [
+            ort.OrtValue.ortvalue_from_numpy(restored.external_initializers[n]) for n in names
+        ]
+        options.add_external_initializers(names, keep_alive)
+    session = ort.InferenceSession(restored.model.SerializeToString(), options, providers=chosen)
+    del keep_alive
+    return session
+
+
+def load_session(
+    model_path: str | os.PathLike[str],
+    *,
+    key: KeySource,
+    level: int | None = None,
+    passphrase: str | None = None,
+    providers: Sequence[str | tuple[str, Mapping[str, Any]]] | None = None,
+    sess_options: ort.SessionOptions | None = None,
+) -> ort.InferenceSession:
+    """Restore an encrypted model to the key's level and return an ONNX Runtime session.
+
+    Plaintext weights never touch disk. Which providers actually run is what
+    ``session.get_providers()`` reports (a provider that fails to load only warns).
+
+    Args:
+        model_path: the encrypted ``.onnx`` (or a packaged folder).
+        key: key file path or :class:`LevelKey`; there is no default key source.
+        level: restore this level (at most the key's); default the key's level.
+        passphrase: for a passphrase-protected key file.
+        providers: ONNX Runtime providers; default CUDA (where available) then CPU.
+        sess_options: session options; options that write the model to disk are refused.
+
+    Returns:
+        An ``onnxruntime.InferenceSession``.
+
+    Raises:
+        KeyMismatch, LevelNotGranted, InvalidBundle, NotEncrypted, FormatError,
+        KeyFileError: see :func:`restore_model`.
+        UnsafeSessionOptions: options that would write restored weights to disk.
+
+    Example:
+        >>> sess = load_session("model.enc.onnx", key="tier2.key")  # doctest: +SKIP
+        >>> sess.get_providers()  # doctest: +SKIP
+        ['CPUExecutionProvider']
+    """
+    chosen = list(providers) if providers is not None else None
+    # Check the options before any decryption happens.
+    check_session_options(sess_options, [p[1] for p in chosen or [] if isinstance(p, tuple)])
+    if sess_options is None:
+        # In-memory initializers need options of our own: a caller's SessionOptions
+        # would keep the restored weights alive (and apply them to its next session).
+        return _load_in_memory(model_path, key, level, passphrase, chosen)
+    restored = restore_model(model_path, key=key, level=level, passphrase=passphrase)
+    return build_session(restored, providers=chosen, sess_options=sess_options)
+
+
+def _load_in_memory(
+    model_path: str | os.PathLike[str],
+    key: KeySource,
+    level: int | None,
+    passphrase: str | None,
+    providers: Sequence[str | tuple[str, Mapping[str, Any]]] | None,
+) -> ort.InferenceSession:
+    """:func:`load_session` with weights handed over in memory (see the module docstring)."""
+    import onnxruntime as ort
+
+    opened = _open(model_path, key, level, passphrase)
+    model, base_dir = opened.stripped.model, opened.path.parent
+    skeleton, sources = opened.digest_inputs(in_place=True)
+    gate = PatchGate()
+    check = _TagCheck(opened, skeleton, sources, gate)
+    if os.environ.get("ORT_LOAD_CONFIG_FROM_MODEL") == "1":
+        check.verify()  # the model could set session options: trust it first
+    elif check.worth_a_thread():
+        check.start()
+    else:
+        check.verify()  # cheap: no tampered model ever reaches ONNX Runtime
+    try:
+        payloads = opened.payloads()
+        _bundle.strip(model)
+        names, values = _hand_over(model, payloads, base_dir, opened.stripped, gate)
+        options = ort.SessionOptions()
+        if opened.files:
+            options.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", str(base_dir)
+            )
+        # ONNX Runtime copies these while it builds the session: keep them alive till then.
+        keep_alive = [ort.OrtValue.ortvalue_from_numpy(v) for v in values]
+        if names:
+            options.add_external_initializers(names, keep_alive)
+        serialised = model.SerializeToString()
+        chosen = list(providers) if providers is not None else default_providers()
+        try:
+            session = ort.InferenceSession(serialised, options, providers=chosen)
+            del keep_alive, values, options
+        except Exception as exc:
+            if not names or not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            # An onnxruntime that takes in-memory initializers differently: build it the
+            # ordinary way (one serialised model), after the check.
+            check.verify()
+            restored = restore_model(opened.path, key=opened.keys[-1], level=opened.target)
+            return build_session(restored, providers=providers)
+    except BaseException:
+        check.verify()  # a modified model is reported as that, before anything else
+        raise
+    check.verify()
+    return session
+
+
+def _hand_over(
+    model: onnx.ModelProto,
+    payloads: Sequence[Sequence[_bundle.TensorPatch]],
+    base_dir: Path,
+    stripped: StrippedModel,
+    gate: PatchGate | None = None,
+) -> tuple[list[str], list[np.ndarray]]:
+    """Prepare the model for ONNX Runtime; return the initializers it gets in memory.
+
+    Restored tensors and large unchanged ones (read-only views of the file buffer) go
+    in memory when ONNX Runtime can take them that way: main-graph initializers and
+    Constant values that some node reads. The rest is written into the model.
+    """
+    handed: dict[int, tuple[onnx.TensorProto, str]] | None = None
+    names: list[str] = []
+    values: list[np.ndarray] = []
+
+    def in_memory(tensor: onnx.TensorProto, value: np.ndarray) -> bool:
+        nonlocal handed
+        if value.nbytes < _MEMORY_THRESHOLD:
+            return False
+        if handed is None:
+            handed = _memory_candidates(model)
+        entry = handed.get(id(tensor))
+        if entry is None:
+            return False
+        name = entry[1]
+        del tensor.external_data[:]
+        tensor.ClearField("raw_data")
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        for k, v in (("location", _IN_MEMORY), ("offset", "0"), ("length", str(value.nbytes))):
+            tensor.external_data.add(key=k, value=v)
+        names.append(name)
+        values.append(value)
+        return True
+
+    for _, _, tensor, restored in _patched(model, payloads, base_dir, stripped, gate):
+        if not in_memory(tensor, restored):
+            write_array(tensor, restored)
+    for tensor in stripped.tensors:
+        if tensor.HasField("raw_data") or tensor.data_location == onnx.TensorProto.EXTERNAL:
+            continue  # restored above, or read by ONNX Runtime from its external file
+        view = stripped.array(tensor)
+        if view is None or not in_memory(tensor, view):
+            raw = stripped.raw(tensor)
+            assert raw is not None
+            tensor.raw_data = bytes(raw)
+    return names, values
+
+
+def _memory_candidates(model: onnx.ModelProto) -> dict[int, tuple[onnx.TensorProto, str]]:
+    """Each main-graph tensor ONNX Runtime accepts as an in-memory initializer, by ``id()``.
+
+    That is an initializer, or the value of a Constant node (ONNX Runtime turns those
+    into initializers), that some node reads: an unused one is dropped before the
+    replacement and would be an error. A name given twice is left alone.
+    """
+    graph = model.graph
+    # One pass over the nodes (this runs on every load; Paddle exports hold hundreds).
+    read: set[str] = set()
+    candidates: list[tuple[onnx.TensorProto, str]] = [(t, t.name) for t in graph.initializer]
+    for node in graph.node:
+        read.update(node.input)
+        if node.op_type == "Constant" and node.domain in _CONSTANT_DOMAINS and node.output:
+            for attr in node.attribute:
+                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                    candidates.append((attr.t, node.output[0]))
+        elif _may_hold_subgraphs(node):
+            for _, sub in subgraphs(node):
+                _inputs_read(sub, read)
+    seen: dict[str, int] = {}
+    for _, name in candidates:
+        seen[name] = seen.get(name, 0) + 1
+    # The values hold the tensors, which keeps their ids unique while the dict lives.
+    return {
+        id(tensor): (tensor, name)
+        for tensor, name in candidates
+        if name and name in read and seen[name] == 1
+    }
+
+
+def _inputs_read(graph: onnx.GraphProto, names: set[str] | None = None) -> set[str]:
+    """Every value name a node of the graph or of its subgraphs reads."""
+    names = set() if names is None else names
+    for node in graph.node:
+        names.update(node.input)
+        if _may_hold_subgraphs(node):
+            for _, sub in subgraphs(node):
+                _inputs_read(sub, names)
+    return names
+
+
+def _may_hold_subgraphs(node: onnx.NodeProto) -> bool:
+    """Cheaper than :func:`subgraphs` on every node: of the standard operators only
+    If, Loop, Scan and SequenceMap have graph attributes (the checker refuses others)."""
+    return bool(node.attribute) and (
+        node.domain not in _CONSTANT_DOMAINS or node.op_type in _SUBGRAPH_OPS
+    )
