@@ -15,15 +15,17 @@ from typing import Any
 import numpy as np
 
 from onnx_selenc._crypto.keys import refuse_replacing_key_file, stage_key_file
-from onnx_selenc._encrypt.options import EncryptOptions
-from onnx_selenc._encrypt.pipeline import (
+from onnx_selenc._encrypt.options import (
     DATA_DRIVEN_SCORERS,
     IMPORTANCES,
+    EncryptOptions,
+    options_of,
+)
+from onnx_selenc._encrypt.pipeline import (
     CountProvider,
     EncryptedModel,
     ScoreProvider,
     _inline_conv_functions,
-    _options_of,
     encrypt_model,
 )
 from onnx_selenc._encrypt.verify import verify_encrypted, verify_written
@@ -147,7 +149,7 @@ def encrypt(
         >>> result = encrypt("model.onnx", "model.enc.onnx", key_file="owner.key",
         ...                  options=EncryptOptions(levels=5, budget=0.01))  # doctest: +SKIP
     """
-    options = _options_of(options, keywords, deprecated=True)
+    options = options_of(options, keywords, deprecated=True)
     model_path, output_path = Path(model_path), Path(output_path)
     data_path = output_path.with_name(output_path.name + ".data")
     refuse_existing(key_file, "key file")

@@ -8,13 +8,20 @@ split of the encrypted kernels, checked to change the outputs at every level) or
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from onnx_selenc._select.calibration import Calibration
+from onnx_selenc._select.importance import DATA_FREE_SCORERS
 from onnx_selenc._select.levels import LevelMetric, check_targets
 from onnx_selenc._select.masking import MASKINGS
 from onnx_selenc._select.objective import OBJECTIVES
-from onnx_selenc._select.selection import LEVEL_ORDERS, check_fractions
+from onnx_selenc._select.selection import ALLOCATIONS, LEVEL_ORDERS, check_fractions
+
+DATA_DRIVEN_SCORERS = ("activation", "pss")
+IMPORTANCES = (*sorted(DATA_FREE_SCORERS), *DATA_DRIVEN_SCORERS)
 
 
 @dataclass(frozen=True)
@@ -147,3 +154,50 @@ class EncryptOptions:
         if options.get("layers") is None:
             options.pop("layers", None)
         return cls(split=split, **options)
+
+
+def options_of(
+    options: EncryptOptions | None, keywords: dict[str, Any], *, deprecated: bool
+) -> EncryptOptions:
+    """The options given, or those 0.1's keyword arguments describe (not both)."""
+    if not keywords:
+        return options if options is not None else EncryptOptions()
+    if options is not None:
+        raise TypeError(f"give options= or keyword options, not both ({', '.join(keywords)})")
+    if deprecated:
+        warnings.warn(
+            "encrypt(levels=..., budget=..., ...) is deprecated: pass "
+            "options=EncryptOptions(...) (keyword options go in 0.3)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+    return EncryptOptions.from_keywords(**keywords)
+
+
+def check_options(
+    importance: str,
+    allocation: str,
+    calibration: Calibration | None,
+    level_targets: Sequence[float] | None,
+    scores: object | None,
+    counts: object | None,
+) -> None:
+    """What the options need that only the call can tell: calibration inputs for the
+    data-driven steps, and known scorer and allocator names (unless hooks replace them)."""
+    if scores is None and importance not in IMPORTANCES:
+        raise ValueError(f"unknown importance {importance!r} (known: {', '.join(IMPORTANCES)})")
+    if counts is None and allocation not in ALLOCATIONS:
+        raise ValueError(f"unknown allocation {allocation!r} (known: {', '.join(ALLOCATIONS)})")
+    needs = [
+        what
+        for what, needed in (
+            (f"importance {importance!r}", scores is None and importance in DATA_DRIVEN_SCORERS),
+            ("allocation 'sensitivity'", counts is None and allocation == "sensitivity"),
+            ("level targets", level_targets is not None),
+        )
+        if needed
+    ]
+    if needs and calibration is None:
+        raise ValueError(
+            f"{' and '.join(needs)} need calibration inputs (calibration=Calibration(...))"
+        )

@@ -13,7 +13,14 @@ import onnx
 
 from onnx_selenc._crypto import bundle as _bundle
 from onnx_selenc._crypto.keys import LevelKey, new_owner_key
-from onnx_selenc._encrypt.options import CalibratedLevels, EncryptOptions, FixedLevels
+from onnx_selenc._encrypt.options import (
+    DATA_DRIVEN_SCORERS,
+    CalibratedLevels,
+    EncryptOptions,
+    FixedLevels,
+    check_options,
+    options_of,
+)
 from onnx_selenc._encrypt.sealing import seal_levels
 from onnx_selenc._encrypt.verify import keep_originals
 from onnx_selenc._onnx.graph import (
@@ -24,22 +31,19 @@ from onnx_selenc._onnx.graph import (
     walk_conv_weights,
 )
 from onnx_selenc._onnx.modelio import PROTO_LIMIT
-from onnx_selenc._onnx.progress import progress
 from onnx_selenc._onnx.tensors import read_array, weight_tensor, write_array
 from onnx_selenc._select.activation import activation_scorer
 from onnx_selenc._select.calibration import Calibration
-from onnx_selenc._select.importance import DATA_FREE_SCORERS, score_kernels
+from onnx_selenc._select.importance import score_kernels
 from onnx_selenc._select.levels import TOLERANCE, LevelReport, calibrate_levels
 from onnx_selenc._select.liveness import live_levels
 from onnx_selenc._select.masking import (
     MaskedLayer,
-    UnmaskableLayer,
     kernel_matrix,
-    mask_layer,
+    mask_selection,
     unmaskable_weights,
 )
 from onnx_selenc._select.selection import (
-    ALLOCATIONS,
     Selection,
     allocate_balanced,
     allocate_uniform,
@@ -71,13 +75,11 @@ CountProvider = Callable[
     ],
     Mapping[str, int],
 ]
-DATA_DRIVEN_SCORERS = ("activation", "pss")
 # Up to this many bytes of encrypted weights the fixed level split is checked with
 # forward passes (``_liveness``); past it a probe session's copy costs too much.
 LIVENESS_BYTES = 512 << 20
 LIVENESS_ATTEMPTS = 6  # at most 32x the budget's kernels before giving up with a warning
 LIVENESS_GROW = 32  # ... and only while the levels hold fewer kernels than this each
-IMPORTANCES = (*sorted(DATA_FREE_SCORERS), *DATA_DRIVEN_SCORERS)
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ def encrypt_model(
     """
     if _bundle.is_encrypted(model):
         raise SelencError("this model is already encrypted by onnx-selenc")
-    options = _options_of(options, keywords, deprecated=False)
+    options = options_of(options, keywords, deprecated=False)
     plan = _plan(options, calibration, scores, counts)
     walked = _walk(model, options.layers)
     rng = np.random.default_rng(options.seed)
@@ -187,7 +189,7 @@ def _plan(
     importance = options.importance or ("activation" if with_data else "magnitude")
     allocation = options.allocation or ("sensitivity" if with_data else "balanced")
     targets = options.split.targets if isinstance(options.split, CalibratedLevels) else None
-    _check_options(importance, allocation, calibration, targets, scores, counts)
+    check_options(importance, allocation, calibration, targets, scores, counts)
     return _Plan(importance, allocation)
 
 
@@ -296,7 +298,7 @@ def _select_and_mask(
             total_weights=walked.inventory.total_weights,
             kernel_sizes={w.key: w.kernel_size for w in chosen},
         )
-        masked = _mask(
+        masked = mask_selection(
             model, selection, arrays, by_key, rng, options.masking, options.show_progress
         )
         if not check_live:
@@ -402,29 +404,6 @@ def _selection_params(
     }
 
 
-def _mask(
-    model: onnx.ModelProto,
-    selection: Selection,
-    arrays: Mapping[str, np.ndarray],
-    by_key: Mapping[str, ConvWeight],
-    rng: np.random.Generator,
-    masking: str,
-    show_progress: bool,
-) -> list[MaskedLayer]:
-    """Replace the selected kernels in ``model`` by DPRM draws; return what was replaced."""
-    masked = []
-    for layer in progress(selection.layers, desc="masking", enabled=show_progress):
-        try:
-            new_values, record = mask_layer(
-                layer.key, arrays[layer.key], layer.kernels, rng, masking
-            )
-        except UnmaskableLayer as exc:  # all-equal weights are left out above: say which
-            raise UnsupportedModel(f"weight {layer.key!r} cannot be masked: {exc}") from None
-        write_array(weight_tensor(model, by_key[layer.key]), new_values)
-        masked.append(record)
-    return masked
-
-
 def _inline_conv_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     """Inline the model-local functions that hold convolutions (see ``_graph``)."""
     if not conv_functions(model):
@@ -435,51 +414,6 @@ def _inline_conv_functions(model: onnx.ModelProto) -> onnx.ModelProto:
             "first (onnx.inliner.inline_local_functions) with external data"
         )
     return inline_conv_functions(model)
-
-
-def _options_of(
-    options: EncryptOptions | None, keywords: dict[str, Any], *, deprecated: bool
-) -> EncryptOptions:
-    """The options given, or those 0.1's keyword arguments describe (not both)."""
-    if not keywords:
-        return options if options is not None else EncryptOptions()
-    if options is not None:
-        raise TypeError(f"give options= or keyword options, not both ({', '.join(keywords)})")
-    if deprecated:
-        warnings.warn(
-            "encrypt(levels=..., budget=..., ...) is deprecated: pass "
-            "options=EncryptOptions(...) (keyword options go in 0.3)",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-    return EncryptOptions.from_keywords(**keywords)
-
-
-def _check_options(
-    importance: str,
-    allocation: str,
-    calibration: Calibration | None,
-    level_targets: Sequence[float] | None,
-    scores: ScoreProvider | None,
-    counts: CountProvider | None,
-) -> None:
-    if scores is None and importance not in IMPORTANCES:
-        raise ValueError(f"unknown importance {importance!r} (known: {', '.join(IMPORTANCES)})")
-    if counts is None and allocation not in ALLOCATIONS:
-        raise ValueError(f"unknown allocation {allocation!r} (known: {', '.join(ALLOCATIONS)})")
-    needs = [
-        what
-        for what, needed in (
-            (f"importance {importance!r}", scores is None and importance in DATA_DRIVEN_SCORERS),
-            ("allocation 'sensitivity'", counts is None and allocation == "sensitivity"),
-            ("level targets", level_targets is not None),
-        )
-        if needed
-    ]
-    if needs and calibration is None:
-        raise ValueError(
-            f"{' and '.join(needs)} need calibration inputs (calibration=Calibration(...))"
-        )
 
 
 def _data_driven_scorer(

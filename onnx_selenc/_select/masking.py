@@ -18,13 +18,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 
 from onnx_selenc._onnx.graph import ConvWeight, UnsupportedConv
-from onnx_selenc._onnx.tensors import kernel_matrix
+from onnx_selenc._onnx.progress import progress
+from onnx_selenc._onnx.tensors import kernel_matrix, weight_tensor, write_array
+from onnx_selenc._select.selection import Selection
+from onnx_selenc.exceptions import UnsupportedModel
 
 MASKINGS = ("empirical", "gaussian")
 __all__ = ["MASKINGS", "MaskedLayer", "UnmaskableLayer", "dprm_values", "kernel_matrix",
-           "mask_layer", "unmaskable_weights"]  # fmt: skip
+           "mask_layer", "mask_selection", "unmaskable_weights"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -208,3 +212,26 @@ def unmaskable_weights(
         else:
             kept.append(w)
     return kept, dropped
+
+
+def mask_selection(
+    model: onnx.ModelProto,
+    selection: Selection,
+    arrays: Mapping[str, np.ndarray],
+    by_key: Mapping[str, ConvWeight],
+    rng: np.random.Generator,
+    masking: str,
+    show_progress: bool,
+) -> list[MaskedLayer]:
+    """Replace the selected kernels in ``model`` by DPRM draws; return what was replaced."""
+    masked = []
+    for layer in progress(selection.layers, desc="masking", enabled=show_progress):
+        try:
+            new_values, record = mask_layer(
+                layer.key, arrays[layer.key], layer.kernels, rng, masking
+            )
+        except UnmaskableLayer as exc:  # all-equal weights are left out above: say which
+            raise UnsupportedModel(f"weight {layer.key!r} cannot be masked: {exc}") from None
+        write_array(weight_tensor(model, by_key[layer.key]), new_values)
+        masked.append(record)
+    return masked
