@@ -26,7 +26,13 @@ from onnx_selenc._onnx.files import (
     staged_outputs,
     write_new_file,
 )
-from onnx_selenc._onnx.tensors import external_info, external_location, iter_tensors
+from onnx_selenc._onnx.tensors import (
+    all_tensors,
+    external_info,
+    external_location,
+    initializer_tensors,
+    iter_tensors,
+)
 from onnx_selenc.exceptions import FormatError
 
 # Protobuf cannot serialise a message of 2 GiB or more; leave headroom for metadata.
@@ -329,11 +335,9 @@ def serialise_if_small(model: onnx.ModelProto) -> bytes | None:
 
 def _plain_for_external(model: onnx.ModelProto) -> bool:
     """No tensor is marked external yet (the only case :func:`_save_external` handles)."""
-    from onnx.external_data_helper import _get_all_tensors
-
     return not any(
         t.HasField("data_location") and t.data_location == onnx.TensorProto.EXTERNAL
-        for t in _get_all_tensors(model)
+        for t in all_tensors(model)
     )
 
 
@@ -347,11 +351,11 @@ def _save_external(model: onnx.ModelProto, path: Path, data_name: str) -> bool:
     Returns:
         Whether the data file was written.
     """
-    from onnx.external_data_helper import _get_initializer_tensors, set_external_data
+    from onnx.external_data_helper import set_external_data
 
     data_file = None
     try:
-        for tensor in _get_initializer_tensors(model):
+        for tensor in initializer_tensors(model.graph):
             if not tensor.HasField("raw_data"):
                 continue
             raw = tensor.raw_data  # one copy out of protobuf, then straight to disk

@@ -6,7 +6,7 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,9 +198,39 @@ def _external_number(tensor: onnx.TensorProto, value: object, field: str) -> int
 
 def has_external_data(model: onnx.ModelProto) -> bool:
     """Whether any tensor of the model (any graph) stores its values externally."""
-    from onnx.external_data_helper import _get_all_tensors
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in all_tensors(model))
 
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _get_all_tensors(model))
+
+def initializer_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Initializers of a graph and its subgraphs, in the order ``onnx.save_model``
+    writes external data (each graph's own, then its nodes' subgraphs, depth first)."""
+    yield from graph.initializer
+    for node in graph.node:
+        for step, sub in subgraphs(node):
+            del step
+            yield from initializer_tensors(sub)
+
+
+def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every initializer and node-attribute tensor, in every graph and local function
+    (the tensors ``onnx.save_model`` may move to external data)."""
+    yield from initializer_tensors(model.graph)
+    yield from _attribute_tensors(model.graph.node)
+    for function in model.functions:
+        yield from _attribute_tensors(function.node)
+
+
+def _attribute_tensors(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:
+    for node in nodes:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _attribute_tensors(attr.g.node)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _attribute_tensors(g.node)
 
 
 @dataclass(frozen=True)
