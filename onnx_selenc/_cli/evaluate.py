@@ -1,0 +1,101 @@
+"""``onnx-selenc evaluate``: the research sweep of budgets x selection strategies."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnx_selenc._cli.args import _floats, add_calibration_args, load_calibration
+
+# Exit codes, one per kind of failure, so scripts can tell them apart.
+from onnx_selenc._onnx.modelio import load_model, model_inputs
+from onnx_selenc._select.calibration import Calibration
+from onnx_selenc._select.evaluate import DEFAULT_STRATEGIES, format_table, sweep, write_outputs
+
+
+def add_evaluate_command(sub: Any) -> None:
+    """The ``evaluate`` sub-command."""
+    p = sub.add_parser(
+        "evaluate",
+        help="research: sweep budgets x selection strategies on your data; table and plots",
+    )
+    p.add_argument("model")
+    p.add_argument(
+        "--data",
+        metavar="EVAL.npz",
+        help="evaluation inputs (default: half of the calibration inputs)",
+    )
+    p.add_argument(
+        "--labels",
+        metavar="LABELS.npy",
+        help="class labels (accuracy) or clean targets (psnr) for --data",
+    )
+    p.add_argument(
+        "--budgets",
+        type=_floats,
+        default=[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02],
+        metavar="B1,B2,...",
+        help="fractions of all conv weights",
+    )
+    p.add_argument(
+        "--strategies",
+        type=lambda t: t.split(","),
+        default=list(DEFAULT_STRATEGIES),
+        metavar="IMPORTANCE:ALLOCATION,...",
+        help=f"default: {','.join(DEFAULT_STRATEGIES)}",
+    )
+    p.add_argument(
+        "--metric", default="auto", choices=["auto", "agreement", "accuracy", "psnr", "r2"]
+    )
+    p.add_argument("--chance", type=float, help="report the smallest fraction reaching this")
+    p.add_argument(
+        "--level-targets",
+        type=_floats,
+        metavar="Q1,...,1.0",
+        help="also measure quality per level, levels calibrated to these",
+    )
+    p.add_argument("--level-budget", type=float, help="budget for the level curves")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="DIR", help="write sweep.csv, sweep.json and PNG plots")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_calibration_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    calibration = load_calibration(args, args.model)
+    if calibration is None:
+        raise ValueError("evaluate needs calibration inputs: --calib or --calib-images")
+    names, _ = model_inputs(args.model)
+    if args.data:
+        evaluation = Calibration.from_npz(args.data, input_names=names)
+    else:
+        calibration, evaluation = calibration.split(0.5, seed=args.seed)
+    labels = np.load(args.labels, allow_pickle=False) if args.labels else None
+    if labels is not None and len(labels) != evaluation.n:
+        raise ValueError(
+            f"{len(labels)} labels for {evaluation.n} evaluation samples (labels go with --data)"
+        )
+    result = sweep(
+        load_model(args.model),
+        calibration,
+        evaluation,
+        budgets=args.budgets,
+        strategies=args.strategies,
+        metric=args.metric,
+        labels=labels,
+        level_targets=args.level_targets,
+        level_budget=args.level_budget,
+        seed=args.seed,
+        show_progress=not args.quiet,
+    )
+    print(format_table(result, chance=args.chance))
+    if args.out:
+        for path in write_outputs(
+            result, args.out, title=Path(args.model).name, chance=args.chance
+        ):
+            print(f"wrote {path}")
+    return 0
