@@ -22,15 +22,34 @@ from onnx_selenc._crypto import seal as _seal
 from onnx_selenc._crypto.bundle import TensorPatch
 from onnx_selenc._crypto.keys import LevelKey
 from onnx_selenc._load.loader import _Locator, _open, _reads_files, open_bytes, restore_opened
+from onnx_selenc._load.opened import unseal_levels
 from onnx_selenc._onnx.graph import ConvWeight
 from onnx_selenc._onnx.modelio import serialise_if_small
-from onnx_selenc._onnx.tensors import read_array, weight_tensor
+from onnx_selenc._onnx.tensors import read_array
 from onnx_selenc._select.masking import MaskedLayer, kernel_matrix
 from onnx_selenc._select.selection import Selection
 from onnx_selenc.exceptions import SelencError, SelfCheckFailed
 
 # Builds the SelfCheckFailed to raise: what failed, and the tensor if one.
 Fail = Callable[..., SelfCheckFailed]
+
+
+def _producer(model: onnx.ModelProto) -> str:
+    return f"{model.producer_name} {model.producer_version}".strip() or "unknown producer"
+
+
+def _failure(what_failed: str, producer: str) -> Fail:
+    """The message of a self-check failure: a bug in onnx-selenc, nothing written."""
+
+    def fail(what: str, key: str | None = None) -> SelfCheckFailed:
+        where = f", tensor {key!r}" if key else ""
+        return SelfCheckFailed(
+            f"bug in onnx-selenc: {what_failed} failed its self-check ({what}{where}; "
+            f"model from {producer}); nothing was written. Please report it with the "
+            "model's producer and this message."
+        )
+
+    return fail
 
 
 @dataclass(frozen=True)
@@ -67,16 +86,7 @@ def verify_encrypted(
     Raises:
         SelfCheckFailed: the output would not restore; nothing may be written.
     """
-    producer = f"{model.producer_name} {model.producer_version}".strip() or "unknown producer"
-
-    def fail(what: str, key: str | None = None) -> SelfCheckFailed:
-        where = f", tensor {key!r}" if key else ""
-        return SelfCheckFailed(
-            f"bug in onnx-selenc: the encrypted output failed its self-check ({what}{where}; "
-            f"model from {producer}); nothing was written. Please report it with the "
-            "model's producer and this message."
-        )
-
+    fail = _failure("the encrypted output", _producer(model))
     for layer, record in zip(selection.layers, masked, strict=True):
         same = np.all(record.replacements == record.originals, axis=1)
         if same.any():
@@ -203,12 +213,7 @@ def _verify_large(
     manifest, blobs = _bundle.read_bundle(model)
     keys = [owner_key.derive(m) for m in range(owner_key.level + 1)]
     _seal.open_sealed(keys[0].material, blobs[0], _bundle.blob_aad(manifest.raw, 0))
-    payloads = [
-        _bundle.decode_payload(
-            _seal.open_sealed(keys[m].material, blobs[m], _bundle.blob_aad(manifest.raw, m))
-        )
-        for m in range(1, owner_key.level + 1)
-    ]
+    payloads = unseal_levels(manifest, blobs, keys)
     _check_levels(payloads, selection, fail)
     locate = _Locator(model)
     records = {r.key: r for r in masked}
@@ -218,8 +223,10 @@ def _verify_large(
             path, name = split_key(p.key)
             public = kernel_matrix(read_array(locate(path, name), None))
             record = records[p.key]
-            row = {int(k): i for i, k in enumerate(record.kernels)}
-            want = record.originals[[row[int(k)] for k in p.kernels]]
+            # Rows of the record that hold p's kernels (its kernels are distinct).
+            by_kernel = np.argsort(record.kernels)
+            rows = by_kernel[np.searchsorted(record.kernels, p.kernels, sorter=by_kernel)]
+            want = record.originals[rows]
             if p.values.tobytes() != want.tobytes():
                 raise fail("a sealed kernel differs from the original", p.key)
             if (public[p.kernels] == want).all(axis=1).any():
@@ -227,7 +234,7 @@ def _verify_large(
     # The model's tensors with every level's originals put back must be the plain ones.
     for key, record in records.items():
         w = weights[key]
-        values = read_array(weight_tensor(model, w), None).copy()
+        values = read_array(locate(w.graph_path, w.name), None).copy()
         kernel_matrix(values)[record.kernels] = record.originals
         if not _same(values, originals[key]):
             raise fail("a weight with its originals put back differs from the plain one", key)
@@ -270,22 +277,13 @@ def verify_written(
     ``public_session``: also build a plain ONNX Runtime session from the files (the in-
     memory check could not, past 2 GB).
     """
-    producer = "unknown producer"
-
-    def fail(what: str) -> SelfCheckFailed:
-        return SelfCheckFailed(
-            f"bug in onnx-selenc: the written encrypted model failed its self-check ({what}; "
-            f"model from {producer}); nothing was written. Please report it with the "
-            "model's producer and this message."
-        )
-
+    fail = _failure("the written encrypted model", "unknown producer")
     with ThreadPoolExecutor(1) as pool:
         # The session (past 2 GB: gigabytes to read) builds while the tag is computed.
         session = pool.submit(_session_problem, str(model_path), plain) if public_session else None
         try:
             opened = _open(model_path, owner_key.derive(0), 0, None)
-            model = opened.stripped.model
-            producer = f"{model.producer_name} {model.producer_version}".strip() or producer
+            fail = _failure("the written encrypted model", _producer(opened.stripped.model))
             skeleton, sources = opened.digest_inputs()
             tag = opened.model_tag(skeleton, sources, overlap=_reads_files(sources))
         except SelencError as exc:

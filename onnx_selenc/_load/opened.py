@@ -150,14 +150,19 @@ class _Opened:
 
     def payloads(self) -> list[list[_bundle.TensorPatch]]:
         """Open and decode the sealed originals of levels 1..target."""
-        return [
-            _bundle.decode_payload(
-                _seal.open_sealed(
-                    self.keys[m].material, self.blobs[m], _bundle.blob_aad(self.manifest.raw, m)
-                )
-            )
-            for m in range(1, self.target + 1)
-        ]
+        return unseal_levels(self.manifest, self.blobs, self.keys[: self.target + 1])
+
+
+def unseal_levels(
+    manifest: _bundle.Manifest, blobs: Sequence[bytes], keys: Sequence[LevelKey]
+) -> list[list[_bundle.TensorPatch]]:
+    """The decoded originals of levels 1..len(keys)-1 (``keys[m]``: the level-m key)."""
+    return [
+        _bundle.decode_payload(
+            _seal.open_sealed(keys[m].material, blobs[m], _bundle.blob_aad(manifest.raw, m))
+        )
+        for m in range(1, len(keys))
+    ]
 
 
 def _open(

@@ -37,7 +37,7 @@ from onnx_selenc._crypto import bundle as _bundle
 from onnx_selenc._crypto.digest import (
     PatchGate,
 )
-from onnx_selenc._onnx.graph import subgraphs
+from onnx_selenc._onnx.graph import ONNX_DOMAINS, subgraphs
 from onnx_selenc._onnx.stripped import StrippedModel
 from onnx_selenc._onnx.tensors import write_array
 from onnx_selenc.exceptions import UnsafeSessionOptions
@@ -64,9 +64,6 @@ _DISK_CACHE_OPTIONS = (
 # file exists (':' cannot even be in a Windows file name): were ONNX Runtime ever to
 # read the location instead of using the value, it would fail, never run masked weights.
 _IN_MEMORY = "onnx-selenc:in-memory"
-
-
-_CONSTANT_DOMAINS = ("", "ai.onnx")
 
 
 # The standard operators with graph attributes (see _may_hold_subgraphs).
@@ -311,7 +308,7 @@ def _memory_candidates(model: onnx.ModelProto) -> dict[int, tuple[onnx.TensorPro
     candidates: list[tuple[onnx.TensorProto, str]] = [(t, t.name) for t in graph.initializer]
     for node in graph.node:
         read.update(node.input)
-        if node.op_type == "Constant" and node.domain in _CONSTANT_DOMAINS and node.output:
+        if node.op_type == "Constant" and node.domain in ONNX_DOMAINS and node.output:
             for attr in node.attribute:
                 if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
                     candidates.append((attr.t, node.output[0]))
@@ -344,5 +341,5 @@ def _may_hold_subgraphs(node: onnx.NodeProto) -> bool:
     """Cheaper than :func:`subgraphs` on every node: of the standard operators only
     If, Loop, Scan and SequenceMap have graph attributes (the checker refuses others)."""
     return bool(node.attribute) and (
-        node.domain not in _CONSTANT_DOMAINS or node.op_type in _SUBGRAPH_OPS
+        node.domain not in ONNX_DOMAINS or node.op_type in _SUBGRAPH_OPS
     )

@@ -11,7 +11,7 @@ node whose op type names a convolution is reported with the reason, never skippe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +20,7 @@ from onnx import helper
 
 from onnx_selenc.exceptions import UnsupportedModel
 
-_ONNX_DOMAINS = ("", "ai.onnx")
+ONNX_DOMAINS = ("", "ai.onnx")  # the standard operator set, by either spelling
 _MS_DOMAIN = "com.microsoft"
 # (domain, op type) -> index of its weight input, for the ops whose weight has the
 # standard layout: the first two axes index the kernel (Conv: C_out x C_in/g;
@@ -30,7 +30,7 @@ _STANDARD = {"Conv": 1, "ConvTranspose": 1, "ConvInteger": 1, "QLinearConv": 3, 
 _CONTRIB = {"FusedConv": 1, "NhwcConv": 1, "NhwcFusedConv": 1, "QLinearConv": 3,
             "ConvTransposeWithDynamicPads": 1}  # fmt: skip
 CONV_WEIGHT_INPUT: dict[tuple[str, str], int] = {
-    **{(d, op): i for d in _ONNX_DOMAINS for op, i in _STANDARD.items()},
+    **{(d, op): i for d in ONNX_DOMAINS for op, i in _STANDARD.items()},
     **{(_MS_DOMAIN, op): i for op, i in _CONTRIB.items()},
 }
 # Ops with ConvTranspose's weight layout (C_in x C_out/g), for the importance scorers.
@@ -160,7 +160,7 @@ def split_key(key: str) -> tuple[tuple[str, ...], str]:
 
 
 def node_label(node: onnx.NodeProto, index: int) -> str:
-    domain = f"{node.domain}:" if node.domain not in _ONNX_DOMAINS else ""
+    domain = f"{node.domain}:" if node.domain not in ONNX_DOMAINS else ""
     return f"{domain}{node.op_type} '{node.name or f'#{index}'}'"
 
 
@@ -180,20 +180,20 @@ def conv_functions(model: onnx.ModelProto) -> list[tuple[str, str]]:
     local = {(f.domain, f.name): f for f in model.functions}
     holds: dict[tuple[str, str], bool] = {}
 
-    def nodes_hold_conv(nodes: Iterator[onnx.NodeProto] | list[onnx.NodeProto]) -> bool:
+    def nodes_hold_conv(nodes: Iterable[onnx.NodeProto]) -> bool:
         for node in nodes:
             if looks_like_conv(node) or (
                 (node.domain, node.op_type) in local and visit((node.domain, node.op_type))
             ):
                 return True
-            if any(nodes_hold_conv(list(sub.node)) for _, sub in subgraphs(node)):
+            if any(nodes_hold_conv(sub.node) for _, sub in subgraphs(node)):
                 return True
         return False
 
     def visit(fid: tuple[str, str]) -> bool:
         if fid not in holds:
             holds[fid] = False  # a recursive call chain is not a conv by itself
-            holds[fid] = nodes_hold_conv(list(local[fid].node))
+            holds[fid] = nodes_hold_conv(local[fid].node)
         return holds[fid]
 
     return [fid for fid in local if visit(fid)]
@@ -318,7 +318,7 @@ def _walk(
     for idx, node in enumerate(graph.node):
         for out in node.output:
             producers[out] = (idx, node)
-        if node.op_type == "Constant" and node.domain in _ONNX_DOMAINS and node.output:
+        if node.op_type == "Constant" and node.domain in ONNX_DOMAINS and node.output:
             # Addressed by the node's output: the value tensor's own name may differ
             # from it or be empty (spox, onnx.helper).
             for a in node.attribute:
@@ -404,7 +404,7 @@ def _trace(name: str, scope: _Scope) -> tuple[_Source | None, list[str], str]:
             return here.sources[name], via, ""
         if name in here.producers:
             p_idx, p_node = here.producers[name]
-            if p_node.op_type in _PASS_THROUGH and p_node.domain in _ONNX_DOMAINS:
+            if p_node.op_type in _PASS_THROUGH and p_node.domain in ONNX_DOMAINS:
                 via.append(p_node.op_type)
                 name = p_node.input[_PASS_THROUGH[p_node.op_type]]
                 continue

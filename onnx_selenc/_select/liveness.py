@@ -82,9 +82,11 @@ def live_levels(
     if new_cuts == cuts:
         return selection, stuck
     level_of = np.searchsorted(np.asarray([*new_cuts, total]), np.arange(total), "right") + 1
+    ids, pos = order
     restore = [np.empty(len(layer.kernels), dtype=np.int16) for layer in layers]
-    for i, (li, p) in enumerate(zip(*order, strict=True)):
-        restore[li][p] = level_of[i]
+    for li, levels in enumerate(restore):
+        mine = ids == li
+        levels[pos[mine]] = level_of[mine]
     new_layers = tuple(
         LayerSelection(layer.key, layer.kernels, r)
         for layer, r in zip(layers, restore, strict=True)

@@ -274,7 +274,7 @@ def grow_counts(counts: dict[str, int], chosen: Sequence[ConvWeight]) -> bool:
     grown = False
     for w in chosen:
         now = counts.get(w.key, 0)
-        new = min(w.n_kernels, max(1, 2 * now)) if now else 0
+        new = min(w.n_kernels, 2 * now)
         grown = grown or new > now
         counts[w.key] = new
     return grown
