@@ -26,12 +26,9 @@ What ``predict`` accepts (``model_input``), and returns (a ``dict`` of output na
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
-import re
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -49,17 +46,38 @@ import onnx
 
 from onnx_selenc import __version__
 from onnx_selenc._crypto import bundle as _bundle
-from onnx_selenc._crypto.keys import LevelKey, key_from_env, read_key_file
-from onnx_selenc._deploy.package import (
-    KEY_FILE_MARKER,
-    contains_key_material,
-    is_key_file,
-    key_files_in,
-    package,
+from onnx_selenc._deploy.feeds import InputSpec, input_specs, to_feeds
+from onnx_selenc._deploy.package import package
+from onnx_selenc._deploy.registry import (
+    TAG_PREFIX,
+    check_env_name,
+    manifest_tags,
+    public_metadata,
+    refuse_key_text,
+    refuse_keys,
+    registry_tags,
 )
+from onnx_selenc._deploy.serving_key import DEFAULT_KEY_ENV, DEFAULT_PASSPHRASE_ENV, serving_key
 from onnx_selenc._load.loader import load_session, resolve_model_path
 from onnx_selenc._onnx.modelio import load_model as _load_onnx
-from onnx_selenc.exceptions import KeyFileError, KeyNotConfigured
+from onnx_selenc.exceptions import KeyNotConfigured
+
+__all__ = [
+    "ARTIFACT",
+    "DEFAULT_KEY_ENV",
+    "DEFAULT_PASSPHRASE_ENV",
+    "TAG_PREFIX",
+    "EncryptedOnnxModel",
+    "InputSpec",
+    "KeyNotConfigured",
+    "default_requirements",
+    "graph_signature",
+    "load_model",
+    "log_model",
+    "registry_tags",
+    "serving_key",
+    "to_feeds",
+]
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -72,36 +90,7 @@ if TYPE_CHECKING:
     # unresolvable at run time, MLflow skips type-hint inference.
     ModelInput: TypeAlias = np.ndarray | Mapping[str, Any] | pd.DataFrame
 
-DEFAULT_KEY_ENV = "ONNX_SELENC_KEY"
-DEFAULT_PASSPHRASE_ENV = "ONNX_SELENC_PASSPHRASE"
 ARTIFACT = "encrypted_model"
-TAG_PREFIX = "onnx_selenc."
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")  # a level key, as key files write it
-_ORT_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(double)": np.float64,
-    "tensor(float16)": np.float16,
-    "tensor(int8)": np.int8,
-    "tensor(int16)": np.int16,
-    "tensor(int32)": np.int32,
-    "tensor(int64)": np.int64,
-    "tensor(uint8)": np.uint8,
-    "tensor(uint16)": np.uint16,
-    "tensor(uint32)": np.uint32,
-    "tensor(uint64)": np.uint64,
-    "tensor(bool)": np.bool_,
-    "tensor(string)": np.object_,
-}
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """One model input: name, numpy dtype (``None``: not cast) and shape (``None``: free)."""
-
-    name: str
-    dtype: np.dtype[Any] | None
-    shape: tuple[int | None, ...]
 
 
 class EncryptedOnnxModel(PythonModel):
@@ -156,14 +145,7 @@ class EncryptedOnnxModel(PythonModel):
             level=None if level is None else int(level),
             providers=list(providers) if providers else None,
         )
-        self._inputs = tuple(
-            InputSpec(
-                i.name,
-                np.dtype(_ORT_TYPES[i.type]) if i.type in _ORT_TYPES else None,
-                tuple(d if isinstance(d, int) and d > 0 else None for d in i.shape),
-            )
-            for i in self._session.get_inputs()
-        )
+        self._inputs = input_specs(self._session)
 
     def predict(
         self,
@@ -204,218 +186,6 @@ class EncryptedOnnxModel(PythonModel):
             meta.name: np.asarray(value)
             for meta, value in zip(self._session.get_outputs(), outputs, strict=True)
         }
-
-
-def serving_key(
-    *,
-    key_env: str | None = DEFAULT_KEY_ENV,
-    key_file: str | os.PathLike[str] | None = None,
-    passphrase_env: str | None = DEFAULT_PASSPHRASE_ENV,
-) -> LevelKey:
-    """The key of a serving environment: ``$key_env`` if set, else ``key_file``.
-
-    Args:
-        key_env: environment variable holding a key file's path or content.
-        key_file: a key file path (e.g. a mounted secret), used when ``key_env`` is unset.
-        passphrase_env: environment variable holding a protected key file's passphrase.
-
-    Returns:
-        The key.
-
-    Raises:
-        KeyNotConfigured: neither source holds a key, or the path they name is missing.
-        KeyFileError: malformed key, or a protected key without (or with a wrong) passphrase.
-
-    Example:
-        >>> key = serving_key(key_env="ONNX_SELENC_KEY")  # doctest: +SKIP
-    """
-    passphrase = os.environ.get(passphrase_env) if passphrase_env else None
-    if key_env and key_env in os.environ:
-        value, source = os.environ[key_env], f"${key_env}"
-        content = value.lstrip().startswith("{")
-        try:
-            key = key_from_env(key_env, passphrase=passphrase)
-        except FileNotFoundError:
-            raise KeyNotConfigured(
-                f"{source} names the key file {value}, which does not exist"
-            ) from None
-        except KeyFileError:
-            raw = value.encode("utf-8", "surrogateescape") if content else _read_small(value)
-            where = source if content else f"{value} (from {source})"
-            _explain_protected(raw, where, passphrase, passphrase_env)
-            raise
-        return key
-    if key_file:
-        path = Path(key_file)
-        if not path.is_file():
-            raise KeyNotConfigured(
-                f"the key file {path} configured for this model does not exist"
-                + (f" and ${key_env} is not set" if key_env else "")
-            )
-        try:
-            return read_key_file(path, passphrase=passphrase)
-        except KeyFileError:
-            _explain_protected(_read_small(path), str(path), passphrase, passphrase_env)
-            raise
-    raise KeyNotConfigured(
-        "no onnx-selenc key for this model: "
-        + (
-            f"set the environment variable {key_env} to a key file's path or content"
-            if key_env
-            else "no key environment variable is configured"
-        )
-        + ", or configure a key file (model_config={'key_file': PATH})"
-    )
-
-
-def _read_small(path: str | os.PathLike[str]) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(64 * 1024)
-    except OSError:
-        return b""
-
-
-def _explain_protected(
-    raw: bytes, source: str, passphrase: str | None, passphrase_env: str | None
-) -> None:
-    """Re-raise a missing-passphrase error naming the variable that should hold it."""
-    if passphrase is not None:
-        return
-    try:
-        protected = "protected" in json.loads(raw)
-    except (ValueError, TypeError, RecursionError):  # malformed: the KeyFileError says so
-        return
-    if protected:
-        where = (
-            f"set the environment variable {passphrase_env}"
-            if passphrase_env
-            else "configure passphrase_env"
-        )
-        raise KeyFileError(f"{source} is a passphrase-protected key: {where}") from None
-
-
-def to_feeds(model_input: Any, inputs: Sequence[InputSpec]) -> dict[str, np.ndarray]:
-    """Convert a pyfunc input to ONNX Runtime feeds (see :meth:`EncryptedOnnxModel.predict`).
-
-    Raises:
-        ValueError: the input does not fit ``inputs``.
-    """
-    names = [i.name for i in inputs]
-    by_name = {i.name: i for i in inputs}
-    if _is_dataframe(model_input):
-        if set(names) <= {str(c) for c in model_input.columns}:
-            arrays = {n: _column_array(model_input[n], by_name[n]) for n in names}
-        elif len(inputs) == 1:
-            arrays = {names[0]: _rows_array(model_input, inputs[0])}
-        else:
-            raise ValueError(
-                f"the DataFrame needs one column per model input ({', '.join(names)}); "
-                f"it has {', '.join(map(str, model_input.columns))}"
-            )
-    elif isinstance(model_input, Mapping):
-        given = {str(k) for k in model_input}
-        missing, extra = set(names) - given, given - set(names)
-        if missing or extra:
-            raise ValueError(
-                f"the model's inputs are {', '.join(names)}; "
-                + (f"missing {', '.join(sorted(missing))}" if missing else "")
-                + ("; " if missing and extra else "")
-                + (f"unknown {', '.join(sorted(extra))}" if extra else "")
-            )
-        arrays = {n: np.asarray(model_input[n]) for n in names}
-    else:
-        if len(inputs) != 1:
-            raise ValueError(
-                f"the model has {len(inputs)} inputs ({', '.join(names)}): pass a dict of "
-                "name -> array or a DataFrame with one column per input"
-            )
-        arrays = {names[0]: np.asarray(model_input)}
-    return {n: _cast(arrays[n], by_name[n]) for n in names}
-
-
-def _is_dataframe(value: Any) -> bool:
-    # Checked by name so that numpy-only callers never import pandas.
-    return type(value).__name__ == "DataFrame" and hasattr(value, "columns")
-
-
-def _sample_dims(spec: InputSpec, per_sample: int) -> tuple[int, ...]:
-    """The dims after the batch dim for ``per_sample`` values; one free dim is inferred."""
-    dims = spec.shape[1:]
-    free = [i for i, d in enumerate(dims) if d is None]
-    fixed = int(np.prod([d for d in dims if d is not None], dtype=np.int64))
-    if len(free) > 1 or (not free and fixed != per_sample) or (free and per_sample % fixed):
-        shape = ["N", *("?" if d is None else str(d) for d in dims)]
-        raise ValueError(
-            f"{per_sample} values per row do not fit input {spec.name} of shape "
-            f"[{', '.join(shape)}]"
-        )
-    return tuple(per_sample // fixed if d is None else d for d in dims)
-
-
-def _rows_array(frame: Any, spec: InputSpec) -> np.ndarray:
-    values = np.asarray(frame.to_numpy())
-    if values.dtype == object:
-        raise ValueError(
-            f"a DataFrame for input {spec.name} needs one scalar column per value, or a "
-            f"column named {spec.name} holding one sample per row"
-        )
-    rows = values.shape[0]
-    return values.reshape(rows, *_sample_dims(spec, int(np.prod(values.shape[1:]))))
-
-
-def _column_array(column: Any, spec: InputSpec) -> np.ndarray:
-    stacked = np.stack([np.asarray(cell) for cell in column])
-    if len(spec.shape) <= 1 or stacked.ndim == len(spec.shape):
-        return stacked
-    rows = stacked.shape[0]
-    return stacked.reshape(rows, *_sample_dims(spec, int(np.prod(stacked.shape[1:]))))
-
-
-def _cast(array: np.ndarray, spec: InputSpec) -> np.ndarray:
-    if spec.dtype is None or array.dtype == spec.dtype:
-        return array
-    if not np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
-        raise ValueError(f"input {spec.name} is {spec.dtype}; got {array.dtype} values")
-    return array.astype(spec.dtype)
-
-
-def registry_tags(encrypted_model_path: str | os.PathLike[str]) -> dict[str, str]:
-    """Public facts about an encrypted model, as registry tags (no secrets).
-
-    Args:
-        encrypted_model_path: an encrypted ``.onnx`` or a packaged folder.
-
-    Returns:
-        ``onnx_selenc.levels``, ``.key_id``, ``.encrypted_fraction``,
-        ``.encrypted_weights``, ``.conv_weights``, ``.level_weights`` (JSON list),
-        ``.cipher``, ``.format_version``, ``.tool``.
-
-    Raises:
-        NotEncrypted: the model was not encrypted by onnx-selenc.
-
-    Example:
-        >>> registry_tags("model.enc.onnx")["onnx_selenc.levels"]  # doctest: +SKIP
-        '4'
-    """
-    model = _load_onnx(resolve_model_path(encrypted_model_path), load_external=False)
-    return _manifest_tags(_bundle.read_bundle(model)[0].as_dict())
-
-
-def _manifest_tags(m: dict[str, Any]) -> dict[str, str]:
-    enc = m["encrypted"]
-    facts = {
-        "levels": m["levels"],
-        "key_id": m["key_id"],
-        "encrypted_fraction": f"{float(enc['fraction']):.6g}",
-        "encrypted_weights": enc["weights"],
-        "conv_weights": enc["conv_weights"],
-        "level_weights": json.dumps(m["level_weights"]),
-        "cipher": m["cipher"],
-        "format_version": m["version"],
-        "tool": m["tool"],
-    }
-    return {TAG_PREFIX + k: str(v) for k, v in facts.items()}
 
 
 def graph_signature(model: onnx.ModelProto) -> ModelSignature | None:
@@ -515,20 +285,19 @@ def log_model(
         ...     info = log_model("dist/my-model", "model", registered_model_name="my-model")
     """
     source = Path(encrypted_model_path)
-    _refuse_keys(source, extra_artifacts or {})
-    for var, what in ((key_env, "key_env"), (passphrase_env, "passphrase_env")):
-        if var is not None and not _ENV_NAME.fullmatch(var):
-            raise ValueError(f"{what} must be an environment variable name, got {var!r}")
+    refuse_keys(source, extra_artifacts or {})
+    check_env_name(key_env, "key_env")
+    check_env_name(passphrase_env, "passphrase_env")
     if key_file_config is not None:
-        _refuse_key_text({"key_file_config": key_file_config})
+        refuse_key_text({"key_file_config": key_file_config})
         if "\n" in key_file_config:
             raise ValueError("key_file_config must be a key file path")
-    _refuse_key_text({**(metadata or {}), **(tags or {})})
+    refuse_key_text({**(metadata or {}), **(tags or {})})
 
     model = _load_onnx(resolve_model_path(source), load_external=False)
     manifest = _bundle.read_bundle(model)[0].as_dict()  # NotEncrypted for a plain model
     model_tags = {
-        **_manifest_tags(manifest),
+        **manifest_tags(manifest),
         TAG_PREFIX + "key_env": key_env or "",
         **(tags or {}),
     }
@@ -562,7 +331,7 @@ def log_model(
                 if pip_requirements is not None
                 else [*default_requirements(), *(extra_pip_requirements or [])]
             ),
-            metadata={**(metadata or {}), "onnx_selenc": _public_metadata(manifest, key_env)},
+            metadata={**(metadata or {}), "onnx_selenc": public_metadata(manifest, key_env)},
             tags=model_tags,
         )
     version = info.registered_model_version
@@ -629,57 +398,3 @@ def load_model(
     if providers is not None:
         overrides["providers"] = list(providers)
     return mlflow.pyfunc.load_model(model_uri, dst_path=dst_path, model_config=overrides or None)
-
-
-def _public_metadata(manifest: dict[str, Any], key_env: str | None) -> dict[str, Any]:
-    enc = manifest["encrypted"]
-    return {
-        "key_id": manifest["key_id"],
-        "levels": manifest["levels"],
-        "level_weights": manifest["level_weights"],
-        "encrypted_weights": enc["weights"],
-        "conv_weights": enc["conv_weights"],
-        "encrypted_fraction": enc["fraction"],
-        "key_env": key_env,
-    }
-
-
-def _refuse_keys(source: Path, extra: Mapping[str, str | os.PathLike[str]]) -> None:
-    """Key files must never become artifacts, nor lie beside the model being logged."""
-    if is_key_file(source):
-        raise ValueError(
-            f"{source} is an onnx-selenc key file, not a model: key files are never logged"
-        )
-    # A packaged folder is scanned whole; a model file, the folder it lies in.
-    beside = (
-        key_files_in([source], recursive=True)
-        if source.is_dir()
-        else key_files_in([source.parent], recursive=False)
-    )
-    if beside:
-        raise ValueError(
-            "refusing to log a model with key files beside it ("
-            + ", ".join(str(p) for p in beside)
-            + "): move them out of the model's folder, or `onnx-selenc package` the model "
-            "into a clean folder first"
-        )
-    for name, path in extra.items():
-        p = Path(path)
-        files = [f for f in p.rglob("*") if f.is_file()] if p.is_dir() else [p]
-        leaking = [f for f in files if contains_key_material(f)]
-        if leaking:
-            raise ValueError(
-                f"artifact {name!r} holds onnx-selenc key material ("
-                + ", ".join(map(str, leaking))
-                + "): keys are never logged; give them to the serving environment"
-            )
-
-
-def _refuse_key_text(values: Mapping[str, Any]) -> None:
-    for name, value in values.items():
-        text = value if isinstance(value, str) else json.dumps(value, default=str)
-        if KEY_FILE_MARKER.decode().strip('"') in text or _HEX_KEY.search(text):
-            raise ValueError(
-                f"{name!r} looks like onnx-selenc key material; keys are never logged "
-                "(give the serving environment the key, and the model only its variable name)"
-            )

@@ -21,17 +21,7 @@ from onnx_selenc._crypto.keys import (
     read_key_file,
 )
 from onnx_selenc._load.loader import load_session
-
-# ONNX Runtime's input types, as ``NodeArg.type`` names them, and their numpy dtypes.
-_ORT_DTYPES = {
-    f"tensor({name})": np.dtype(dtype)
-    for name, dtype in (
-        ("float", "float32"), ("double", "float64"), ("float16", "float16"),
-        ("int8", "int8"), ("uint8", "uint8"), ("int16", "int16"), ("uint16", "uint16"),
-        ("int32", "int32"), ("uint32", "uint32"), ("int64", "int64"), ("uint64", "uint64"),
-        ("bool", "bool"),
-    )
-}  # fmt: skip
+from onnx_selenc._onnx.ort_types import ort_dtype
 
 
 def _cli_key(args: argparse.Namespace) -> LevelKey:
@@ -135,7 +125,7 @@ def _load_arrays(file: str) -> dict[str | None, np.ndarray]:
 
 def _check_input(meta: Any, array: np.ndarray, file: str) -> None:
     """Raise ValueError unless ``array`` has the rank, fixed dimensions and dtype of ``meta``."""
-    expected = _ORT_DTYPES.get(meta.type)
+    expected = ort_dtype(meta.type)
     shape = list(meta.shape)
     fits_shape = array.ndim == len(shape) and all(
         not isinstance(d, int) or d < 0 or d == n for d, n in zip(shape, array.shape, strict=True)

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from onnx_selenc._onnx.graph import ConvWeight
+from onnx_selenc._onnx.ort_types import FLOAT_TYPES, ort_dtype
 from onnx_selenc._select.levels import prefix_restored
 from onnx_selenc._select.masking import MaskedLayer
 from onnx_selenc._select.probe import Probe
@@ -195,13 +196,11 @@ def _random_feeds(probe: Probe) -> dict[str, np.ndarray] | None:
 
 
 def _random(kind: str, shape: list[int], rng: np.random.Generator) -> np.ndarray | None:
-    if kind in ("tensor(float)", "tensor(float16)", "tensor(double)"):
-        dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16}.get(kind, np.float64)
+    dtype = ort_dtype(kind)
+    if kind in FLOAT_TYPES:
         return rng.standard_normal(shape).astype(dtype)
-    if kind in ("tensor(int64)", "tensor(int32)"):
-        return np.zeros(shape, dtype=np.int64 if kind == "tensor(int64)" else np.int32)
-    if kind == "tensor(bool)":
-        return np.zeros(shape, dtype=bool)
+    if kind in ("tensor(int64)", "tensor(int32)", "tensor(bool)"):
+        return np.zeros(shape, dtype=dtype)
     if kind == "tensor(uint8)":
         return rng.integers(0, 256, size=shape, dtype=np.uint8)
     return None
