@@ -8,6 +8,9 @@
 * :mod:`samples.paper.train_all` – trains (or loads cached) everything: one command.
 * :mod:`samples.paper.attacks` – fine-tuning attack and statistical detection of
   encrypted kernels, run on the ONNX files written by ``onnx_selenc.encrypt``.
+* :mod:`samples.paper.reproduce` – the paper's tables and plots (accuracy against the
+  fraction encrypted for VGG19, PSNR/SSIM per level for DnCNN) through ``onnx_selenc``:
+  ``python -m samples.paper.reproduce``.
 
 Training needs the ``samples`` extra (a pinned CPU ``torch``); everything downstream of
 training reads the exported ONNX files with ONNX Runtime.

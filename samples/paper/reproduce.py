@@ -1,8 +1,8 @@
 """The paper's experiments, reproduced through the framework-agnostic tool.
 
-    python -m benchmarks.paper [--vgg] [--dncnn] [--quick]
+    python -m samples.paper.reproduce [--vgg] [--dncnn] [--vgg-levels] [--quick]
 
-Sample models come from ``samples.paper`` (trained here on the CPU, cached; see
+Sample models come from the sibling modules (trained here on the CPU, cached; see
 ``python -m samples.paper.train_all``); from there on everything goes through
 ONNX files and ``onnx_selenc``:
 
@@ -26,7 +26,9 @@ import itertools
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -36,7 +38,8 @@ from onnx_selenc._select.calibration import Calibration
 from onnx_selenc._select.evaluate import format_table, sweep, write_outputs
 from samples._report import update_section
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+COMMAND = "python -m samples.paper.reproduce"
 IMG = ROOT / "docs" / "img"
 PAPER_LAYERS = (0, 1, 4, 8)  # conv1_1, conv1_2, conv3_1, conv4_1 in graph order
 LEVEL_TARGETS = (0.3, 0.5, 0.7, 0.9, 1.0)
@@ -53,11 +56,25 @@ def levels_through_tool(
     calibration: Calibration,
     budget: float,
     targets: tuple[float, ...],
-    measure,
+    measure: Callable[[Any], tuple[Any, np.ndarray]],
     workdir: Path,
-    **options,
-) -> tuple[list[float], list[np.ndarray], se.EncryptResult]:
-    """Encrypt for real, export every tier key, load each level and measure it."""
+    **options: Any,
+) -> tuple[list[Any], list[np.ndarray], se.EncryptResult]:
+    """Encrypt for real, export every tier key, load each level and measure it.
+
+    Args:
+        model_path: the plain ONNX model.
+        calibration: unlabelled inputs for the data-driven selection and level cuts.
+        budget: fraction of conv weights to encrypt.
+        targets: the level targets (``level_targets`` of ``encrypt``).
+        measure: ``session -> (score, outputs)`` for one loaded level.
+        workdir: where the encrypted model and the tier keys are written.
+        **options: further ``encrypt`` options.
+
+    Returns:
+        The score and the outputs of every level (0 to the top), and the encryption's
+        result.
+    """
     result = se.encrypt(
         model_path,
         workdir / "enc.onnx",
@@ -81,6 +98,14 @@ def levels_through_tool(
 
 
 def run_vgg(quick: bool) -> str:
+    """Sweep the scorers on VGG19 and measure a real encrypted model per level.
+
+    Args:
+        quick: fewer held-out digits and budgets.
+
+    Returns:
+        The Markdown of the ``paper-vgg`` section (the plots go to docs/img/).
+    """
     from samples.paper import vgg19
 
     art = vgg19.get_model()
@@ -132,7 +157,7 @@ def run_vgg(quick: bool) -> str:
     lines = [
         "## Paper reproduction: VGG19",
         "",
-        "Command: `python -m benchmarks.paper --vgg" + (" --quick" if quick else "") + "`  ",
+        f"Command: `{COMMAND} --vgg" + (" --quick" if quick else "") + "`  ",
         "VGG19 (CIFAR variant, 16 conv layers, no BN, 20.0M conv weights) trained here on "
         "MNIST padded to 3x32x32 (`python -m samples.paper.train_all`). **CIFAR-10 cannot be "
         "had offline, so MNIST stands in; MNIST is easier and more redundant than CIFAR-10, "
@@ -161,8 +186,17 @@ def run_vgg(quick: bool) -> str:
 
 
 def vgg_levels(quick: bool) -> list[str]:
-    """The per-level subsection of the VGG19 section: a real encrypted model, each level
-    loaded with its own exported key, measured against the labels and the plain model."""
+    """The per-level subsection of the VGG19 section.
+
+    A real encrypted model, each level loaded with its own exported key, measured
+    against the labels and the plain model.
+
+    Args:
+        quick: fewer held-out digits.
+
+    Returns:
+        The subsection's Markdown lines.
+    """
     import onnxruntime as ort
 
     from samples.paper import vgg19
@@ -175,7 +209,7 @@ def vgg_levels(quick: bool) -> list[str]:
     calibration = Calibration({name: data.x_train[:256]})
     plain_pred = ort.InferenceSession(str(art.onnx)).run(None, {name: x_eval})[0].argmax(1)
 
-    def measure(session) -> tuple[tuple[float, float], np.ndarray]:
+    def measure(session: Any) -> tuple[tuple[float, float], np.ndarray]:
         pred = session.run(None, {name: x_eval})[0].argmax(1)
         return (float(np.mean(pred == y_eval)), float(np.mean(pred == plain_pred))), pred
 
@@ -191,7 +225,7 @@ def vgg_levels(quick: bool) -> list[str]:
         f"({enc.encrypted_weights} weights), levels calibrated on 256 unlabelled training "
         f"digits to {list(LEVEL_TARGETS)} of the plain model's agreement; each level "
         f"loaded with its own exported key and measured on {n_eval} held-out digits "
-        "(`python -m benchmarks.paper --vgg-levels` redoes this part alone):",
+        f"(`{COMMAND} --vgg-levels` redoes this part alone):",
         "",
         "| level | " + " | ".join(str(m) for m in range(len(scores))) + " |",
         "| --- | " + " | ".join("---:" for _ in scores) + " |",
@@ -204,7 +238,17 @@ def vgg_levels(quick: bool) -> list[str]:
     ]
 
 
-def run_dncnn(sigma: int, quick: bool) -> tuple[str, dict]:
+def run_dncnn(sigma: int, quick: bool) -> tuple[str, dict[str, Any]]:
+    """PSNR/SSIM per level of an encrypted DnCNN, and its picture grid.
+
+    Args:
+        sigma: the noise level the denoiser was trained for (25 or 50).
+        quick: accepted for symmetry with :func:`run_vgg`; the DnCNN run is already short.
+
+    Returns:
+        The Markdown of the ``sigma`` subsection, and its figures (``levels``, ``plain``,
+        ``noisy``, ``weights``, ``fraction``).
+    """
     from samples.paper import dncnn
 
     art = dncnn.get_model(sigma)
@@ -222,7 +266,7 @@ def run_dncnn(sigma: int, quick: bool) -> tuple[str, dict]:
     cal_x = (cal_x + rng.standard_normal(cal_x.shape) * sigma / 255).astype(np.float32)
     calibration = Calibration({name: cal_x})
 
-    def measure(session) -> tuple[tuple[float, float], np.ndarray]:
+    def measure(session: Any) -> tuple[tuple[float, float], np.ndarray]:
         out = session.run(None, {name: noisy})[0]
         return (dncnn.psnr(clean, out), dncnn.ssim(clean, out)), out
 
@@ -273,9 +317,10 @@ def _grid(
     noisy: np.ndarray,
     outputs: list[np.ndarray],
     plain: np.ndarray,
-    scores: list,
+    scores: list[tuple[float, float]],
     plain_scores: tuple[float, float],
 ) -> None:
+    """Save the picture grid: the noisy input, every level's output, the plain output."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -301,8 +346,16 @@ def _grid(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the chosen reproductions (both by default) and rewrite their sections.
+
+    Args:
+        argv: the command line without the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status.
+    """
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=COMMAND, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--vgg", action="store_true")
     parser.add_argument("--dncnn", action="store_true")
@@ -328,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         parts = [
             "## Paper reproduction: DnCNN hierarchical denoising",
             "",
-            "Command: `python -m benchmarks.paper --dncnn`  ",
+            f"Command: `{COMMAND} --dncnn`  ",
             "DnCNN (17 layers, 64 channels, residual) trained here on patches of "
             "scikit-image / scikit-learn photographs; tested on held-out photographs "
             "(camera, coins, stereo_motorcycle, china; 256x256 centre crops). Each level "
