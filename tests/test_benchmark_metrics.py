@@ -49,14 +49,14 @@ def test_edit_distance() -> None:
 
 
 def test_build_order_gives_every_variant_several_predecessors(monkeypatch) -> None:
-    from benchmarks import run
+    from benchmarks.perf import timing
 
-    monkeypatch.setattr(run, "timed", lambda fn: (0.0, fn()))  # no gc.collect per call
+    monkeypatch.setattr(timing, "timed", lambda fn: (0.0, fn()))  # no gc.collect per call
 
     def predecessors(repeats: int) -> dict[str, set[str]]:
         sequence: list[tuple[str, float]] = []
         variants = {name: (lambda: None) for name in ("plain", "L0", "L2", "L5")}
-        run.interleaved(variants, repeats, {}, sequence=sequence)
+        timing.interleaved(variants, repeats, {}, sequence=sequence)
         assert [n for n, _ in sequence].count("L2") == repeats
         before: dict[str, set[str]] = {}
         for (prev, _), (name, _) in itertools.pairwise(sequence):
@@ -69,10 +69,10 @@ def test_build_order_gives_every_variant_several_predecessors(monkeypatch) -> No
 
 
 def test_in_memory_builds_of_the_huge_model_follow_mapping_builds() -> None:
-    from benchmarks import run
+    from benchmarks.perf import timing
 
     sequence = [
-        n for rep in range(3) for n in run.mapped_then_in_memory(["plain", "L0"], ["L2", "L5"], rep)
+        n for rep in range(3) for n in timing.mapped_then_in_memory(["plain", "L0"], ["L2", "L5"], rep)
     ]
     assert sorted(sequence) == sorted(["plain", "L0", "L2", "L5"] * 3)
     for prev, name in itertools.pairwise(sequence):

@@ -71,7 +71,7 @@ def test_images_folder(tmp_path: Path) -> None:
 
 def test_activation_scores_follow_input_energy() -> None:
     model = tm.cnn()
-    weights = walk_conv_weights(model).by_key()
+    weights = walk_conv_weights(model).by_address()
     cal = _calib()
     cal.feeds["x"][:, 0] = 0.0  # channel 0 of the input is dead
     rms = channel_rms(model, list(weights.values()), cal)

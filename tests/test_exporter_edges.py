@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnx_selenc
 from onnx_selenc import exceptions
-from onnx_selenc._onnx.graph import split_key, walk_conv_weights, weight_key
+from onnx_selenc._onnx.graph import split_address, walk_conv_weights, tensor_address
 
 from . import tiny_models as tm
 
@@ -91,7 +91,7 @@ def contract(
         got = onnx_selenc._onnx.tensors.read_array(
             onnx_selenc._onnx.tensors.weight_tensor(restored, w), None
         )
-        assert got.tobytes() == want.tobytes(), w.key
+        assert got.tobytes() == want.tobytes(), w.address
     previous = _run(out, feeds)
     for m in range(1, levels + 1):
         key = owner if m == levels else tmp_path / f"tier{m}.key"
@@ -111,10 +111,10 @@ def contract(
 def test_keys_are_escaped_and_round_trip() -> None:
     for name in [*NAMES, ""]:
         for path in [(), ("3:then_branch",), ("1:body", "0:else_branch")]:
-            key = weight_key(path, name)
-            assert split_key(key) == (path, name)
-    assert weight_key((), "w1") == "w1"  # plain names stay readable
-    assert weight_key((), "a/b") != weight_key(("a",), "b")
+            key = tensor_address(path, name)
+            assert split_address(key) == (path, name)
+    assert tensor_address((), "w1") == "w1"  # plain names stay readable
+    assert tensor_address((), "a/b") != tensor_address(("a",), "b")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -169,7 +169,7 @@ def test_constant_addressed_by_its_output(value_name: str, tmp_path: Path) -> No
         helper.make_node("Conv", ["a", "k2"], ["y"]),
     ]
     model = _model(nodes, [tm.x_info()], [tm.y_info()])
-    assert [(w.key, w.name) for w in walk_conv_weights(model).weights] == [
+    assert [(w.address, w.name) for w in walk_conv_weights(model).weights] == [
         ("k1", "k1"),
         ("k2", "k2"),
     ]
@@ -231,7 +231,7 @@ def test_fused_conv_from_the_runtime_optimiser(tmp_path: Path) -> None:
         [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
         opsets=[helper.make_opsetid("com.microsoft", 1)],
     )  # fmt: skip
-    by = walk_conv_weights(model).by_key()
+    by = walk_conv_weights(model).by_address()
     assert by["w1"].consumers == ("com.microsoft:FusedConv 'fused'",)
     contract(model, tmp_path, _x())
 
@@ -247,7 +247,7 @@ def test_documented_conv_like_ops_are_candidates(domain: str, op: str, w_index: 
     node = helper.make_node(op, inputs, ["y"], domain=domain, name="n")
     graph = helper.make_graph([node], "g", [], [], [numpy_helper.from_array(w, "w")])
     inv = walk_conv_weights(helper.make_model(graph))
-    assert [x.key for x in inv.weights] == ["w"] and not inv.unsupported
+    assert [x.address for x in inv.weights] == ["w"] and not inv.unsupported
 
 
 def test_unknown_conv_like_ops_are_reported() -> None:
@@ -292,7 +292,7 @@ def test_branch_reads_outer_weight_through_identity_or_cast(op: str, tmp_path: P
     )  # fmt: skip
     inv = walk_conv_weights(model)
     assert not inv.unsupported
-    (w,) = [w for w in inv.weights if w.key == "w1"]
+    (w,) = [w for w in inv.weights if w.address == "w1"]
     assert w.via == (op,) and w.graph_path == () and w.consumer_paths == (("2:then_branch",),)
     assert not w.in_main_graph
     contract(model, tmp_path, {**_x(), "cond": np.array(True)}, budget=0.5)
@@ -409,7 +409,7 @@ def test_constant_valued_layer_is_reported_not_encrypted(tmp_path: Path) -> None
         [numpy_helper.from_array(np.ones_like(w1), "ones"), numpy_helper.from_array(w2, "w2")],
     )  # fmt: skip
     result = contract(model, tmp_path, _x(), budget=0.5)
-    assert [layer.key for layer in result.layers] == ["w2"]
+    assert [layer.address for layer in result.layers] == ["w2"]
     (u,) = result.unsupported
     assert u.node == "Conv 'flat'" and "every value" in u.reason
 
@@ -443,7 +443,7 @@ def test_self_check_catches_an_output_that_would_not_restore(
         patches = list(patches)
         first = patches[0]
         patches[0] = _bundle.TensorPatch(
-            first.key, first.dtype, first.shape, first.kernels[1:], first.values[1:]
+            first.address, first.dtype, first.shape, first.kernels[1:], first.values[1:]
         )
         return real(patches)
 
@@ -461,7 +461,7 @@ def test_self_check_failure_has_its_own_exit_code(
     from onnx_selenc._cli import commands as _cli
     from onnx_selenc._load import restore as _restore
 
-    monkeypatch.setattr(_restore, "split_key", lambda key: ((), key + "-wrong"))
+    monkeypatch.setattr(_restore, "split_address", lambda key: ((), key + "-wrong"))
     onnx.save(tm.cnn(), tmp_path / "p.onnx")
     code = _cli.main(["encrypt", str(tmp_path / "p.onnx"), "-o", str(tmp_path / "e.onnx"),
                       "--keys", str(tmp_path / "k"), "--budget", "0.2"])  # fmt: skip
@@ -571,7 +571,7 @@ def test_single_kernel_layers_are_masked(shape: tuple[int, ...], tmp_path: Path)
     )  # fmt: skip
     feeds = {"x": np.random.default_rng(0).standard_normal((1, shape[1], *[80] * rank))}
     result = contract(model, tmp_path, {"x": feeds["x"].astype(np.float32)}, levels=2, budget=0.5)
-    assert "one" in [layer.key for layer in result.layers]
+    assert "one" in [layer.address for layer in result.layers]
 
 
 def test_levels_change_the_outputs_when_most_kernels_feed_dead_channels(tmp_path: Path) -> None:

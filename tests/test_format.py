@@ -48,7 +48,7 @@ def test_payload_round_trip() -> None:
         np.arange(18, dtype=np.float16).reshape(2, 9),
     )
     (back,) = _bundle.decode_payload(_bundle.encode_payload([patch]))
-    assert back.key == patch.key and back.shape == patch.shape
+    assert back.address == patch.address and back.shape == patch.shape
     assert np.array_equal(back.kernels, patch.kernels) and np.array_equal(back.values, patch.values)
 
 

@@ -9,7 +9,7 @@ from . import tiny_models as tm
 
 def test_initializers_grouped_and_transpose() -> None:
     inv = walk_conv_weights(tm.cnn())
-    by = inv.by_key()
+    by = inv.by_address()
     assert set(by) == {"w1", "w2", "w3", "w4"}
     assert by["w3"].shape == (16, 1, 3, 3) and by["w3"].n_kernels == 16
     assert by["w4"].consumers == ("ConvTranspose 'up'",)
@@ -19,12 +19,12 @@ def test_initializers_grouped_and_transpose() -> None:
 
 def test_constant_nodes() -> None:
     inv = walk_conv_weights(tm.constant_nodes())
-    assert [(w.key, w.storage) for w in inv.weights] == [("w1", "constant"), ("w2", "constant")]
+    assert [(w.address, w.storage) for w in inv.weights] == [("w1", "constant"), ("w2", "constant")]
 
 
 def test_subgraphs_resolve_outer_and_local_weights() -> None:
     inv = walk_conv_weights(tm.if_subgraph())
-    by = inv.by_key()
+    by = inv.by_address()
     assert set(by) == {"w_outer", "1:then_branch/w_then", "1:else_branch/w_else"}
     assert by["1:else_branch/w_else"].storage == "constant"
     assert by["1:then_branch/w_then"].graph_path == ("1:then_branch",)
@@ -44,7 +44,7 @@ def test_shared_weight_listed_once_with_both_consumers() -> None:
 
 def test_runtime_weight_reported_not_skipped_silently() -> None:
     inv = walk_conv_weights(tm.runtime_weight())
-    assert [w.key for w in inv.weights] == ["w1"]
+    assert [w.address for w in inv.weights] == ["w1"]
     (u,) = inv.unsupported
     assert u.node == "Conv 'computed'" and "computed at run time by Mul" in u.reason
 

@@ -41,12 +41,12 @@ def test_gradients_match_finite_differences(build) -> None:
 def test_grouped_and_transpose_convs_gated_on_outputs() -> None:
     model = tm.cnn()  # has a depthwise conv and a ConvTranspose
     program = build_program(model, walk_conv_weights(model).weights, _calib(), batch=8)
-    by_key = {g.key: g for g in program.gates}
-    assert by_key["w1"].per_kernel and by_key["w2"].per_kernel
-    assert not by_key["w3"].per_kernel and by_key["w3"].shape == (16,)
-    assert not by_key["w4"].per_kernel and by_key["w4"].shape == (4,)  # ConvTranspose C_out
+    by_address = {g.address: g for g in program.gates}
+    assert by_address["w1"].per_kernel and by_address["w2"].per_kernel
+    assert not by_address["w3"].per_kernel and by_address["w3"].shape == (16,)
+    assert not by_address["w4"].per_kernel and by_address["w4"].shape == (4,)  # ConvTranspose C_out
     scores = kernel_scores(
-        program, {g.key: np.arange(int(np.prod(g.shape)), dtype=float) for g in program.gates}
+        program, {g.address: np.arange(int(np.prod(g.shape)), dtype=float) for g in program.gates}
     )
     assert scores["w4"].shape == (64,)  # 16 x 4 kernels of the ConvTranspose
     assert np.array_equal(scores["w4"][:4], [0, 1, 2, 3])  # kernel (i, o) -> output o

@@ -55,13 +55,13 @@ def test_levels_restore_nested_sets(make_encrypted) -> None:
     model = tm.wide_cnn()
     enc_path, key = make_encrypted(model, levels=4, budget=0.2)
     originals = {
-        w.key: read_array(weight_tensor(model, w), None) for w in walk_conv_weights(model).weights
+        w.address: read_array(weight_tensor(model, w), None) for w in walk_conv_weights(model).weights
     }
     wrong_counts = []
     for level in range(5):
         restored = se.restore_model(enc_path, key=key, level=level).model
         wrong = sum(
-            int(np.count_nonzero(read_array(weight_tensor(restored, w), None) != originals[w.key]))
+            int(np.count_nonzero(read_array(weight_tensor(restored, w), None) != originals[w.address]))
             for w in walk_conv_weights(restored).weights
         )
         wrong_counts.append(wrong)
@@ -177,7 +177,7 @@ def test_uniform_allocation_matches_paper_formula(tmp_path: Path) -> None:
         seed=0,
     )
     (layer,) = result.layers
-    assert layer.key == "w2" and layer.encrypted_kernels == int(32 * 32 * 0.1) + 1
+    assert layer.address == "w2" and layer.encrypted_kernels == int(32 * 32 * 0.1) + 1
 
 
 def test_least_important_first_order(make_encrypted) -> None:

@@ -28,7 +28,7 @@ LAYERS = [_w("a", (64, 3, 3, 3)), _w("b", (128, 64, 3, 3)), _w("c", (256, 128, 3
 def test_balanced_allocation_spends_the_budget_evenly() -> None:
     total = sum(w.n_weights for w in LAYERS)
     counts = allocate_balanced(LAYERS, int(0.02 * total))
-    spent = {w.key: counts[w.key] * w.kernel_size for w in LAYERS}
+    spent = {w.address: counts[w.address] * w.kernel_size for w in LAYERS}
     assert abs(sum(spent.values()) - 0.02 * total) < 3 * 9 * len(LAYERS)
     assert spent["a"] == LAYERS[0].n_weights  # the small first layer is fully taken
     assert abs(spent["b"] - spent["c"]) <= 9
@@ -42,7 +42,7 @@ def test_balanced_allocation_small_budget() -> None:
 
 def test_uniform_allocation() -> None:
     counts = allocate_uniform(LAYERS, 0.08)
-    assert counts == {w.key: int(w.n_kernels * 0.08) + 1 for w in LAYERS}
+    assert counts == {w.address: int(w.n_kernels * 0.08) + 1 for w in LAYERS}
     with pytest.raises(ValueError):
         allocate_uniform(LAYERS, 0.0)
 
@@ -63,7 +63,7 @@ def test_fraction_validation() -> None:
 
 
 def test_layer_filter() -> None:
-    assert [w.key for w in filter_layers(LAYERS, ["b", "c*"])] == ["b", "c"]
+    assert [w.address for w in filter_layers(LAYERS, ["b", "c*"])] == ["b", "c"]
     with pytest.raises(ValueError, match="matches no conv weight"):
         filter_layers(LAYERS, ["conv9"])
 

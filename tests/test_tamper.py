@@ -225,7 +225,7 @@ def test_runtime_weight_warns_and_encrypts_the_rest(tmp_path: Path) -> None:
     onnx.save(tm.runtime_weight(), path)
     with pytest.warns(UserWarning, match="computed at run time"):
         result = se.encrypt(path, tmp_path / "o.onnx", key_file=tmp_path / "k.key", budget=0.3)
-    assert [layer.key for layer in result.layers] == ["w1"] and len(result.unsupported) == 1
+    assert [layer.address for layer in result.layers] == ["w1"] and len(result.unsupported) == 1
 
 
 def test_input_never_overwritten(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ import onnx
 
 from onnx_selenc._crypto import seal as _seal
 from onnx_selenc._crypto import strict as _strict
-from onnx_selenc._onnx.graph import weight_key
+from onnx_selenc._onnx.graph import tensor_address
 from onnx_selenc._onnx.metadata import BUNDLE_KEYS, MANIFEST_KEY, SEALED_KEY, strip_bundle
 from onnx_selenc.exceptions import FormatError, NotEncrypted
 
@@ -51,7 +51,7 @@ _MANIFEST_FIELDS = {
     "selection",
     "tool",
 }
-# P2 tables address tensors by escaped key (``_graph.weight_key``); P1, written by 0.1,
+# P2 tables address tensors by escaped key (``_graph.tensor_address``); P1, written by 0.1,
 # joined path and name with "/" unescaped (read as such, for files that worked then).
 _PAYLOAD_MAGIC = b"SELENCP2"
 _LEGACY_PAYLOAD_MAGIC = b"SELENCP1"
@@ -81,7 +81,7 @@ class Manifest:
 class TensorPatch:
     """Originals of one tensor's kernels, as sealed for one level."""
 
-    key: str
+    address: str
     dtype: str
     shape: tuple[int, ...]
     kernels: np.ndarray
@@ -262,7 +262,7 @@ def encode_payload(patches: Sequence[TensorPatch]) -> bytes:
         val = np.ascontiguousarray(p.values, dtype=np.dtype(p.dtype).newbyteorder("<")).tobytes()
         table.append(
             {
-                "key": p.key,
+                "key": p.address,
                 "dtype": p.dtype,
                 "shape": list(p.shape),
                 "count": len(p.kernels),
@@ -390,6 +390,6 @@ def decode_payload(data: bytes) -> list[TensorPatch]:
 
 
 def _legacy_key(key: str) -> str:
-    """A 0.1 payload key (``"<step>/.../<name>"``, unescaped) as a :func:`weight_key`."""
+    """A 0.1 payload key (``"<step>/.../<name>"``, unescaped) as a :func:`tensor_address`."""
     *path, name = key.split("/")
-    return weight_key(tuple(path), name)
+    return tensor_address(tuple(path), name)

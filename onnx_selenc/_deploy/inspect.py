@@ -90,7 +90,7 @@ def format_report(report: ModelReport) -> str:
         where = w.storage + ("+ext" if w.external else "")
         if w.graph_path:
             where += "+sub"
-        name = w.key if len(w.key) <= 48 else "…" + w.key[-47:]
+        name = w.address if len(w.address) <= 48 else "…" + w.address[-47:]
         lines.append(
             f"{name:<48} {where:<12} {w.dtype:<8} {'x'.join(map(str, w.shape)):<20} "
             f"{w.n_kernels:>9} {w.n_weights:>10}"

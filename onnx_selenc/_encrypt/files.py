@@ -66,7 +66,7 @@ __all__ = [
 class LayerReport:
     """What was encrypted in one weight tensor (kept private: it is not in the manifest)."""
 
-    key: str
+    address: str
     n_kernels: int
     encrypted_kernels: int
     kernels_per_level: tuple[int, ...]
@@ -178,7 +178,7 @@ def encrypt(
     enc = encrypt_model(model, options=options, calibration=calibration)
     checked = (
         verify_encrypted(
-            enc.model, enc.owner_key, enc.selection, enc.masked, enc.inventory.by_key(),
+            enc.model, enc.owner_key, enc.selection, enc.masked, enc.inventory.by_address(),
             enc.originals, model_path,
         )
         if options.verify
@@ -232,11 +232,11 @@ def encrypt(
 def _layer_reports(
     selection: Selection, inventory: ConvInventory, levels: int
 ) -> tuple[LayerReport, ...]:
-    by_key = inventory.by_key()
+    by_address = inventory.by_address()
     return tuple(
         LayerReport(
-            layer.key,
-            by_key[layer.key].n_kernels,
+            layer.address,
+            by_address[layer.address].n_kernels,
             len(layer.kernels),
             tuple(int(np.count_nonzero(layer.restore_level == m)) for m in range(1, levels + 1)),
         )

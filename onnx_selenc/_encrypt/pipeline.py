@@ -143,7 +143,7 @@ def encrypt_model(
         walked.model,
         selection,
         masked,
-        walked.inventory.by_key(),
+        walked.inventory.by_address(),
         walked.inventory,
         owner,
         _selection_params(plan, options, level_report),
@@ -203,7 +203,7 @@ def _walk(model: onnx.ModelProto, layers: Sequence[str]) -> _Walked:
             "no encryptable conv weights found" + (f" ({detail})" if detail else "")
         )
     chosen = filter_layers(inventory.weights, layers)
-    arrays = {w.key: read_array(weight_tensor(model, w), None) for w in chosen}
+    arrays = {w.address: read_array(weight_tensor(model, w), None) for w in chosen}
     chosen, constant = unmaskable_weights(chosen, arrays)
     inventory = ConvInventory(inventory.weights, (*inventory.unsupported, *constant))
     if not chosen:
@@ -213,7 +213,7 @@ def _walk(model: onnx.ModelProto, layers: Sequence[str]) -> _Walked:
         )
     for u in inventory.unsupported:
         warnings.warn(f"skipping {u.node}: {u.reason}", stacklevel=4)
-    arrays = {w.key: arrays[w.key] for w in chosen}
+    arrays = {w.address: arrays[w.address] for w in chosen}
     return _Walked(model, inventory, chosen, arrays, keep_originals(arrays))
 
 
@@ -282,7 +282,7 @@ def _select_and_mask(
     """Selection and masking; a fixed split is checked to change the outputs at every
     level (``_liveness``), with more kernels where the chosen ones cannot."""
     model, chosen, arrays = walked.model, walked.chosen, walked.arrays
-    by_key = walked.inventory.by_key()
+    by_address = walked.inventory.by_address()
     split = options.split
     check_live = isinstance(split, FixedLevels) and (
         sum(a.nbytes for a in arrays.values()) <= LIVENESS_BYTES
@@ -296,14 +296,14 @@ def _select_and_mask(
             fractions=options.fractions,
             order=split.order if isinstance(split, FixedLevels) else "most-important-first",
             total_weights=walked.inventory.total_weights,
-            kernel_sizes={w.key: w.kernel_size for w in chosen},
+            kernel_sizes={w.address: w.kernel_size for w in chosen},
         )
         masked = mask_selection(
-            model, selection, arrays, by_key, rng, options.masking, options.show_progress
+            model, selection, arrays, by_address, rng, options.masking, options.show_progress
         )
         if not check_live:
             break
-        selection, stuck = live_levels(model, by_key, selection, masked, feeds)
+        selection, stuck = live_levels(model, by_address, selection, masked, feeds)
         if not stuck:
             break
         chosen_kernels = sum(len(layer.kernels) for layer in selection.layers)
@@ -324,7 +324,7 @@ def _select_and_mask(
             )
             break
         for layer in selection.layers:  # undo the masking, then try with more kernels
-            write_array(weight_tensor(model, by_key[layer.key]), arrays[layer.key])
+            write_array(weight_tensor(model, by_address[layer.address]), arrays[layer.address])
         warnings.warn(
             f"levels {', '.join(map(str, stuck))} changed nothing on the probe inputs "
             "(their kernels feed unused channels): encrypting twice as many kernels",
@@ -350,7 +350,7 @@ def _calibrate(
     )
     selection, report = calibrate_levels(
         walked.model,
-        walked.inventory.by_key(),
+        walked.inventory.by_address(),
         selection,
         masked,
         search,

@@ -20,7 +20,7 @@ def seal_levels(
     model: onnx.ModelProto,
     selection: Selection,
     masked: Sequence[MaskedLayer],
-    by_key: Mapping[str, ConvWeight],
+    by_address: Mapping[str, ConvWeight],
     inventory: ConvInventory,
     owner: LevelKey,
     selection_params: dict[str, object],
@@ -28,12 +28,12 @@ def seal_levels(
     """Build the manifest and seal each level's increment of originals."""
     levels = selection.levels
     payloads = [
-        _bundle.encode_payload(level_patches(selection, masked, by_key, m))
+        _bundle.encode_payload(level_patches(selection, masked, by_address, m))
         for m in range(1, levels + 1)
     ]
     weights_per_level = [
         sum(
-            int(np.count_nonzero(layer.restore_level == m)) * by_key[layer.key].kernel_size
+            int(np.count_nonzero(layer.restore_level == m)) * by_address[layer.address].kernel_size
             for layer in selection.layers
         )
         for m in range(1, levels + 1)
@@ -71,17 +71,17 @@ def seal_levels(
 def level_patches(
     selection: Selection,
     masked: Sequence[MaskedLayer],
-    by_key: Mapping[str, ConvWeight],
+    by_address: Mapping[str, ConvWeight],
     level: int,
 ) -> list[_bundle.TensorPatch]:
     patches = []
     for layer, record in zip(selection.layers, masked, strict=True):
         here = layer.restore_level == level
         if here.any():
-            w = by_key[layer.key]
+            w = by_address[layer.address]
             patches.append(
                 _bundle.TensorPatch(
-                    layer.key, w.dtype, w.shape, record.kernels[here], record.originals[here]
+                    layer.address, w.dtype, w.shape, record.kernels[here], record.originals[here]
                 )
             )
     return patches

@@ -90,7 +90,7 @@ def verify_encrypted(
     for layer, record in zip(selection.layers, masked, strict=True):
         same = np.all(record.replacements == record.originals, axis=1)
         if same.any():
-            raise fail(f"{int(same.sum())} encrypted kernels equal their originals", layer.key)
+            raise fail(f"{int(same.sum())} encrypted kernels equal their originals", layer.address)
     data = serialise_if_small(model)
     if data is None:
         # Past protobuf's limit no serialised copy can exist in memory: check the sealed
@@ -139,9 +139,9 @@ def _check_levels(
     if len(payloads) != selection.levels:
         raise fail(f"{len(payloads)} sealed levels for {selection.levels}")
     for m, patches in enumerate(payloads, start=1):
-        got = {p.key: np.sort(p.kernels) for p in patches}
+        got = {p.address: np.sort(p.kernels) for p in patches}
         want = {
-            layer.key: np.sort(layer.kernels[layer.restore_level == m])
+            layer.address: np.sort(layer.kernels[layer.restore_level == m])
             for layer in selection.layers
             if (layer.restore_level == m).any()
         }
@@ -208,7 +208,7 @@ def _verify_large(
 ) -> SelfCheck:
     """The self-check of a model over 2 GB: sealed originals against the model's tensors."""
     from onnx_selenc._crypto import bundle as _bundle
-    from onnx_selenc._onnx.graph import split_key
+    from onnx_selenc._onnx.graph import split_address
 
     manifest, blobs = _bundle.read_bundle(model)
     keys = [owner_key.derive(m) for m in range(owner_key.level + 1)]
@@ -216,21 +216,21 @@ def _verify_large(
     payloads = unseal_levels(manifest, blobs, keys)
     _check_levels(payloads, selection, fail)
     locate = _Locator(model)
-    records = {r.key: r for r in masked}
+    records = {r.address: r for r in masked}
     compared = 0
     for patches in payloads:
         for p in patches:
-            path, name = split_key(p.key)
+            path, name = split_address(p.address)
             public = kernel_matrix(read_array(locate(path, name), None))
-            record = records[p.key]
+            record = records[p.address]
             # Rows of the record that hold p's kernels (its kernels are distinct).
             by_kernel = np.argsort(record.kernels)
             rows = by_kernel[np.searchsorted(record.kernels, p.kernels, sorter=by_kernel)]
             want = record.originals[rows]
             if p.values.tobytes() != want.tobytes():
-                raise fail("a sealed kernel differs from the original", p.key)
+                raise fail("a sealed kernel differs from the original", p.address)
             if (public[p.kernels] == want).all(axis=1).any():
-                raise fail("an encrypted kernel equals its original", p.key)
+                raise fail("an encrypted kernel equals its original", p.address)
     # The model's tensors with every level's originals put back must be the plain ones.
     for key, record in records.items():
         w = weights[key]

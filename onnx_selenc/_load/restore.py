@@ -14,7 +14,7 @@ from onnx_selenc._crypto import bundle as _bundle
 from onnx_selenc._crypto.digest import (
     PatchGate,
 )
-from onnx_selenc._onnx.graph import split_key
+from onnx_selenc._onnx.graph import split_address
 from onnx_selenc._onnx.stripped import StrippedModel
 from onnx_selenc._onnx.tensors import kernel_matrix, owning_graph, read_array, write_array
 from onnx_selenc.exceptions import FormatError, InvalidBundle
@@ -34,11 +34,11 @@ from onnx_selenc._load.opened import (
 def _group(
     payloads: Sequence[Sequence[_bundle.TensorPatch]],
 ) -> dict[str, list[_bundle.TensorPatch]]:
-    by_key: dict[str, list[_bundle.TensorPatch]] = {}
+    by_address: dict[str, list[_bundle.TensorPatch]] = {}
     for patches in payloads:
         for p in patches:
-            by_key.setdefault(p.key, []).append(p)
-    return by_key
+            by_address.setdefault(p.address, []).append(p)
+    return by_address
 
 
 def _patched(
@@ -56,7 +56,7 @@ def _patched(
     locate = _Locator(model)
     names: dict[np.dtype, str] = {}  # numpy's dtype.name is slow; hundreds of tensors
     for key, patches in _group(payloads).items():
-        graph_path, name = split_key(key)
+        graph_path, name = split_address(key)
         tensor = locate(graph_path, name)
         values, owned = _values(tensor, base_dir, stripped)
         if values.dtype not in names:

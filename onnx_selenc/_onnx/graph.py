@@ -61,9 +61,9 @@ class ConvWeight:
     """One convolution weight tensor and where it lives.
 
     Attributes:
-        key: stable, unambiguous address: the graph path steps and the tensor name,
+        address: stable, unambiguous address: the graph path steps and the tensor name,
             each with ``%`` and ``/`` percent-escaped, joined by ``/`` (see
-            :func:`weight_key`); a main-graph tensor whose name has neither is its name.
+            :func:`tensor_address`); a main-graph tensor whose name has neither is its name.
         name: the tensor's name in its graph (initializer name or Constant node output).
         graph_path: the node-index/attribute steps from the main graph to the owning graph.
         storage: ``"initializer"`` or ``"constant"``.
@@ -79,7 +79,7 @@ class ConvWeight:
             weight).
     """
 
-    key: str
+    address: str
     name: str
     graph_path: tuple[str, ...]
     storage: str
@@ -123,7 +123,7 @@ class UnsupportedConv:
 
 @dataclass(frozen=True)
 class ConvInventory:
-    """Everything the walk found: encryptable weights (sorted by key) and refusals."""
+    """Everything the walk found: encryptable weights (sorted by address) and refusals."""
 
     weights: tuple[ConvWeight, ...]
     unsupported: tuple[UnsupportedConv, ...]
@@ -132,8 +132,8 @@ class ConvInventory:
     def total_weights(self) -> int:
         return sum(w.n_weights for w in self.weights)
 
-    def by_key(self) -> dict[str, ConvWeight]:
-        return {w.key: w for w in self.weights}
+    def by_address(self) -> dict[str, ConvWeight]:
+        return {w.address: w for w in self.weights}
 
 
 def _escape(part: str) -> str:
@@ -144,8 +144,8 @@ def _unescape(part: str) -> str:
     return part.replace("%2F", "/").replace("%2f", "/").replace("%25", "%")
 
 
-def weight_key(graph_path: tuple[str, ...], name: str) -> str:
-    """The address of tensor ``name`` in the graph at ``graph_path`` (inverse: :func:`split_key`).
+def tensor_address(graph_path: tuple[str, ...], name: str) -> str:
+    """The address of tensor ``name`` in the graph at ``graph_path``; see :func:`split_address`.
 
     Exporters put ``/`` and ``:`` in names (tf2onnx: ``conv2d/kernel:0``), so every
     part is escaped: a joined string must never be read back as another path.
@@ -153,9 +153,9 @@ def weight_key(graph_path: tuple[str, ...], name: str) -> str:
     return "/".join(_escape(p) for p in (*graph_path, name))
 
 
-def split_key(key: str) -> tuple[tuple[str, ...], str]:
-    """``(graph_path, name)`` of a :func:`weight_key` address."""
-    parts = [_unescape(p) for p in key.split("/")]
+def split_address(address: str) -> tuple[tuple[str, ...], str]:
+    """``(graph_path, name)`` of a :func:`tensor_address` address."""
+    parts = [_unescape(p) for p in address.split("/")]
     return tuple(parts[:-1]), parts[-1]
 
 
@@ -276,14 +276,14 @@ def walk_conv_weights(model: onnx.ModelProto) -> ConvInventory:
                     )
                 )
     weights = []
-    for key in sorted(found):
-        entry = found[key]
+    for address in sorted(found):
+        entry = found[address]
         source = entry.source
         t = source.tensor
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
         weights.append(
             ConvWeight(
-                key=key,
+                address=address,
                 name=source.name,
                 graph_path=source.graph_path,
                 storage=source.storage,
@@ -371,7 +371,7 @@ def _resolve_weight(
             UnsupportedConv(label, scope.path, f"weight '{name}' has shape {list(t.dims)}")
         )
         return
-    entry = found.setdefault(weight_key(source.graph_path, name), _Found(source))
+    entry = found.setdefault(tensor_address(source.graph_path, name), _Found(source))
     entry.consumers.append(label)
     entry.data_inputs.append(node.input[0] if node.input else "")
     group = next((a.i for a in node.attribute if a.name == "group"), 1)

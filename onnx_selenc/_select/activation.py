@@ -87,6 +87,6 @@ def activation_scorer(calibration: Calibration):
         model: onnx.ModelProto, chosen: Sequence[ConvWeight], arrays: Mapping[str, np.ndarray]
     ) -> dict[str, np.ndarray]:
         rms = channel_rms(model, chosen, calibration)
-        return {w.key: activation_scores(w, arrays[w.key], rms) for w in chosen}
+        return {w.address: activation_scores(w, arrays[w.address], rms) for w in chosen}
 
     return scores

@@ -156,7 +156,7 @@ def sweep(  # noqa: C901
     """
     inventory = walk_conv_weights(model)
     weights = list(inventory.weights)
-    arrays = {w.key: read_array(weight_tensor(model, w), None) for w in weights}
+    arrays = {w.address: read_array(weight_tensor(model, w), None) for w in weights}
     probe = Probe(model, weights)
     plain = probe.run_all(evaluation)
     if metric == "auto":
@@ -176,15 +176,15 @@ def sweep(  # noqa: C901
             return float(user_metric(plain_out, test, None))
 
     plain_quality = measure(plain, plain, labels)
-    by_key = inventory.by_key()
-    ksize = {w.key: w.kernel_size for w in weights}
+    by_address = inventory.by_address()
+    ksize = {w.address: w.kernel_size for w in weights}
     points, curves_out = [], []
     all_weights, all_arrays = weights, arrays
     for strategy in strategies:
         importance, _, allocation = strategy.partition(":")
         rng = np.random.default_rng(seed)
         weights = filter_layers(all_weights, (layers or {}).get(strategy))
-        arrays = {w.key: all_arrays[w.key] for w in weights}
+        arrays = {w.address: all_arrays[w.address] for w in weights}
         if importance in DATA_FREE_SCORERS:
             scores = {
                 k: score_kernels(kernel_matrix(a), importance, rng) for k, a in arrays.items()
@@ -248,9 +248,11 @@ def sweep(  # noqa: C901
             mrng = np.random.default_rng(seed + 1)
             masked, values = [], {}
             for layer in selection.layers:
-                new, record = mask_layer(layer.key, arrays[layer.key], layer.kernels, mrng, masking)
+                new, record = mask_layer(
+                    layer.address, arrays[layer.address], layer.kernels, mrng, masking
+                )
                 masked.append(record)
-                values[layer.key] = new
+                values[layer.address] = new
             return selection, masked, values
 
         for budget in progress(budgets, desc=strategy, enabled=show_progress):
@@ -261,10 +263,10 @@ def sweep(  # noqa: C901
             budget = level_budget if level_budget is not None else max(budgets)
             levels = len(level_targets)
             selection, masked, values = masked_at(budget, levels)
-            masked_model = _with_values(model, by_key, values)
+            masked_model = _with_values(model, by_address, values)
             selection, _ = calibrate_levels(
                 masked_model,
-                by_key,
+                by_address,
                 selection,
                 masked,
                 calibration,
@@ -276,10 +278,10 @@ def sweep(  # noqa: C901
             for m in range(levels + 1):
                 restored = {}
                 for layer, record in zip(selection.layers, masked, strict=True):
-                    mat = kernel_matrix(values[layer.key]).copy()
+                    mat = kernel_matrix(values[layer.address]).copy()
                     back = layer.restore_level <= m
                     mat[layer.kernels[back]] = record.originals[back]
-                    restored[layer.key] = mat.reshape(values[layer.key].shape)
+                    restored[layer.address] = mat.reshape(values[layer.address].shape)
                 per_level.append(measure(plain, probe.run_all(evaluation, restored), labels))
             curves_out.append(
                 LevelCurve(strategy, float(budget), tuple(level_targets), tuple(per_level))
@@ -288,14 +290,14 @@ def sweep(  # noqa: C901
 
 
 def _with_values(
-    model: onnx.ModelProto, by_key: Mapping, values: Mapping[str, np.ndarray]
+    model: onnx.ModelProto, by_address: Mapping, values: Mapping[str, np.ndarray]
 ) -> onnx.ModelProto:
     from onnx_selenc._onnx.tensors import write_array
 
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    for key, v in values.items():
-        write_array(weight_tensor(copy, by_key[key]), v)
+    for address, v in values.items():
+        write_array(weight_tensor(copy, by_address[address]), v)
     return copy
 
 

@@ -31,7 +31,7 @@ OPSET = 17
 class Gate:
     """One gate tensor: which weight it scores, its input name and shape, and its mode."""
 
-    key: str
+    address: str
     name: str
     shape: tuple[int, ...]
     per_kernel: bool
@@ -205,7 +205,7 @@ def _insert_gates(model: onnx.ModelProto, weights: Sequence[ConvWeight]) -> list
         if not on_output:
             name = f"pss_gate_{i}"
             shape = (a, b) + (1,) * (len(w.shape) - 2)
-            gates.append(Gate(w.key, name, shape, True, (a, b)))
+            gates.append(Gate(w.address, name, shape, True, (a, b)))
             gated = f"pss_gated_w_{i}"
             new_nodes.append(helper.make_node("Mul", [w.name, name], [gated]))
         else:
@@ -218,7 +218,7 @@ def _insert_gates(model: onnx.ModelProto, weights: Sequence[ConvWeight]) -> list
                 out, channels = k // b, a
             gates.append(
                 Gate(
-                    w.key,
+                    w.address,
                     f"pss_gate_{i}",
                     (int(channels),),
                     False,
@@ -230,7 +230,7 @@ def _insert_gates(model: onnx.ModelProto, weights: Sequence[ConvWeight]) -> list
         elem = TensorProto.FLOAT
         graph.input.append(helper.make_tensor_value_info(g.name, elem, list(g.shape)))
     rewritten: list[onnx.NodeProto] = []
-    index = {g.key: i for i, g in enumerate(gates)}
+    index = {g.address: i for i, g in enumerate(gates)}
     for node in graph.node:
         w_name = (
             node.input[1]
@@ -238,12 +238,12 @@ def _insert_gates(model: onnx.ModelProto, weights: Sequence[ConvWeight]) -> list
             else None
         )
         cw = wanted.get(w_name) if w_name else None
-        if cw is None or cw.key not in index:
+        if cw is None or cw.address not in index:
             rewritten.append(node)
             continue
-        gate = gates[index[cw.key]]
+        gate = gates[index[cw.address]]
         if gate.per_kernel:
-            node.input[1] = f"pss_gated_w_{index[cw.key]}"
+            node.input[1] = f"pss_gated_w_{index[cw.address]}"
             rewritten.append(node)
             continue
         # Grouped conv: Conv(x, W) * g + b, so the gate scales the weight's contribution.

@@ -109,7 +109,7 @@ def calibrate_levels(
 
     Args:
         model: the masked model (selected kernels hold their random values).
-        weights: conv weights by key.
+        weights: conv weights by address.
         selection: the chosen kernels (most important first per layer).
         masked: originals and replacements, aligned with ``selection.layers``.
         calibration: inputs the cuts are searched on.
@@ -134,7 +134,7 @@ def calibrate_levels(
     if calibration.n > max_samples:
         calibration = calibration.take(np.linspace(0, calibration.n - 1, max_samples).astype(int))
     layers = selection.layers
-    probe = Probe(model, [weights[layer.key] for layer in layers])
+    probe = Probe(model, [weights[layer.address] for layer in layers])
 
     def weights_at(order: tuple[np.ndarray, np.ndarray], k: int) -> dict[str, np.ndarray]:
         return prefix_restored(probe.base, layers, masked, order, k)
@@ -196,7 +196,7 @@ def calibrate_levels(
         restore = np.empty(len(layer.kernels), dtype=np.int16)
         mine = order[0] == li
         restore[order[1][mine]] = levels_of[mine]
-        new_layers.append(LayerSelection(layer.key, layer.kernels, restore))
+        new_layers.append(LayerSelection(layer.address, layer.kernels, restore))
     report = LevelReport(
         t, tuple(reached), held, tuple(cuts), name, obj, held_out.n if held_out is not None else 0
     )
@@ -217,10 +217,10 @@ def prefix_restored(
     layer_ids, positions = order[0][:k], order[1][:k]
     out = {}
     for li, (layer, rec) in enumerate(zip(layers, masked, strict=True)):
-        mat = kernel_matrix(base[layer.key]).copy()
+        mat = kernel_matrix(base[layer.address]).copy()
         pos = positions[layer_ids == li]
         mat[layer.kernels[pos]] = rec.originals[pos]
-        out[layer.key] = mat.reshape(base[layer.key].shape)
+        out[layer.address] = mat.reshape(base[layer.address].shape)
     return out
 
 
@@ -290,7 +290,7 @@ def _sensitivity_order(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Least sensitive layer first, least important kernels first within a layer."""
     sens = sensitivity or {}
-    ranked = sorted(range(len(layers)), key=lambda i: sens.get(layers[i].key, 0.0))
+    ranked = sorted(range(len(layers)), key=lambda i: sens.get(layers[i].address, 0.0))
     ids = [np.full(len(layers[i].kernels), i) for i in ranked]
     pos = [np.arange(len(layers[i].kernels))[::-1] for i in ranked]
     return np.concatenate(ids), np.concatenate(pos)

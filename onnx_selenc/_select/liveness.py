@@ -51,7 +51,7 @@ def live_levels(
 
     Args:
         model: the masked model (selected kernels hold their random values).
-        weights: conv weights by key.
+        weights: conv weights by address.
         selection: the fixed split.
         masked: originals and replacements, aligned with ``selection.layers``.
         feeds: one batch of probe inputs; None: random inputs of the declared shapes.
@@ -63,7 +63,7 @@ def live_levels(
     """
     layers = selection.layers
     try:
-        probe = Probe(model, [weights[layer.key] for layer in layers])
+        probe = Probe(model, [weights[layer.address] for layer in layers])
         batch = dict(feeds) if feeds is not None else _random_feeds(probe)
         if batch is None:
             return selection, []
@@ -89,7 +89,7 @@ def live_levels(
         mine = ids == li
         levels[pos[mine]] = level_of[mine]
     new_layers = tuple(
-        LayerSelection(layer.key, layer.kernels, r)
+        LayerSelection(layer.address, layer.kernels, r)
         for layer, r in zip(layers, restore, strict=True)
     )
     return (

@@ -38,7 +38,7 @@ class MaskedLayer:
     Both arrays are ``(n_selected, kernel_size)`` in the weight's own dtype.
     """
 
-    key: str
+    address: str
     kernels: np.ndarray
     originals: np.ndarray
     replacements: np.ndarray
@@ -177,7 +177,7 @@ def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def mask_layer(
-    key: str,
+    address: str,
     weight: np.ndarray,
     selected: np.ndarray,
     rng: np.random.Generator,
@@ -189,7 +189,7 @@ def mask_layer(
     originals = kernels[selected].copy()
     masked = kernels.copy()
     masked[selected] = replacements
-    return masked.reshape(weight.shape), MaskedLayer(key, selected, originals, replacements)
+    return masked.reshape(weight.shape), MaskedLayer(address, selected, originals, replacements)
 
 
 def unmaskable_weights(
@@ -199,7 +199,7 @@ def unmaskable_weights(
     kernel can both differ from the original and keep the layer's distribution."""
     kept, dropped = [], []
     for w in chosen:
-        a = arrays[w.key]
+        a = arrays[w.address]
         if a.size and bool(np.all(a == a.flat[0])):
             dropped.append(
                 UnsupportedConv(
@@ -218,7 +218,7 @@ def mask_selection(
     model: onnx.ModelProto,
     selection: Selection,
     arrays: Mapping[str, np.ndarray],
-    by_key: Mapping[str, ConvWeight],
+    by_address: Mapping[str, ConvWeight],
     rng: np.random.Generator,
     masking: str,
     show_progress: bool,
@@ -228,10 +228,10 @@ def mask_selection(
     for layer in progress(selection.layers, desc="masking", enabled=show_progress):
         try:
             new_values, record = mask_layer(
-                layer.key, arrays[layer.key], layer.kernels, rng, masking
+                layer.address, arrays[layer.address], layer.kernels, rng, masking
             )
         except UnmaskableLayer as exc:  # all-equal weights are left out above: say which
-            raise UnsupportedModel(f"weight {layer.key!r} cannot be masked: {exc}") from None
-        write_array(weight_tensor(model, by_key[layer.key]), new_values)
+            raise UnsupportedModel(f"weight {layer.address!r} cannot be masked: {exc}") from None
+        write_array(weight_tensor(model, by_address[layer.address]), new_values)
         masked.append(record)
     return masked

@@ -46,8 +46,8 @@ class Probe:
         self.names: dict[str, str] = {}
         existing_inputs = {i.name for i in probe.graph.input}
         for w in weights:
-            self.base[w.key] = _hoist(probe, w, existing_inputs)
-            self.names[w.key] = w.name
+            self.base[w.address] = _hoist(probe, w, existing_inputs)
+            self.names[w.address] = w.name
         self.n_outputs = len(probe.graph.output)
         for name in extra_outputs:
             probe.graph.output.append(helper.make_empty_tensor_value_info(name))
@@ -71,7 +71,7 @@ class Probe:
         *,
         quiet: bool = False,
     ) -> list[np.ndarray]:
-        """Run one batch with ``weights`` (by key) replacing the base values.
+        """Run one batch with ``weights`` (by address) replacing the base values.
 
         ``quiet``: a failure is only raised, not also logged by ONNX Runtime (probing
         which input sizes a model takes fails on purpose).
@@ -111,7 +111,7 @@ def _hoist(probe: onnx.ModelProto, w: ConvWeight, existing_inputs: set[str]) -> 
                 del graph.node[i]
                 break
     if values is None:
-        raise ValueError(f"weight {w.key} not found")
+        raise ValueError(f"weight {w.address} not found")
     if w.name not in existing_inputs:
         elem = helper.np_dtype_to_tensor_dtype(values.dtype)
         probe.graph.input.append(helper.make_tensor_value_info(w.name, elem, values.shape))

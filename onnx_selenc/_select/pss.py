@@ -78,7 +78,9 @@ class GateTrainer:
             ones = {g.name: np.ones(g.shape, np.float32) for g in self.program.gates}
             self._targets[index % len(self.batches)] = self.plain.run(None, {**data, **ones})
         targets = self._targets[index % len(self.batches)]
-        gates = {g.name: z[g.key].reshape(g.shape).astype(np.float32) for g in self.program.gates}
+        gates = {
+            g.name: z[g.address].reshape(g.shape).astype(np.float32) for g in self.program.gates
+        }
         return {**data, **gates, **dict(zip(self.program.targets, targets, strict=True))}
 
     def loss(self, index: int, z: Mapping[str, np.ndarray]) -> float:
@@ -89,12 +91,12 @@ class GateTrainer:
     ) -> tuple[float, dict[str, np.ndarray]]:
         feeds = {**self._feeds(index, z), "adj_pss_loss": np.ones([1], np.float32)}
         out = self.grad_session.run(None, feeds)
-        grads = {g.key: out[1 + i].reshape(-1) for i, g in enumerate(self.program.gates)}
+        grads = {g.address: out[1 + i].reshape(-1) for i, g in enumerate(self.program.gates)}
         return float(out[0]), grads
 
 
 def gate_sizes(program: GateProgram) -> dict[str, int]:
-    return {g.key: int(np.prod(g.shape)) for g in program.gates}
+    return {g.address: int(np.prod(g.shape)) for g in program.gates}
 
 
 def train_gates(
@@ -134,7 +136,7 @@ def kernel_scores(
     program: GateProgram, log_alpha: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
     """Per-kernel scores; an output-channel gate scores every kernel of its channel."""
-    return {g.key: g.to_kernels(log_alpha[g.key]) for g in program.gates}
+    return {g.address: g.to_kernels(log_alpha[g.address]) for g in program.gates}
 
 
 def check_gradients(
@@ -157,14 +159,14 @@ def check_gradients(
     flat = [(abs(float(v)), k, i) for k, g in grads.items() for i, v in enumerate(g)]
     flat.sort(reverse=True)
     worst = 0.0
-    for _, key, i in flat[:checks]:
-        ad = float(grads[key][i])
+    for _, address, i in flat[:checks]:
+        ad = float(grads[address][i])
         best = np.inf
         for h in steps:
             up = {k: v.copy() for k, v in z.items()}
             down = {k: v.copy() for k, v in z.items()}
-            up[key][i] += h
-            down[key][i] -= h
+            up[address][i] += h
+            down[address][i] -= h
             fd = (trainer.loss(0, up) - trainer.loss(0, down)) / (2 * h)
             best = min(best, abs(fd - ad) / max(abs(fd), abs(ad), 1e-12))
         worst = max(worst, best)
@@ -192,11 +194,11 @@ def pss_scorer(
         )
         out = {}
         for w in chosen:
-            if w.key in learned:
-                out[w.key] = learned[w.key]
+            if w.address in learned:
+                out[w.address] = learned[w.address]
             else:  # not gateable (subgraph, integer): magnitude keeps it in the ranking
-                values = arrays[w.key].reshape(w.n_kernels, -1).astype(np.float64)
-                out[w.key] = np.abs(values).mean(axis=1)
+                values = arrays[w.address].reshape(w.n_kernels, -1).astype(np.float64)
+                out[w.address] = np.abs(values).mean(axis=1)
         return out
 
     return scores

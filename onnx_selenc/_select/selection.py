@@ -27,12 +27,12 @@ class LayerSelection:
     """The kernels chosen in one weight tensor.
 
     Attributes:
-        key: the weight's address (``ConvWeight.key``).
+        address: the weight's address (``ConvWeight.address``).
         kernels: flat kernel indices, most important first.
         restore_level: for each chosen kernel, the level (1..M) that restores it.
     """
 
-    key: str
+    address: str
     kernels: np.ndarray
     restore_level: np.ndarray
 
@@ -54,7 +54,7 @@ class Selection:
 def filter_layers(
     weights: Sequence[ConvWeight], patterns: Sequence[str] | None
 ) -> list[ConvWeight]:
-    """Keep the weights whose key, name or consumer node name matches a glob pattern.
+    """Keep the weights whose address, name or consumer node name matches a glob pattern.
 
     Raises:
         ValueError: a pattern matches nothing (a typo should not silently encrypt less).
@@ -66,7 +66,7 @@ def filter_layers(
         matched = [
             w
             for w in weights
-            if fnmatch.fnmatchcase(w.key, pattern)
+            if fnmatch.fnmatchcase(w.address, pattern)
             or fnmatch.fnmatchcase(w.name, pattern)
             or any(fnmatch.fnmatchcase(c.split("'")[1], pattern) for c in w.consumers)
         ]
@@ -80,7 +80,7 @@ def allocate_uniform(weights: Sequence[ConvWeight], ratio: float) -> dict[str, i
     """The paper's per-layer ratio: ``floor(n_kernels * ratio) + 1`` kernels in every layer."""
     if not 0.0 < ratio <= 1.0:
         raise ValueError(f"per-layer ratio must be in (0, 1], got {ratio}")
-    return {w.key: min(w.n_kernels, int(np.floor(w.n_kernels * ratio)) + 1) for w in weights}
+    return {w.address: min(w.n_kernels, int(np.floor(w.n_kernels * ratio)) + 1) for w in weights}
 
 
 def allocate_balanced(weights: Sequence[ConvWeight], budget_weights: int) -> dict[str, int]:
@@ -106,7 +106,7 @@ def allocate_balanced(weights: Sequence[ConvWeight], budget_weights: int) -> dic
     per_layer = np.minimum(sizes, t)
     kernels = np.maximum(1, np.rint(per_layer / ksize)).astype(np.int64)
     kernels = np.minimum(kernels, sizes // ksize)
-    return {w.key: int(k) for w, k in zip(weights, kernels, strict=True)}
+    return {w.address: int(k) for w, k in zip(weights, kernels, strict=True)}
 
 
 def level_split(
@@ -199,13 +199,13 @@ def select(
     total_weights: int,
     kernel_sizes: Mapping[str, int],
 ) -> Selection:
-    """Pick the top ``counts[key]`` kernels of each layer by score and assign levels.
+    """Pick the top ``counts[address]`` kernels of each layer by score and assign levels.
 
     Raises:
         ValueError: fewer kernels are chosen than there are levels.
     """
-    keys = [key for key in sorted(counts) if int(counts[key]) > 0]
-    tops = [top_kernels(scores[key], int(counts[key])) for key in keys]
+    addresses = [address for address in sorted(counts) if int(counts[address]) > 0]
+    tops = [top_kernels(scores[address], int(counts[address])) for address in addresses]
     n_chosen = sum(len(t) for t in tops)
     if n_chosen < levels:
         raise ValueError(
@@ -214,9 +214,12 @@ def select(
         )
     restore = global_levels([len(t) for t in tops], fractions, order)
     layers = tuple(
-        LayerSelection(key, top, lv) for key, top, lv in zip(keys, tops, restore, strict=True)
+        LayerSelection(address, top, lv)
+        for address, top, lv in zip(addresses, tops, restore, strict=True)
     )
-    selected = sum(len(t) * kernel_sizes[key] for key, t in zip(keys, tops, strict=True))
+    selected = sum(
+        len(t) * kernel_sizes[address] for address, t in zip(addresses, tops, strict=True)
+    )
     return Selection(layers, levels, selected, total_weights)
 
 
@@ -247,8 +250,8 @@ def at_least_one_per_level(
     short = levels - sum(out.values())
     if short <= 0:
         return out
-    room = sorted(chosen, key=lambda w: w.n_kernels - out.get(w.key, 0), reverse=True)
-    available = sum(w.n_kernels - out.get(w.key, 0) for w in room)
+    room = sorted(chosen, key=lambda w: w.n_kernels - out.get(w.address, 0), reverse=True)
+    available = sum(w.n_kernels - out.get(w.address, 0) for w in room)
     if available < short:
         raise ValueError(
             f"{levels} distinct levels need at least {levels} encrypted kernels, and the "
@@ -257,8 +260,8 @@ def at_least_one_per_level(
     before = sum(out.values())
     while short > 0:
         for w in room:
-            if short and out.get(w.key, 0) < w.n_kernels:
-                out[w.key] = out.get(w.key, 0) + 1
+            if short and out.get(w.address, 0) < w.n_kernels:
+                out[w.address] = out.get(w.address, 0) + 1
                 short -= 1
     warnings.warn(
         f"the budget selects {before} kernels for {levels} levels; encrypting {levels} "
@@ -273,8 +276,8 @@ def grow_counts(counts: dict[str, int], chosen: Sequence[ConvWeight]) -> bool:
     """Double every layer's kernel count (within its size); False if none can grow."""
     grown = False
     for w in chosen:
-        now = counts.get(w.key, 0)
+        now = counts.get(w.address, 0)
         new = min(w.n_kernels, 2 * now)
         grown = grown or new > now
-        counts[w.key] = new
+        counts[w.address] = new
     return grown

@@ -32,7 +32,7 @@ PROBE_FRACTIONS = (1 / 128, 1 / 16, 1 / 4, 1.0)
 class LayerCurve:
     """Measured damage of masking the top-k kernels of one layer, for a few k."""
 
-    key: str
+    address: str
     kernels: tuple[int, ...]
     weights: tuple[int, ...]
     damage: tuple[float, ...]
@@ -71,17 +71,17 @@ def measure_curves(
         probe = Probe(model, [w])
         n = w.n_kernels
         ks = sorted({int(min(n, max(1, np.ceil(f * n)))) for f in fractions})
-        order = np.argsort(-scores[w.key], kind="stable")
-        base = kernel_matrix(arrays[w.key])
+        order = np.argsort(-scores[w.address], kind="stable")
+        base = kernel_matrix(arrays[w.address])
         replacement = dprm_values(base, order[: ks[-1]], rng, masking)
         measured = []
         for k in ks:
             masked = base.copy()
             masked[order[:k]] = replacement[:k]
-            out = probe.run_all(calibration, {w.key: masked.reshape(arrays[w.key].shape)})
+            out = probe.run_all(calibration, {w.address: masked.reshape(arrays[w.address].shape)})
             measured.append(damage(plain, out, obj))
-        curves[w.key] = LayerCurve(
-            w.key, tuple(ks), tuple(k * w.kernel_size for k in ks), tuple(measured)
+        curves[w.address] = LayerCurve(
+            w.address, tuple(ks), tuple(k * w.kernel_size for k in ks), tuple(measured)
         )
     return curves, obj
 
@@ -90,23 +90,23 @@ def allocate_by_sensitivity(
     curves: Mapping[str, LayerCurve], kernel_sizes: Mapping[str, int], budget_weights: int
 ) -> dict[str, int]:
     """Spend ``budget_weights`` on the steepest hull pieces of the layers' curves."""
-    pieces = []  # (slope, key, from_weights, to_weights)
-    for key, c in curves.items():
+    pieces = []  # (slope, address, from_weights, to_weights)
+    for address, c in curves.items():
         for (w0, d0), (w1, d1) in _hull([(0, 0.0), *zip(c.weights, c.damage, strict=True)]):
-            pieces.append(((d1 - d0) / (w1 - w0), key, w0, w1))
+            pieces.append(((d1 - d0) / (w1 - w0), address, w0, w1))
     # Steepest first; ties (e.g. saturated, flat pieces) go to the cheaper piece first.
     pieces.sort(key=lambda p: (-p[0], p[3] - p[2]))
     spent = dict.fromkeys(curves, 0)
     left = int(budget_weights)
-    for _, key, w0, w1 in pieces:
+    for _, address, w0, w1 in pieces:
         if left <= 0:
             break
-        if spent[key] != w0:
+        if spent[address] != w0:
             continue  # pieces of one layer are taken in order (the hull is concave)
         take = min(w1 - w0, left)
-        spent[key] += take
+        spent[address] += take
         left -= take
-    counts = {key: round(w / kernel_sizes[key]) for key, w in spent.items()}
+    counts = {address: round(w / kernel_sizes[address]) for address, w in spent.items()}
     if not any(counts.values()):
         best = max(curves, key=lambda k: curves[k].per_weight)
         counts[best] = 1
@@ -164,5 +164,5 @@ class SensitivityAllocator:
             show_progress=self.show_progress,
         )
         return allocate_by_sensitivity(
-            self.curves, {w.key: w.kernel_size for w in chosen}, budget_weights
+            self.curves, {w.address: w.kernel_size for w in chosen}, budget_weights
         )
