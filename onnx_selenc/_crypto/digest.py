@@ -6,12 +6,9 @@ is the same whether tensor data is inline or in an external file, so a model can
 checked without loading its external data into memory. Any edit after encryption
 (a masked weight, a BatchNorm scale, a node) changes it.
 
-The skeleton (the model without tensor storage) is rebuilt beside the model rather
-than by clearing and restoring the model's tensors: with upb every read of
-``raw_data`` and every write back is a full copy, and cleared bytes stay in the
-message's arena, so that approach cost two copies of the weights and left a dead
-one behind. Large buffers are hashed on a worker thread (hashlib releases the GIL)
-while the next one is copied or read.
+The skeleton (the model without tensor storage) is rebuilt beside the model, never by
+clearing its tensors, and large buffers are hashed on a worker thread (docs/DESIGN.md,
+"Digest and loader").
 
 The same byte stream can feed level tags (``_seal.ModelTagger``, AES-GMAC) in the
 same pass: the encryptor computes the digest and every level's tag at once; the

@@ -7,20 +7,10 @@ replaces them before graph optimisation. ``SessionOptions.add_initializer`` is n
 used: ONNX Runtime may ignore it silently (device or name change after fusion) and
 run the encrypted weights.
 
-:func:`load_session` (with its own session options) goes further, because handing
-ONNX Runtime a serialised model costs more than building the session from a path
-(serialising it, then copying the ``bytes`` into ONNX Runtime and parsing them
-again): the file is read once, its large tensors are never parsed into protobuf
-(``_onnx/stripped.read_stripped``), restored kernels are written into that buffer in place,
-and every large main-graph weight, restored or not, is handed over as an in-memory
-external initializer backed by it; ONNX Runtime gets only the small graph. The
-model is checked against its level's tag (AES-GMAC over the bytes the manifest's
-SHA-256 digest covers, FORMAT.md 1.3) while ONNX Runtime builds the session (a
-``PatchGate`` gives the check the original rows of what was already restored), and
-the session is dropped unless it matches; the restored weights only ever reach ONNX
-Runtime in this process, and nothing in the model can make it write anything (unless
-``ORT_LOAD_CONFIG_FROM_MODEL=1`` lets the model set session options: then the tag
-is checked first).
+:func:`load_session` reads the file once, never parses its large tensors into protobuf,
+restores kernels in that buffer and hands every large weight over in memory; the level
+tag is checked while ONNX Runtime builds the session, which is dropped unless it
+matches (docs/DESIGN.md, "Digest and loader", says why and what it saves).
 """
 
 from __future__ import annotations
