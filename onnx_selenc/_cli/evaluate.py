@@ -9,11 +9,10 @@ from typing import Any
 import numpy as np
 
 from onnx_selenc._cli.args import _floats, add_calibration_args, load_calibration
-
-# Exit codes, one per kind of failure, so scripts can tell them apart.
+from onnx_selenc._encrypt.evaluate import DEFAULT_STRATEGIES, format_table, sweep, write_outputs
+from onnx_selenc._encrypt.options import CalibratedLevels, EncryptOptions
 from onnx_selenc._onnx.modelio import load_model, model_inputs
 from onnx_selenc._select.calibration import Calibration
-from onnx_selenc._select.evaluate import DEFAULT_STRATEGIES, format_table, sweep, write_outputs
 
 
 def add_evaluate_command(sub: Any) -> None:
@@ -85,12 +84,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         evaluation,
         budgets=args.budgets,
         strategies=args.strategies,
+        options=_options(args),
         metric=args.metric,
         labels=labels,
-        level_targets=args.level_targets,
         level_budget=args.level_budget,
-        seed=args.seed,
-        show_progress=not args.quiet,
     )
     print(format_table(result, chance=args.chance))
     if args.out:
@@ -99,3 +96,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ):
             print(f"wrote {path}")
     return 0
+
+
+def _options(args: argparse.Namespace) -> EncryptOptions:
+    """What ``encrypt`` would be given for the settings the sweep does not vary."""
+    targets = args.level_targets
+    if targets is None:
+        return EncryptOptions(seed=args.seed, show_progress=not args.quiet)
+    return EncryptOptions(
+        levels=len(targets),
+        split=CalibratedLevels(tuple(targets)),
+        seed=args.seed,
+        show_progress=not args.quiet,
+    )

@@ -34,8 +34,9 @@ import numpy as np
 import onnx
 
 import onnx_selenc as se
+from onnx_selenc._encrypt.evaluate import format_table, sweep, write_outputs
+from onnx_selenc._encrypt.options import EncryptOptions
 from onnx_selenc._select.calibration import Calibration
-from onnx_selenc._select.evaluate import format_table, sweep, write_outputs
 from samples._report import update_section
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,7 +132,7 @@ def run_vgg(quick: bool) -> str:
         metric="accuracy",
         labels=y_eval,
         layers={s: paper for s in paper_strategies},
-        seed=0,
+        options=EncryptOptions(seed=0),
     )
     fractions = (
         (0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.005)
@@ -146,7 +147,7 @@ def run_vgg(quick: bool) -> str:
         strategies=global_strategies,
         metric="accuracy",
         labels=y_eval,
-        seed=0,
+        options=EncryptOptions(seed=0),
     )
     sweep_seconds = time.perf_counter() - start
     for result, tag in ((per_layer, "paper_layers"), (global_, "global")):

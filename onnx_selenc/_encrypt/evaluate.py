@@ -1,10 +1,11 @@
-"""Evaluation harness: sweep budgets x selection strategies and measure the damage.
+"""Evaluation harness: what encrypting with given options would do, over budgets x strategies.
 
 For each strategy (a scorer with an allocation) the scores and, for sensitivity
 allocation, the layer curves are computed once; then for each budget the kernels
-are chosen and masked exactly as ``encrypt`` does, and the masked model (level 0)
-is measured on evaluation inputs. Optionally, per-level quality with levels
-calibrated to targets. Results as a table, CSV, JSON and PNG plots.
+are chosen and masked exactly as ``encrypt`` does with the same :class:`EncryptOptions`,
+and the masked model (level 0) is measured on evaluation inputs. With a
+:class:`CalibratedLevels` split, also the per-level quality with levels calibrated to
+its targets. Results as a table, CSV, JSON and PNG plots.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import csv
 import io
 import json
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
+from onnx_selenc._encrypt.options import CalibratedLevels, EncryptOptions
 from onnx_selenc._onnx.files import atomic_write
 from onnx_selenc._onnx.graph import walk_conv_weights
 from onnx_selenc._onnx.progress import progress
@@ -126,14 +130,12 @@ def sweep(  # noqa: C901
     *,
     budgets: Sequence[float],
     strategies: Sequence[str] = DEFAULT_STRATEGIES,
+    options: EncryptOptions | None = None,
     metric: str | Metric = "auto",
     labels: np.ndarray | None = None,
-    level_targets: Sequence[float] | None = None,
     level_budget: float | None = None,
-    masking: str = "empirical",
     layers: Mapping[str, Sequence[str]] | None = None,
-    seed: int = 0,
-    show_progress: bool = False,
+    **deprecated: Any,
 ) -> SweepResult:
     """Measure level-0 quality for every strategy x budget (and levels, if asked).
 
@@ -143,17 +145,29 @@ def sweep(  # noqa: C901
         evaluation: inputs the quality is measured on.
         budgets: fractions of all conv weights (for ``uniform``: per-layer ratios).
         strategies: ``"<importance>:<allocation>"`` pairs, e.g. ``activation:sensitivity``.
+        options: what ``encrypt`` would be given; its ``masking``, ``seed`` (None: 0),
+            ``layers``, ``objective`` and ``show_progress`` apply to every point, and a
+            :class:`CalibratedLevels` split also calibrates its levels at
+            ``level_budget``. Its ``budget``, ``importance`` and ``allocation`` are
+            what ``budgets`` and ``strategies`` sweep, so they are not used.
         metric: a name for :func:`builtin_metric`, ``auto``, or a callable; a callable
-            used without labels also states the level targets (``level_metric``).
+            used without labels also states the level targets (unless the split
+            names its own metric).
         labels: for ``accuracy`` or ``psnr`` against ground truth.
-        level_targets: also calibrate levels to these targets at ``level_budget``.
         level_budget: budget for the level curves (default: the largest budget).
-        masking: DPRM variant.
         layers: per strategy, glob patterns restricting which conv weights it may
-            encrypt (the paper's chosen layers); default all.
-        seed: selection and masking seed.
-        show_progress: progress bars on stderr.
+            encrypt (the paper's chosen layers); default ``options.layers``.
+        **deprecated: 0.1's ``level_targets``, ``masking``, ``seed`` and
+            ``show_progress`` (DeprecationWarning: they go in ``options``).
+
+    Raises:
+        TypeError: an unknown keyword, or ``options`` together with 0.1's keywords.
     """
+    options = _sweep_options(options, deprecated)
+    masking, show_progress = options.masking, options.show_progress
+    seed = 0 if options.seed is None else options.seed
+    split = options.split
+    level_targets = split.targets if isinstance(split, CalibratedLevels) else None
     inventory = walk_conv_weights(model)
     weights = list(inventory.weights)
     arrays = {w.address: read_array(weight_tensor(model, w), None) for w in weights}
@@ -168,8 +182,8 @@ def sweep(  # noqa: C901
     name = metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
     measure = builtin_metric(metric) if isinstance(metric, str) else metric
     # A label-free metric of the user's is also the quality the level targets are in.
-    level_metric = None
-    if not isinstance(metric, str) and labels is None:
+    level_metric = split.metric if isinstance(split, CalibratedLevels) else None
+    if level_metric is None and not isinstance(metric, str) and labels is None:
         user_metric = metric
 
         def level_metric(plain_out: Sequence[np.ndarray], test: Sequence[np.ndarray]) -> float:
@@ -183,7 +197,7 @@ def sweep(  # noqa: C901
     for strategy in strategies:
         importance, _, allocation = strategy.partition(":")
         rng = np.random.default_rng(seed)
-        weights = filter_layers(all_weights, (layers or {}).get(strategy))
+        weights = filter_layers(all_weights, (layers or {}).get(strategy) or options.layers)
         arrays = {w.address: all_arrays[w.address] for w in weights}
         if importance in DATA_FREE_SCORERS:
             scores = {
@@ -194,9 +208,9 @@ def sweep(  # noqa: C901
         elif importance == "pss":
             from onnx_selenc._select.pss import pss_scorer
 
-            scores = pss_scorer(calibration, seed=seed, show_progress=show_progress)(
-                model, weights, arrays
-            )
+            scores = pss_scorer(
+                calibration, objective=options.objective, seed=seed, show_progress=show_progress
+            )(model, weights, arrays)
         else:
             raise ValueError(f"unknown importance {importance!r} in strategy {strategy!r}")
         curves = None
@@ -287,6 +301,29 @@ def sweep(  # noqa: C901
                 LevelCurve(strategy, float(budget), tuple(level_targets), tuple(per_level))
             )
     return SweepResult(name, plain_quality, tuple(points), tuple(curves_out))
+
+
+def _sweep_options(options: EncryptOptions | None, deprecated: dict[str, Any]) -> EncryptOptions:
+    """The sweep's options, or those 0.1's keywords describe (with a DeprecationWarning)."""
+    if not deprecated:
+        return options if options is not None else EncryptOptions()
+    unknown = sorted(set(deprecated) - {"level_targets", "masking", "seed", "show_progress"})
+    if unknown:
+        raise TypeError(f"sweep() got unknown keyword(s): {', '.join(unknown)}")
+    if options is not None:
+        raise TypeError(f"give options= or {', '.join(sorted(deprecated))}, not both")
+    warnings.warn(
+        "sweep(level_targets=..., masking=..., seed=..., show_progress=...) is deprecated: "
+        "pass options=EncryptOptions(...)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    targets = deprecated.pop("level_targets", None)
+    if targets is not None:
+        return EncryptOptions(
+            levels=len(targets), split=CalibratedLevels(tuple(targets)), **deprecated
+        )
+    return EncryptOptions(**{"seed": 0, **deprecated})
 
 
 def _with_values(
