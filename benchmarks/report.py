@@ -1,4 +1,8 @@
-"""Rendering the results, and rewriting only the performance section of BENCHMARKS.md."""
+"""Figures, Markdown tables, and rewriting only given sections of BENCHMARKS.md.
+
+A section lies between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->``; the text
+outside the markers is hand-written and survives every rewrite.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-BEGIN = "<!-- perf:begin -->"
-END = "<!-- perf:end -->"
 
 
 @dataclass
@@ -74,26 +75,68 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def replace_section(text: str, body: str) -> str:
-    """``text`` with the perf section replaced by ``body`` (appended if absent)."""
-    block = f"{BEGIN}\n{body.strip()}\n{END}"
-    start = text.find(BEGIN)
-    end = text.find(END, start + len(BEGIN)) if start >= 0 else -1
-    if start >= 0 and end >= 0:
-        return text[:start] + block + text[end + len(END) :]
+def markers(name: str) -> tuple[str, str]:
+    """The begin and end markers of section ``name`` (``<!-- NAME:begin -->``, ...)."""
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def replace_section(text: str, name: str, body: str) -> str:
+    """``text`` with section ``name`` replaced by ``body`` (appended if absent).
+
+    Args:
+        text: the Markdown document.
+        name: the section's marker name.
+        body: its new content, without the markers.
+
+    Returns:
+        The updated document; what lies outside the markers is kept as it was.
+    """
+    begin, end = markers(name)
+    block = f"{begin}\n{body.strip()}\n{end}"
+    start = text.find(begin)
+    stop = text.find(end, start + len(begin)) if start >= 0 else -1
+    if start >= 0 and stop >= 0:
+        return text[:start] + block + text[stop + len(end) :]
     if not text.strip():
         text = "# Benchmarks\n"
     return text.rstrip("\n") + "\n\n" + block + "\n"
 
 
-def write_section(path: Path, body: str) -> None:
-    """Rewrite only the perf section of ``path``, atomically.
+def replace_sections(text: str, sections: dict[str, str]) -> str:
+    """``text`` with every section of ``sections`` replaced (see :func:`replace_section`)."""
+    for name, body in sections.items():
+        text = replace_section(text, name, body)
+    return text
+
+
+def span(text: str, names: Sequence[str]) -> str:
+    """The part of ``text`` from the first section's begin marker to the last's end marker.
+
+    Args:
+        text: the Markdown document, holding every section of ``names``.
+        names: the sections, in document order.
+
+    Returns:
+        The generated sections with the hand-written text between them.
+    """
+    start = text.find(markers(names[0])[0])
+    end_marker = markers(names[-1])[1]
+    stop = text.find(end_marker, max(start, 0))
+    return text[max(start, 0) : stop + len(end_marker)] if stop >= 0 else text
+
+
+def write_sections(path: Path, sections: dict[str, str]) -> None:
+    """Rewrite only the given sections of ``path``, atomically.
 
     The file is re-read right before writing (other sections belong to others and
     may have changed during a long run), then replaced in one ``os.replace``.
+
+    Args:
+        path: the Markdown file (created when missing).
+        sections: section name to its new body.
     """
     text = path.read_text(encoding="utf-8") if path.exists() else ""
-    updated = replace_section(text, body)
+    updated = replace_sections(text, sections)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as fh:

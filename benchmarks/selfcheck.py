@@ -20,8 +20,9 @@ from pathlib import Path
 
 import onnx_selenc as se
 from benchmarks import models as bench_models
+from benchmarks.perf.machine import machine
+from benchmarks.perf.timing import interleaved
 from benchmarks.report import Stat
-from benchmarks.run import interleaved, machine
 
 BEGIN, END = "<!-- selfcheck:begin -->", "<!-- selfcheck:end -->"
 GOAL = 1.30

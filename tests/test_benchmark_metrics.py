@@ -72,7 +72,9 @@ def test_in_memory_builds_of_the_huge_model_follow_mapping_builds() -> None:
     from benchmarks.perf import timing
 
     sequence = [
-        n for rep in range(3) for n in timing.mapped_then_in_memory(["plain", "L0"], ["L2", "L5"], rep)
+        n
+        for rep in range(3)
+        for n in timing.mapped_then_in_memory(["plain", "L0"], ["L2", "L5"], rep)
     ]
     assert sorted(sequence) == sorted(["plain", "L0", "L2", "L5"] * 3)
     for prev, name in itertools.pairwise(sequence):
