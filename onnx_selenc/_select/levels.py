@@ -17,7 +17,7 @@ cut finally taken is the one closest to the target on either side of it.
 
 Stated tolerance (:data:`TOLERANCE`): every level within 0.10 of its target on
 held-out inputs, given a few hundred calibration samples (measured on the real
-rotation classifier in ``tests/test_real_models.py``; with fewer samples the
+rotation classifier in ``tests/integration/test_real_models.py``; with fewer samples the
 sampling error of the search alone is about ``0.5 / sqrt(n)``). ``encrypt`` reports
 the held-out figures and warns about any level outside the tolerance by more than
 the held-out sample's own sampling error.

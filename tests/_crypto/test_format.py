@@ -1,0 +1,108 @@
+"""The files match docs/FORMAT.md and its JSON schemas; a fixed-seed header is golden."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+
+from onnx_selenc._crypto import bundle as _bundle
+from onnx_selenc._crypto.keys import new_owner_key, write_key_file
+from onnx_selenc.exceptions import FormatError
+from tests import tiny_models as tm
+
+jsonschema = pytest.importorskip("jsonschema")
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def test_manifest_matches_schema_and_golden(make_encrypted) -> None:
+    enc, _ = make_encrypted(tm.cnn(), levels=3, budget=0.2, seed=0)
+    manifest = _bundle.read_bundle(onnx.load(enc))[0].as_dict()
+    jsonschema.validate(manifest, json.loads((DOCS / "manifest.schema.json").read_text()))
+    # Fixed seed: everything but the key id and the level tags (random keys and nonces)
+    # is reproducible.
+    golden = {k: v for k, v in manifest.items() if k not in ("key_id", "model_tags")}
+    assert golden == GOLDEN_MANIFEST
+    assert len(manifest["model_tags"]) == 4 and len(set(manifest["model_tags"])) == 4
+
+
+@pytest.mark.parametrize("passphrase", [None, "pw"])
+def test_key_file_matches_schema(tmp_path: Path, passphrase: str | None) -> None:
+    path = write_key_file(tmp_path / "k.key", new_owner_key(2), passphrase=passphrase)
+    jsonschema.validate(
+        json.loads(path.read_text()), json.loads((DOCS / "keyfile.schema.json").read_text())
+    )
+
+
+def test_payload_round_trip() -> None:
+    import numpy as np
+
+    patch = _bundle.TensorPatch(
+        "0:body/w",
+        "float16",
+        (4, 2, 3, 3),
+        np.array([1, 5]),
+        np.arange(18, dtype=np.float16).reshape(2, 9),
+    )
+    (back,) = _bundle.decode_payload(_bundle.encode_payload([patch]))
+    assert back.address == patch.address and back.shape == patch.shape
+    assert np.array_equal(back.kernels, patch.kernels) and np.array_equal(back.values, patch.values)
+
+
+@pytest.mark.parametrize(
+    "field,value", [("count", -1), ("count", 3), ("offset", -8), ("offset", 40)]
+)
+def test_payload_entry_out_of_range(field: str, value: int) -> None:
+    import struct
+
+    import numpy as np
+
+    patch = _bundle.TensorPatch(
+        "w", "float32", (2, 1, 1, 2), np.array([1]), np.ones((1, 2), dtype=np.float32)
+    )
+    data = _bundle.encode_payload([patch])
+    (n,) = struct.unpack("<Q", data[8:16])
+    table = json.loads(data[16 : 16 + n])
+    table[0][field] = value
+    head = _bundle.canonical_json(table)
+    forged = data[:8] + struct.pack("<Q", len(head)) + head + data[16 + n :]
+    with pytest.raises(FormatError, match="out of range"):
+        _bundle.decode_payload(forged)
+
+
+GOLDEN_MANIFEST = {
+    "blobs": [[0, 28], [28, 966], [994, 962], [1956, 922]],
+    "chain": "HKDF-SHA256-chain-v1",
+    "cipher": "AES-256-GCM",
+    "encrypted": {"conv_weights": 1768, "fraction": 0.20248869, "layers": 4, "weights": 358},
+    "format": "onnx-selenc-model",
+    "level_weights": [0, 122, 245, 358],
+    "levels": 3,
+    "model_digest": "sha256:cb14b7a54c8a20a7d161a70cfb6ff0e57961a654832bb3d67fdb00c11c5ac9ae",
+    "selection": {
+        "allocation": "balanced",
+        "budget": 0.2,
+        "importance": "magnitude",
+        "layers": [],
+        "level_fractions": [1 / 3, 2 / 3, 1.0],
+        "level_order": "most-important-first",
+        "masking": "empirical",
+    },
+    "tool": "onnx-selenc 0.2.0",
+    "version": 1,
+}
+
+
+def test_model_tag_is_the_same_in_pieces(monkeypatch) -> None:
+    """Long inputs go to GMAC in pieces (the binding takes < 2 GiB per call)."""
+    from onnx_selenc._crypto import seal as _seal
+
+    key, nonce, data = bytes(range(32)), bytes(12), bytes(range(256)) * 40
+    whole = _seal.ModelTagger(key, nonce)
+    whole.update(data)
+    monkeypatch.setattr(_seal, "_GMAC_PIECE", 1000)
+    pieces = _seal.ModelTagger(key, nonce)
+    pieces.update(memoryview(data))
+    assert pieces.result() == whole.result()

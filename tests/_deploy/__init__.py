@@ -1,0 +1,1 @@
+"""Tests of onnx_selenc/_deploy and onnx_selenc/mlflow.py."""

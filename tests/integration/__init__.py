@@ -1,0 +1,1 @@
+"""End to end on inputs nobody here wrote: real models, other exporters, the corpus."""
