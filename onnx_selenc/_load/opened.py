@@ -25,6 +25,7 @@ from onnx_selenc._crypto.digest import (
     prepare_digest,
 )
 from onnx_selenc._crypto.keys import LevelKey, parse_key_file, read_key_file
+from onnx_selenc._crypto.owner import check_owner
 from onnx_selenc._onnx.modelio import PROTO_LIMIT, external_files
 from onnx_selenc._onnx.stripped import StrippedModel, read_stripped
 from onnx_selenc.exceptions import InvalidBundle, KeyMismatch
@@ -180,6 +181,7 @@ def _open(
     level_key = open_key(key, passphrase=passphrase)
     stripped = read_stripped(path, data)
     manifest, blobs = _bundle.read_bundle(stripped.model)
+    check_owner(manifest, level_key)  # before anything in the manifest is believed
     if level_key.key_id != manifest.key_id:
         raise KeyMismatch(
             f"this key (id {level_key.key_id}) belongs to another model; "
