@@ -7,7 +7,7 @@ to get an ONNX Runtime session restored to a key's level, in memory.
 
 from __future__ import annotations
 
-__version__ = "0.2.0"
+__version__ = "0.3.0.dev0"
 
 from onnx_selenc._crypto.keys import LevelKey, export_key, key_from_env, read_key_file
 from onnx_selenc._deploy.inspect import ModelReport, inspect_model

@@ -45,6 +45,10 @@ class InvalidBundle(SelencError):
     """
 
 
+class UnsignedModel(InvalidBundle):
+    """The model carries no owner signature (format 1): its integrity cannot be proven."""
+
+
 class SelfCheckFailed(SelencError):
     """Encrypt's output failed its own check before being written: a bug in onnx-selenc.
 

@@ -1,14 +1,17 @@
 """Key files: one level key of one encrypted model, in a small JSON file.
 
 Format (see FORMAT.md): canonical JSON with ``format``, ``version``, ``key_id``,
-``level``, ``levels``, ``chain``, and either ``key`` (hex) or ``protected``
-(scrypt + AES-GCM), plus ``check``, a digest of all other fields that catches a
-corrupted or truncated file before it can be mistaken for a wrong key.
-Written with 0600 permissions and never over an existing file.
+``level``, ``levels``, ``chain``, ``owner_public`` (the owner's Ed25519 public key,
+bound into the key id), and either ``key`` (hex; in the owner key file also
+``signing_key``) or ``protected`` (scrypt + AES-GCM over both), plus ``check``, a digest
+of all other fields that catches a corrupted or truncated file before it can be
+mistaken for a wrong key. Written with 0600 permissions and never over an existing file.
+Version 1 files (no owner key pair) are still read, for ``rekey``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onnx_selenc._crypto import seal as _seal
+from onnx_selenc._crypto import sign as _sign
 from onnx_selenc._crypto import strict as _strict
 from onnx_selenc._onnx.files import (
     Staging,
@@ -28,9 +32,13 @@ from onnx_selenc._onnx.files import (
 from onnx_selenc.exceptions import KeyFileError
 
 KEY_FORMAT = "onnx-selenc-key"
-KEY_VERSION = 1
+KEY_VERSION = 2
+READ_VERSIONS = (1, 2)
 MAX_KEY_FILE_BYTES = 64 * 1024
-_FIELDS = {"format", "version", "key_id", "level", "levels", "chain", "key", "protected", "check"}
+_FIELDS = {
+    "format", "version", "key_id", "level", "levels", "chain", "owner_public", "key",
+    "signing_key", "protected", "check",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -38,12 +46,22 @@ class LevelKey:
     """The key of one level of one encrypted model.
 
     A level-m key restores levels 0..m. ``material`` is secret and kept out of ``repr``.
+    ``owner_public`` is the owner's Ed25519 public key, which every load checks the
+    model's signature with (``None``: a format-1 key, from before owner signatures);
+    ``signing_key``, the private half, is held by the owner key only.
     """
 
     key_id: str
     level: int
     levels: int
     material: bytes = field(repr=False)
+    owner_public: bytes | None = None
+    signing_key: bytes | None = field(default=None, repr=False)
+
+    @property
+    def is_owner(self) -> bool:
+        """Whether this is the owner key (the top level, able to sign)."""
+        return self.level == self.levels and self.signing_key is not None
 
     def derive(self, level: int) -> LevelKey:
         """Return the key of a lower (or the same) level.
@@ -60,7 +78,12 @@ class LevelKey:
         if level < 0:
             raise ValueError(f"levels start at 0, got {level}")
         return LevelKey(
-            self.key_id, level, self.levels, _seal.chain_down(self.material, self.level, level)
+            self.key_id,
+            level,
+            self.levels,
+            _seal.chain_down(self.material, self.level, level),
+            self.owner_public,
+            self.signing_key if level == self.level else None,  # never below the owner
         )
 
     def level0(self) -> bytes:
@@ -68,12 +91,20 @@ class LevelKey:
 
 
 def new_owner_key(levels: int) -> LevelKey:
-    """A fresh top-level key for a model with ``levels`` levels."""
+    """A fresh top-level key (chain and Ed25519 pair) for a model with ``levels`` levels."""
     top = _seal.generate_key()
-    return LevelKey(_seal.key_id(_seal.chain_down(top, levels, 0)), levels, levels, top)
+    signing = _sign.new_signing_key()
+    public = _sign.public_key(signing)
+    key_id = _seal.key_id(_seal.chain_down(top, levels, 0), public)
+    return LevelKey(key_id, levels, levels, top, public, signing)
 
 
 def _header(key: LevelKey) -> dict[str, object]:
+    if key.owner_public is None:
+        raise ValueError(
+            "this key predates owner signatures (key file version 1): only `rekey` reads "
+            "it, and nothing writes it"
+        )
     return {
         "format": KEY_FORMAT,
         "version": KEY_VERSION,
@@ -81,7 +112,13 @@ def _header(key: LevelKey) -> dict[str, object]:
         "level": key.level,
         "levels": key.levels,
         "chain": _seal.CHAIN_ID,
+        "owner_public": key.owner_public.hex(),
     }
+
+
+def _secret(key: LevelKey) -> bytes:
+    """What a protected key file wraps: the level key, then the owner's signing key."""
+    return key.material + (key.signing_key or b"")
 
 
 def _canonical(obj: dict[str, object]) -> bytes:
@@ -96,12 +133,16 @@ def _check(doc: dict[str, object]) -> str:
 
 def key_file_bytes(key: LevelKey, *, passphrase: str | None = None) -> bytes:
     """Serialise a key file (indented canonical JSON, human-inspectable)."""
+    if key.signing_key is not None and key.level != key.levels:
+        raise ValueError("only the top-level (owner) key may hold the signing key")
     doc = _header(key)
     if passphrase is None:
         doc["key"] = key.material.hex()
+        if key.signing_key is not None:
+            doc["signing_key"] = key.signing_key.hex()
     else:
         doc["protected"] = _seal.wrap_with_passphrase(
-            key.material, passphrase, _canonical(_header(key))
+            _secret(key), passphrase, _canonical(_header(key))
         )
     doc["check"] = _check(doc)
     return json.dumps(doc, sort_keys=True, indent=2).encode("utf-8") + b"\n"
@@ -195,33 +236,57 @@ def parse_key_file(
     if doc["check"] != _check(doc):
         raise KeyFileError(f"{source} is corrupted (its check digest does not match)")
     key_id, level, levels = _header_fields(doc, source)
-    header = {k: doc[k] for k in ("format", "version", "key_id", "level", "levels", "chain")}
+    public = _owner_public(doc, source)
+    header = {k: doc[k] for k in _HEADER if k in doc}
+    signing: bytes | None = None
     if "protected" in doc:
         protected = _protected_fields(doc["protected"], source)
         if passphrase is None:
             raise KeyFileError(f"{source} is passphrase-protected: a passphrase is needed")
-        material = _seal.unwrap_with_passphrase(protected, passphrase, _canonical(header))
+        secret = _seal.unwrap_with_passphrase(protected, passphrase, _canonical(header))
+        material, signing = secret[: _seal.KEY_BYTES], secret[_seal.KEY_BYTES :] or None
     else:
-        material = bytes.fromhex(
-            _strict.string(doc["key"], f"the 'key' of {source}", _HEX64, error=KeyFileError)
-        )
-    if len(material) != _seal.KEY_BYTES:
+        material = _hex(doc["key"], f"the 'key' of {source}")
+        if "signing_key" in doc:
+            signing = _hex(doc["signing_key"], f"the 'signing_key' of {source}")
+    if len(material) != _seal.KEY_BYTES or (
+        signing is not None and len(signing) != _sign.PRIVATE_BYTES
+    ):
         raise KeyFileError(f"{source} holds a key of the wrong size")
-    key = LevelKey(key_id, level, levels, material)
-    if _seal.key_id(key.level0()) != key_id:
+    if signing is not None and (
+        public is None or level != levels or _sign.public_key(signing) != public
+    ):
+        raise KeyFileError(f"{source} is corrupted (its signing key does not match its owner)")
+    key = LevelKey(key_id, level, levels, material, public, signing)
+    if _seal.key_id(key.level0(), public) != key_id:
         raise KeyFileError(f"{source} is corrupted (its key does not match its key id)")
     return key
 
 
+def _hex(value: object, what: str) -> bytes:
+    return bytes.fromhex(_strict.string(value, what, _HEX64, error=KeyFileError))
+
+
+def _owner_public(doc: dict[str, object], source: str) -> bytes | None:
+    """The owner's public key: required from version 2 on, absent before."""
+    if doc["version"] == 1:
+        if "owner_public" in doc or "signing_key" in doc:
+            raise KeyFileError(f"{source} is a version 1 key file with version 2 fields")
+        return None
+    if "owner_public" not in doc:
+        raise KeyFileError(f"{source} is malformed (it lacks owner_public)")
+    return _hex(doc["owner_public"], f"the 'owner_public' of {source}")
+
+
 _REQUIRED = frozenset({"format", "version", "key_id", "level", "levels", "chain", "check"})
+_HEADER = ("format", "version", "key_id", "level", "levels", "chain", "owner_public")
 _PROTECTED = frozenset({"kdf", "n", "r", "p", "salt", "nonce", "wrapped"})
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _SALT = re.compile(r"(?:[0-9a-f]{2}){16,64}")
 _NONCE = re.compile(r"[0-9a-f]{24}")
-_WRAPPED = re.compile(r"[0-9a-f]{96}")  # a 32-byte key and its 16-byte GCM tag
-# scrypt needs 128 * n * r bytes: a key file must not make a load allocate gigabytes.
-_MAX_SCRYPT_MEMORY = 1 << 30
+# A 32-byte key (and, in an owner key, the 32-byte signing key) and the 16-byte GCM tag.
+_WRAPPED = re.compile(r"[0-9a-f]{96}|[0-9a-f]{160}")
 
 
 def _header_fields(doc: dict[str, object], source: str) -> tuple[str, int, int]:
@@ -245,11 +310,21 @@ def _protected_fields(value: object, source: str) -> dict[str, object]:
     fields = _strict.mapping(value, what, _PROTECTED, error=KeyFileError)
     if fields["kdf"] != "scrypt":
         raise KeyFileError(f"{source} uses the unknown KDF {_strict.show(fields['kdf'])}")
-    n = _strict.integer(fields["n"], f"scrypt n in {what}", 2, 2**20, error=KeyFileError)
-    r = _strict.integer(fields["r"], f"scrypt r in {what}", 1, 32, error=KeyFileError)
-    _strict.integer(fields["p"], f"scrypt p in {what}", 1, 16, error=KeyFileError)
-    if n & (n - 1) or 128 * n * r > _MAX_SCRYPT_MEMORY:
-        raise KeyFileError(f"the scrypt parameters in {what} are out of range (n={n}, r={r})")
+    n, r, p = (
+        _strict.integer(fields[k], f"scrypt {k} in {what}", error=KeyFileError)
+        for k in ("n", "r", "p")
+    )
+    # Bounded to what this tool writes plus a margin: scrypt costs 128 * n * r bytes.
+    if not _seal.scrypt_in_bounds(n, r, p):
+        bad = next(
+            (k for k, v in (("n", n), ("r", r), ("p", p)) if not 1 <= v <= _seal.SCRYPT_MAX[k]),
+            "n",
+        )
+        limits = ", ".join(f"{k} <= {v}" for k, v in _seal.SCRYPT_MAX.items())
+        raise KeyFileError(
+            f"scrypt {bad} in {what} is out of range (n={n}, r={r}, p={p}; this tool reads "
+            f"{limits}, n a power of two): refused before any work is spent on it"
+        )
     for name, pattern in (("salt", _SALT), ("nonce", _NONCE), ("wrapped", _WRAPPED)):
         _strict.string(fields[name], f"the {name} in {what}", pattern, error=KeyFileError)
     return fields
@@ -262,10 +337,10 @@ def _parse(data: bytes, source: str) -> dict[str, object]:
     if not isinstance(doc, dict) or doc.get("format") != KEY_FORMAT:
         raise KeyFileError(f"{source} is not an onnx-selenc key file")
     version = doc.get("version")
-    if not _strict.is_int(version) or version != KEY_VERSION:
+    if not _strict.is_int(version) or version not in READ_VERSIONS:
         raise KeyFileError(
             f"{source} has key-file version {_strict.show(version)}; "
-            f"this onnx-selenc reads version {KEY_VERSION}"
+            f"this onnx-selenc reads versions {', '.join(map(str, READ_VERSIONS))}"
         )
     unknown = set(doc) - _FIELDS
     if unknown:
@@ -275,6 +350,8 @@ def _parse(data: bytes, source: str) -> dict[str, object]:
         raise KeyFileError(f"{source} is malformed (it lacks {', '.join(sorted(missing))})")
     if ("key" in doc) == ("protected" in doc):
         raise KeyFileError(f"{source} is malformed (needs one of 'key'/'protected')")
+    if "signing_key" in doc and "protected" in doc:
+        raise KeyFileError(f"{source} is malformed (a protected key wraps its signing key)")
     return doc
 
 
@@ -332,7 +409,10 @@ def export_key(
                 f"{out} holds a top-level (owner) key; refusing to replace it, even with "
                 "--overwrite (losing an owner key loses access to its model)"
             )
-    lower = read_key_file(source, passphrase=passphrase).derive(level)
+    # A tier key never signs, the top tier's included: only the owner can vouch for a model.
+    lower = dataclasses.replace(
+        read_key_file(source, passphrase=passphrase).derive(level), signing_key=None
+    )
     with staged_outputs() as stage:
         stage_key_file(stage, out, lower, passphrase=new_passphrase, replace=overwrite)
     return lower
@@ -344,9 +424,49 @@ def key_info(key: LevelKey) -> dict[str, object]:
         "key_id": key.key_id,
         "level": key.level,
         "levels": key.levels,
+        "owner": key.is_owner,
+        "owner_public": key.owner_public.hex() if key.owner_public else None,
         "chain": _seal.CHAIN_ID,
         "format": KEY_FORMAT,
-        "version": KEY_VERSION,
+        "version": KEY_VERSION if key.owner_public else 1,
+    }
+
+
+def key_file_info(path: str | os.PathLike[str]) -> dict[str, object]:
+    """The public facts of a key file, read without its passphrase (none is needed).
+
+    The header fields are checked as on a full read (format, version, check digest,
+    types); the key itself is not unwrapped, so a wrong passphrase cannot show here.
+
+    Raises:
+        KeyFileError: malformed, truncated, corrupted or of an unknown version.
+        FileNotFoundError: no such file.
+    """
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_KEY_FILE_BYTES + 1)
+    source = str(path)
+    doc = _parse(data, source)
+    if doc["check"] != _check(doc):
+        raise KeyFileError(f"{source} is corrupted (its check digest does not match)")
+    key_id, level, levels = _header_fields(doc, source)
+    public = _owner_public(doc, source)
+    protected = "protected" in doc
+    if protected:
+        _protected_fields(doc["protected"], source)
+        wrapped = str(doc["protected"]["wrapped"])  # type: ignore[index]
+        owner = level == levels and len(wrapped) == 2 * (2 * _seal.KEY_BYTES + 16)
+    else:
+        owner = "signing_key" in doc
+    return {
+        "key_id": key_id,
+        "level": level,
+        "levels": levels,
+        "owner": owner,
+        "owner_public": public.hex() if public else None,
+        "chain": _seal.CHAIN_ID,
+        "format": KEY_FORMAT,
+        "version": doc["version"],
+        "protected": protected,
     }
 
 

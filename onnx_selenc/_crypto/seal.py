@@ -55,9 +55,12 @@ def chain_down(key: bytes, from_level: int, to_level: int) -> bytes:
     return key
 
 
-def key_id(level0_key: bytes) -> str:
-    """Public identifier of a key chain, computed from its level-0 key."""
-    return _hkdf(level0_key, b"key-id")[:16].hex()
+def key_id(level0_key: bytes, owner_public: bytes | None = None) -> str:
+    """Public identifier of a key chain: from its level-0 key and, since format 2, the
+    owner's signing public key (so a key file cannot name another owner and keep its id)."""
+    if owner_public is None:
+        return _hkdf(level0_key, b"key-id")[:16].hex()
+    return _hkdf(level0_key, b"key-id/owner/" + owner_public)[:16].hex()
 
 
 class ModelTagger:
@@ -152,6 +155,19 @@ def digest(data: bytes) -> str:
 
 # Passphrase protection of key files: scrypt -> AES-GCM over the key.
 SCRYPT_PARAMS = {"n": 2**15, "r": 8, "p": 1}
+# Accepted on read: what this tool writes, with a margin (a hostile key file must not
+# cost minutes and GiBs per load: n=2^16, r=8 is 64 MiB and about twice the default).
+SCRYPT_MAX = {"n": 2**16, "r": 8, "p": 2}
+
+
+def scrypt_in_bounds(n: int, r: int, p: int) -> bool:
+    """Whether scrypt parameters read from a key file are within :data:`SCRYPT_MAX`."""
+    return (
+        2 <= n <= SCRYPT_MAX["n"]
+        and not n & (n - 1)
+        and 1 <= r <= SCRYPT_MAX["r"]
+        and 1 <= p <= SCRYPT_MAX["p"]
+    )
 
 
 def wrap_with_passphrase(key: bytes, passphrase: str, aad: bytes) -> dict[str, str | int]:
@@ -179,7 +195,7 @@ def unwrap_with_passphrase(fields: dict[str, object], passphrase: str, aad: byte
         if fields.get("kdf") != "scrypt":
             raise KeyFileError(f"unknown key-file KDF {fields.get('kdf')!r}")
         n, r, p = (int(fields[k]) for k in ("n", "r", "p"))  # type: ignore[call-overload]
-        if n > 2**20 or r > 32 or p > 16:
+        if not scrypt_in_bounds(n, r, p):
             raise KeyFileError("key-file scrypt parameters are out of range")
         salt = bytes.fromhex(str(fields["salt"]))
         nonce = bytes.fromhex(str(fields["nonce"]))

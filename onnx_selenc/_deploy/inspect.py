@@ -113,7 +113,8 @@ def format_report(report: ModelReport) -> str:
             f"  key id: {m['key_id']}",
             f"  levels: {m['levels']}  ({m['cipher']}, {m['chain']})",
             f"  encrypted: {enc['weights']} of {enc['conv_weights']} conv weights "
-            f"({100 * float(enc['fraction']):.3f}%) in {enc['layers']} tensors",
+            f"({100 * float(enc['fraction']):.3f}%)"
+            + (f" in {enc['layers']} tensors" if "layers" in enc else ""),
             f"  selection: {m['selection']}",
         ]
         lw = m["level_weights"]

@@ -85,6 +85,9 @@ class EncryptResult:
     layers: tuple[LayerReport, ...]
     unsupported: tuple[UnsupportedConv, ...]
     level_report: LevelReport | None = None
+    # What chose the kernels (defaults resolved); kept out of the public manifest.
+    importance: str = ""
+    allocation: str = ""
 
     @property
     def fraction(self) -> float:
@@ -226,6 +229,8 @@ def encrypt(
         layers=_layer_reports(enc.selection, enc.inventory, options.levels),
         unsupported=enc.inventory.unsupported,
         level_report=enc.level_report,
+        importance=enc.importance,
+        allocation=enc.allocation,
     )
 
 

@@ -92,6 +92,8 @@ class EncryptedModel:
     inventory: ConvInventory
     masked: tuple[MaskedLayer, ...]
     level_report: LevelReport | None = None
+    importance: str = ""  # the scorer and allocation used, defaults resolved
+    allocation: str = ""
     # What the encrypted weights were before masking, by key, for the self-check: the
     # arrays themselves, or past ORIGINALS_IN_MEMORY bytes a checksum of each (_seal).
     originals: Mapping[str, np.ndarray | bytes] = field(default_factory=dict)
@@ -139,7 +141,7 @@ def encrypt_model(
     owner = owner_key or new_owner_key(options.levels)
     if owner.level != options.levels or owner.levels != options.levels:
         raise ValueError("the owner key must be a top-level key for the same number of levels")
-    manifest_raw, blobs = seal_levels(
+    manifest_raw, blobs, signature = seal_levels(
         walked.model,
         selection,
         masked,
@@ -148,7 +150,7 @@ def encrypt_model(
         owner,
         _selection_params(plan, options, level_report),
     )
-    _bundle.attach(walked.model, manifest_raw, blobs)
+    _bundle.attach(walked.model, manifest_raw, blobs, signature)
     return EncryptedModel(
         walked.model,
         owner,
@@ -156,6 +158,8 @@ def encrypt_model(
         walked.inventory,
         tuple(masked),
         level_report,
+        importance=plan.importance,
+        allocation=plan.allocation,
         originals=walked.originals,
     )
 
@@ -381,27 +385,23 @@ def _calibrate(
 def _selection_params(
     plan: _Plan, options: EncryptOptions, level_report: LevelReport | None
 ) -> dict[str, object]:
-    """The manifest's public ``selection`` entry (never the seed: with the random scorer
-    it would reveal which kernels are encrypted)."""
+    """The manifest's public ``selection`` entry: how the tiers were made, nothing that
+    lets the per-layer counts be replayed from the public shapes (no allocation, budget
+    or layer patterns) and never the seed (with the random scorer it would reveal which
+    kernels are encrypted)."""
     split = options.split
     levels: dict[str, object]
     if level_report is not None:
         levels = {
+            "split": "calibrated",
             "level_targets": list(level_report.targets),
             "level_quality": [round(q, 4) for q in level_report.calibration],
             "objective": level_report.objective,
         }
     else:
         order = split.order if isinstance(split, FixedLevels) else "most-important-first"
-        levels = {"level_order": order, "level_fractions": list(options.fractions)}
-    return {
-        "importance": plan.importance,
-        "allocation": plan.allocation,
-        "budget": options.budget,
-        "masking": options.masking,
-        "layers": list(options.layers),
-        **levels,
-    }
+        levels = {"split": "fixed", "level_order": order}
+    return {"importance": plan.importance, "masking": options.masking, **levels}
 
 
 def _inline_conv_functions(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -9,6 +9,7 @@ import onnx
 
 from onnx_selenc._crypto import bundle as _bundle
 from onnx_selenc._crypto import seal as _seal
+from onnx_selenc._crypto import sign as _sign
 from onnx_selenc._crypto.digest import model_digest
 from onnx_selenc._crypto.keys import LevelKey
 from onnx_selenc._onnx.graph import ConvInventory, ConvWeight
@@ -24,11 +25,23 @@ def seal_levels(
     inventory: ConvInventory,
     owner: LevelKey,
     selection_params: dict[str, object],
-) -> tuple[bytes, list[bytes]]:
-    """Build the manifest and seal each level's increment of originals."""
+) -> tuple[bytes, list[bytes], bytes]:
+    """Build the manifest, seal each level's increment of originals, and sign the manifest.
+
+    Returns:
+        The manifest bytes, the sealed blobs of levels 0..M, the owner's signature.
+
+    Raises:
+        ValueError: ``owner`` cannot sign (a tier key, or a format-1 owner key).
+    """
+    if not owner.is_owner or owner.owner_public is None or owner.signing_key is None:
+        raise ValueError(
+            "encrypting needs an owner key that can sign (a fresh one, or one written by "
+            "onnx-selenc 0.3 or later): a tier key or a format-1 owner key cannot"
+        )
     levels = selection.levels
     payloads = [
-        _bundle.encode_payload(level_patches(selection, masked, by_address, m))
+        _bundle.pad_payload(_bundle.encode_payload(level_patches(selection, masked, by_address, m)))
         for m in range(1, levels + 1)
     ]
     weights_per_level = [
@@ -49,10 +62,10 @@ def seal_levels(
             "model_digest": digest,
             "model_tags": [t.result() for t in taggers],
             "blobs": _bundle.blob_layout(lengths),
+            # Totals only: per-layer counts (or the number of layers) would say where to look.
             "encrypted": {
                 "weights": selection.selected_weights,
                 "conv_weights": inventory.total_weights,
-                "layers": len(selection.layers),
                 "fraction": round(selection.fraction, 8),
             },
             "level_weights": [0, *np.cumsum(weights_per_level).tolist()],
@@ -60,12 +73,13 @@ def seal_levels(
             # which kernels are encrypted.
             "selection": selection_params,
             "tool": f"onnx-selenc {_version()}",
-        }
+        },
+        owner.owner_public,
     )
     blobs = [_seal.seal(level_keys[0], b"", _bundle.blob_aad(manifest_raw, 0))]
     for m, payload in enumerate(payloads, start=1):
         blobs.append(_seal.seal(level_keys[m], payload, _bundle.blob_aad(manifest_raw, m)))
-    return manifest_raw, blobs
+    return manifest_raw, blobs, _sign.sign_manifest(owner.signing_key, manifest_raw)
 
 
 def level_patches(

@@ -1,4 +1,4 @@
-"""The two metadata entries an encrypted model carries, and removing them.
+"""The metadata entries an encrypted model carries, and removing them.
 
 Below both the sealing stage (which writes them) and the probes (which must run the
 model without them), so that neither has to import the other.
@@ -10,7 +10,8 @@ import onnx
 
 MANIFEST_KEY = "onnx_selenc.manifest"
 SEALED_KEY = "onnx_selenc.sealed"
-BUNDLE_KEYS = frozenset({MANIFEST_KEY, SEALED_KEY})
+SIGNATURE_KEY = "onnx_selenc.signature"
+BUNDLE_KEYS = frozenset({MANIFEST_KEY, SEALED_KEY, SIGNATURE_KEY})
 
 
 def strip_bundle(model: onnx.ModelProto) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import onnx
 import pytest
 
+from onnx_selenc import __version__
 from onnx_selenc._crypto import bundle as _bundle
 from onnx_selenc._crypto.keys import new_owner_key, write_key_file
 from onnx_selenc.exceptions import FormatError
@@ -21,9 +22,12 @@ def test_manifest_matches_schema_and_golden(make_encrypted) -> None:
     enc, _ = make_encrypted(tm.cnn(), levels=3, budget=0.2, seed=0)
     manifest = _bundle.read_bundle(onnx.load(enc))[0].as_dict()
     jsonschema.validate(manifest, json.loads((DOCS / "manifest.schema.json").read_text()))
-    # Fixed seed: everything but the key id and the level tags (random keys and nonces)
+    # Fixed seed: everything but the key id, the owner's public key and the level tags
+    # (random keys and nonces)
     # is reproducible.
-    golden = {k: v for k, v in manifest.items() if k not in ("key_id", "model_tags")}
+    golden = {
+        k: v for k, v in manifest.items() if k not in ("key_id", "model_tags", "owner_public")
+    }
     assert golden == GOLDEN_MANIFEST
     assert len(manifest["model_tags"]) == 4 and len(set(manifest["model_tags"])) == 4
 
@@ -73,25 +77,23 @@ def test_payload_entry_out_of_range(field: str, value: int) -> None:
 
 
 GOLDEN_MANIFEST = {
-    "blobs": [[0, 28], [28, 966], [994, 962], [1956, 922]],
+    "blobs": [[0, 28], [28, 4124], [4152, 4124], [8276, 4124]],
     "chain": "HKDF-SHA256-chain-v1",
     "cipher": "AES-256-GCM",
-    "encrypted": {"conv_weights": 1768, "fraction": 0.20248869, "layers": 4, "weights": 358},
+    "encrypted": {"conv_weights": 1768, "fraction": 0.20248869, "weights": 358},
     "format": "onnx-selenc-model",
     "level_weights": [0, 122, 245, 358],
     "levels": 3,
     "model_digest": "sha256:cb14b7a54c8a20a7d161a70cfb6ff0e57961a654832bb3d67fdb00c11c5ac9ae",
     "selection": {
-        "allocation": "balanced",
-        "budget": 0.2,
         "importance": "magnitude",
-        "layers": [],
-        "level_fractions": [1 / 3, 2 / 3, 1.0],
         "level_order": "most-important-first",
         "masking": "empirical",
+        "split": "fixed",
     },
-    "tool": "onnx-selenc 0.2.0",
-    "version": 1,
+    "signature": "Ed25519",
+    "tool": f"onnx-selenc {__version__}",
+    "version": 2,
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from pathlib import Path
 
@@ -113,38 +114,82 @@ def test_edited_weight_is_caught_at_every_level(
         getattr(se, api)(enc, key=key, level=level)
 
 
-def test_a_lower_key_cannot_vouch_for_a_higher_level(make_encrypted) -> None:
-    """A level-1 key holder who edits a weight and re-tags levels 0-1 (the manifest
-    then changes, so blobs 0-1 are re-sealed) fools no one at level 2 or above."""
+def _forge_lower_tiers(enc: Path, owner: se.LevelKey, tier: int) -> tuple[onnx.ModelProto, bytes]:
+    """What a tier-``tier`` key holder can do alone: edit a public weight, recompute the
+    digest, re-tag levels 0..tier and re-seal their blobs (the manifest changes, so every
+    blob they can open is re-sealed under the new manifest)."""
     from onnx_selenc._crypto import seal as _seal
     from onnx_selenc._crypto.digest import model_digest
 
-    enc, key = make_encrypted(tm.cnn(), levels=3)
-    low = se.read_key_file(key).derive(1)
+    held = dataclasses.replace(owner.derive(tier), signing_key=None)  # an exported tier key
     model = onnx.load(enc)
     manifest, blobs = _bundle.read_bundle(model)
     b1 = next(i for i in model.graph.initializer if i.name == "b1")
     b1.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(b1) + 1, "b1"))
-    keys = [low.derive(m).material for m in range(2)]
+    keys = [held.derive(m).material for m in range(tier + 1)]
     taggers = [_seal.new_model_tagger(k) for k in keys]
     doc = manifest.as_dict()
     doc["model_digest"] = model_digest(
         model, None, exclude_metadata=_bundle.BUNDLE_KEYS, taggers=taggers
     )
-    doc["model_tags"][:2] = [t.result() for t in taggers]
+    doc["model_tags"][: tier + 1] = [t.result() for t in taggers]
     raw = _bundle.canonical_json(doc)
-    payload1 = _seal.open_sealed(keys[1], blobs[1], _bundle.blob_aad(manifest.raw, 1))
-    forged = [
-        _seal.seal(keys[0], b"", _bundle.blob_aad(raw, 0)),
-        _seal.seal(keys[1], payload1, _bundle.blob_aad(raw, 1)),
-        *blobs[2:],
+    payloads = [b""] + [
+        _seal.open_sealed(keys[m], blobs[m], _bundle.blob_aad(manifest.raw, m))
+        for m in range(1, tier + 1)
     ]
-    _bundle.attach(model, raw, forged)
-    enc.write_bytes(model.SerializeToString())
-    se.restore_model(enc, key=low)  # level 1 is fooled: its key was the tamperer's
-    for level in (2, 3):
-        with pytest.raises(InvalidBundle):
-            se.load_session(enc, key=key, level=level)
+    forged = [
+        *(_seal.seal(keys[m], payloads[m], _bundle.blob_aad(raw, m)) for m in range(tier + 1)),
+        *blobs[tier + 1 :],
+    ]
+    _bundle.attach(model, raw, forged, manifest.signature or b"")
+    return model, raw
+
+
+@pytest.mark.parametrize("tier", [1, 2, 3])
+@pytest.mark.parametrize("signature", ["owner's", "own", "removed"])
+def test_a_tier_key_holder_cannot_forge_the_lower_tiers(
+    make_encrypted, tmp_path: Path, tier: int, signature: str
+) -> None:
+    """Issue 13.2: re-tagged and re-sealed levels 0..m of an edited model are refused by
+    every key, the forger's own included: the manifest's owner signature cannot be redone
+    without the owner key, and another signer is another owner."""
+    from onnx_selenc._crypto import sign as _sign
+
+    enc, key = make_encrypted(tm.cnn(), levels=3)
+    owner = se.read_key_file(key)
+    model, raw = _forge_lower_tiers(enc, owner, tier)
+    props = {p.key: p for p in model.metadata_props}
+    if signature == "own":  # sign with a key pair of the forger's, naming it
+        mine = _sign.new_signing_key()
+        doc = json.loads(raw)
+        doc["owner_public"] = _sign.public_key(mine).hex()
+        raw = _bundle.canonical_json(doc)
+        props[_bundle.MANIFEST_KEY].value = raw.decode()
+        props["onnx_selenc.signature"].value = _sign.sign_manifest(mine, raw).hex()
+    elif signature == "removed":
+        model.metadata_props.remove(props["onnx_selenc.signature"])
+    forged = tmp_path / "forged.onnx"
+    forged.write_bytes(model.SerializeToString())
+    accepted = []
+    for level in range(4):
+        holder = dataclasses.replace(owner.derive(level), signing_key=None)
+        for load in (se.load_session, se.restore_model):
+            try:
+                load(forged, key=holder)  # type: ignore[operator]
+                accepted.append((level, load.__name__))
+            except (InvalidBundle, KeyMismatch, FormatError):
+                pass
+    assert accepted == []
+    with pytest.raises((InvalidBundle, KeyMismatch, FormatError)):
+        se.load_session(forged, key=owner)
+
+
+def test_the_genuine_model_still_loads_at_every_tier(make_encrypted) -> None:
+    enc, key = make_encrypted(tm.cnn(), levels=3)
+    owner = se.read_key_file(key)
+    for level in range(4):
+        se.restore_model(enc, key=dataclasses.replace(owner.derive(level), signing_key=None))
 
 
 def test_blob_moved_between_models_with_same_key(tmp_path: Path) -> None:
@@ -249,7 +294,7 @@ def test_existing_key_file_is_not_replaced(tmp_path: Path) -> None:
 
 def test_unknown_format_version(make_encrypted) -> None:
     enc, key = make_encrypted(tm.cnn())
-    _edit_metadata(enc, _bundle.MANIFEST_KEY, lambda v: v.replace('"version":1', '"version":9'))
+    _edit_metadata(enc, _bundle.MANIFEST_KEY, lambda v: v.replace('"version":2', '"version":9'))
     with pytest.raises(FormatError, match="version 9 is unknown"):
         se.load_session(enc, key=key)
 
