@@ -9,11 +9,18 @@ from __future__ import annotations
 
 __version__ = "0.3.0.dev0"
 
-from onnx_selenc._crypto.keys import LevelKey, export_key, key_from_env, read_key_file
+from onnx_selenc._crypto.keys import (
+    LevelKey,
+    export_key,
+    key_file_info,
+    key_from_env,
+    read_key_file,
+)
 from onnx_selenc._deploy.inspect import ModelReport, inspect_model
 from onnx_selenc._deploy.package import PackageResult, package
 from onnx_selenc._encrypt.files import EncryptResult, encrypt
 from onnx_selenc._encrypt.options import CalibratedLevels, EncryptOptions, FixedLevels
+from onnx_selenc._encrypt.rekey import RekeyResult, rekey
 from onnx_selenc._load.loader import RestoredModel, build_session, load_session, restore_model
 from onnx_selenc._select.calibration import Calibration
 from onnx_selenc._select.levels import LevelMetric, LevelReport
@@ -29,15 +36,18 @@ __all__ = [
     "LevelReport",
     "ModelReport",
     "PackageResult",
+    "RekeyResult",
     "RestoredModel",
     "__version__",
     "build_session",
     "encrypt",
     "export_key",
     "inspect_model",
+    "key_file_info",
     "key_from_env",
     "load_session",
     "package",
     "read_key_file",
+    "rekey",
     "restore_model",
 ]

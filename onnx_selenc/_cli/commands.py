@@ -16,11 +16,7 @@ from onnx_selenc._cli.evaluate import add_evaluate_command
 # Exit codes, one per kind of failure, so scripts can tell them apart.
 from onnx_selenc._cli.passphrase import _add_passphrase_args, _key_passphrase, _passphrase
 from onnx_selenc._cli.run import _from_onnxruntime, add_run_command
-from onnx_selenc._crypto.keys import (
-    export_key,
-    key_info,
-    read_key_file,
-)
+from onnx_selenc._crypto.keys import export_key, key_file_info
 from onnx_selenc._deploy.inspect import format_report, inspect_model
 from onnx_selenc._encrypt.files import IMPORTANCES, EncryptResult, encrypt
 from onnx_selenc._encrypt.options import CalibratedLevels, EncryptOptions, FixedLevels
@@ -148,8 +144,7 @@ def cmd_export_key(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_info(args: argparse.Namespace) -> int:
-    passphrase = _key_passphrase(args, args.key_file)
-    info = key_info(read_key_file(args.key_file, passphrase=passphrase))
+    info = key_file_info(args.key_file)  # public facts: no passphrase is ever asked
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -282,11 +277,17 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="key file utilities").add_subparsers(
         dest="keys_command", required=True
     )
-    p = keys.add_parser("info", help="public facts about a key file (no secrets)")
+    p = keys.add_parser(
+        "info", help="public facts about a key file (no secrets, no passphrase needed)"
+    )
     p.add_argument("key_file")
     p.add_argument("--json", action="store_true")
-    _add_passphrase_args(p)
+    _add_passphrase_args(p)  # accepted as before; the public facts need no passphrase
     p.set_defaults(func=cmd_keys_info)
+
+    from onnx_selenc._cli.rekey import add_rekey_command
+
+    add_rekey_command(sub)
 
     add_run_command(sub)
 

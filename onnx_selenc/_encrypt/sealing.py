@@ -72,7 +72,7 @@ def seal_levels(
             # The seed is deliberately absent: with the random scorer it would reveal
             # which kernels are encrypted.
             "selection": selection_params,
-            "tool": f"onnx-selenc {_version()}",
+            "tool": tool_name(),
         },
         owner.owner_public,
     )
@@ -101,7 +101,8 @@ def level_patches(
     return patches
 
 
-def _version() -> str:
+def tool_name() -> str:
+    """The manifest's ``tool``: this onnx-selenc and its version."""
     from onnx_selenc import __version__
 
-    return __version__
+    return f"onnx-selenc {__version__}"

@@ -136,3 +136,70 @@ def test_fresh_nonces() -> None:
 
 GOLDEN_BLOB = "000000000000000000000000d1d8bcd9f8517c10bd279379c4aec45a73c5590434fd84dd2b0e9f"
 GOLDEN_CHAIN = "7e1de4cb2b263271bd649c20891ead55dfc745d2db855a7deb239cad8003172a"
+
+
+def test_only_the_owner_key_file_holds_the_signing_key(tmp_path: Path) -> None:
+    """Issue 13.2: tier keys, the top tier's included, carry the owner's public key only."""
+    owner = write_key_file(tmp_path / "owner.key", new_owner_key(3))
+    back = read_key_file(owner)
+    assert back.is_owner and back.signing_key is not None and back.owner_public is not None
+    for level in range(4):
+        tier = export_key(owner, level, tmp_path / f"t{level}.key")
+        doc = json.loads((tmp_path / f"t{level}.key").read_text())
+        assert "signing_key" not in doc and doc["owner_public"] == back.owner_public.hex()
+        assert not tier.is_owner and read_key_file(tmp_path / f"t{level}.key") == tier
+
+
+def test_a_protected_owner_key_wraps_its_signing_key(tmp_path: Path) -> None:
+    key = new_owner_key(2)
+    path = write_key_file(tmp_path / "k.key", key, passphrase="pw")
+    assert "signing_key" not in json.loads(path.read_text())
+    assert read_key_file(path, passphrase="pw") == key
+
+
+def test_a_key_file_naming_another_owner_is_corrupted(tmp_path: Path) -> None:
+    """The key id binds the owner's public key: swapping it in a tier key file is caught."""
+    from onnx_selenc._crypto import sign as _sign
+    from onnx_selenc._crypto.keys import _check
+
+    owner = write_key_file(tmp_path / "owner.key", new_owner_key(2))
+    export_key(owner, 1, tmp_path / "t.key")
+    doc = json.loads((tmp_path / "t.key").read_text())
+    doc["owner_public"] = _sign.public_key(_sign.new_signing_key()).hex()
+    doc["check"] = _check({k: v for k, v in doc.items() if k != "check"})
+    with pytest.raises(KeyFileError, match="key id"):
+        parse_key_file(json.dumps(doc).encode())
+
+
+def test_key_file_info_needs_no_passphrase(tmp_path: Path) -> None:
+    from onnx_selenc._crypto.keys import key_file_info
+
+    key = new_owner_key(3)
+    owner = write_key_file(tmp_path / "owner.key", key, passphrase="secret")
+    info = key_file_info(owner)
+    assert info["protected"] is True and info["owner"] is True
+    assert (info["key_id"], info["level"], info["levels"]) == (key.key_id, 3, 3)
+    assert info["owner_public"] == key.owner_public.hex()  # type: ignore[union-attr]
+    tier = export_key(owner, 1, tmp_path / "t.key", passphrase="secret", new_passphrase="x")
+    assert key_file_info(tmp_path / "t.key")["owner"] is False and tier.level == 1
+    assert "secret" not in json.dumps(info)
+
+
+@pytest.mark.parametrize("n,r,p", [(2**20, 32, 16), (2**17, 8, 1), (2**15, 9, 1), (2**15, 8, 3)])
+def test_hostile_scrypt_parameters_are_refused_before_any_work(
+    tmp_path: Path, n: int, r: int, p: int
+) -> None:
+    """Issue 13.5: a key file may not ask for minutes and GiBs per load."""
+    import time
+
+    from onnx_selenc._crypto.keys import _check
+
+    doc = json.loads(
+        write_key_file(tmp_path / "k.key", new_owner_key(2), passphrase="pw").read_text()
+    )
+    doc["protected"].update(n=n, r=r, p=p)
+    doc["check"] = _check({k: v for k, v in doc.items() if k != "check"})
+    start = time.perf_counter()
+    with pytest.raises(KeyFileError, match="out of range"):
+        parse_key_file(json.dumps(doc).encode(), passphrase="pw")
+    assert time.perf_counter() - start < 1.0
