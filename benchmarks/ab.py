@@ -62,7 +62,12 @@ def child(spec: dict[str, Any]) -> list[float]:
     warnings.simplefilter("ignore")
     if spec["task"] == "make":  # the encrypted file this implementation will load
         out = Path(spec["out"])
-        se.encrypt(spec["model"], out / Path(spec["model"]).name, key_file=out / "k.key", seed=0)
+        se.encrypt(
+            spec["model"],
+            out / Path(spec["model"]).name,
+            key_file=out / "k.key",
+            options=se.EncryptOptions(seed=0),
+        )
         return []
     if spec["task"] == "load":
         se.load_session(spec["model"], key=spec["key"], providers=["CPUExecutionProvider"])
@@ -74,7 +79,12 @@ def child(spec: dict[str, Any]) -> list[float]:
         return times
     out = Path(tempfile.mkdtemp())
     start = time.perf_counter()
-    se.encrypt(spec["model"], out / Path(spec["model"]).name, key_file=out / "k.key", seed=0)
+    se.encrypt(
+        spec["model"],
+        out / Path(spec["model"]).name,
+        key_file=out / "k.key",
+        options=se.EncryptOptions(seed=0),
+    )
     elapsed = time.perf_counter() - start
     subprocess.run(["rm", "-rf", str(out)], check=False)
     return [elapsed]

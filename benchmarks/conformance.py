@@ -363,7 +363,10 @@ def _check(name: str, work: Path, out: Outcome) -> None:  # noqa: C901
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             result = se.encrypt(
-                path, enc_path, key_file=owner, levels=LEVELS, budget=BUDGET, seed=0
+                path,
+                enc_path,
+                key_file=owner,
+                options=se.EncryptOptions(levels=LEVELS, budget=BUDGET, seed=0),
             )
     except UnsupportedModel as exc:
         left = _files(enc_dir)

@@ -114,7 +114,10 @@ def _encrypted_copies(
     enc_dir.mkdir()
     seconds, enc = timed(
         lambda: se.encrypt(
-            bm.path, enc_dir / bm.path.name, key_file=enc_dir / "owner.key", levels=LEVELS, seed=0
+            bm.path,
+            enc_dir / bm.path.name,
+            key_file=enc_dir / "owner.key",
+            options=se.EncryptOptions(levels=LEVELS, seed=0),
         )
     )
     log(f"encrypted in {seconds:.1f} s")
@@ -244,11 +247,19 @@ def _encryption(
             onnx.save(model, str(out / bm.path.name))
 
     def data_free() -> None:
-        se.encrypt(bm.path, out / bm.path.name, key_file=scratch.fresh(), seed=0)
+        se.encrypt(
+            bm.path, out / bm.path.name, key_file=scratch.fresh(), options=se.EncryptOptions(seed=0)
+        )
 
     def data_driven() -> None:
         key_file = scratch.fresh()
-        se.encrypt(bm.path, out / bm.path.name, key_file=key_file, seed=0, calibration=calibration)
+        se.encrypt(
+            bm.path,
+            out / bm.path.name,
+            key_file=key_file,
+            options=se.EncryptOptions(seed=0),
+            calibration=calibration,
+        )
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -70,7 +70,7 @@ def levels_through_tool(
         targets: the level targets (``level_targets`` of ``encrypt``).
         measure: ``session -> (score, outputs)`` for one loaded level.
         workdir: where the encrypted model and the tier keys are written.
-        **options: further ``encrypt`` options.
+        **options: further :class:`onnx_selenc.EncryptOptions` fields.
 
     Returns:
         The score and the outputs of every level (0 to the top), and the encryption's
@@ -80,12 +80,14 @@ def levels_through_tool(
         model_path,
         workdir / "enc.onnx",
         key_file=workdir / "owner.key",
-        levels=len(targets),
-        budget=budget,
+        options=se.EncryptOptions(
+            levels=len(targets),
+            budget=budget,
+            split=se.CalibratedLevels(tuple(targets)),
+            seed=0,
+            **options,
+        ),
         calibration=calibration,
-        level_targets=targets,
-        seed=0,
-        **options,
     )
     scores, outputs = [], []
     for level in range(len(targets) + 1):
