@@ -51,7 +51,7 @@ def manifest_tags(m: dict[str, Any]) -> dict[str, str]:
     facts = {
         "levels": m["levels"],
         "key_id": m["key_id"],
-        "encrypted_fraction": f"{float(enc['fraction']):.6g}",
+        "encrypted_fraction": f"{float(enc['fraction']):.10g}",
         "encrypted_weights": enc["weights"],
         "conv_weights": enc["conv_weights"],
         "level_weights": json.dumps(m["level_weights"]),

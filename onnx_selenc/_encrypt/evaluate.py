@@ -29,6 +29,7 @@ from onnx_selenc._onnx.graph import walk_conv_weights
 from onnx_selenc._onnx.progress import progress
 from onnx_selenc._onnx.tensors import read_array, weight_tensor
 from onnx_selenc._select.activation import activation_scorer
+from onnx_selenc._select.allocation import cap_layer_shares
 from onnx_selenc._select.calibration import Calibration
 from onnx_selenc._select.importance import DATA_FREE_SCORERS, score_kernels
 from onnx_selenc._select.levels import calibrate_levels
@@ -238,9 +239,9 @@ def sweep(  # noqa: C901
             target = max(1, round(budget * inventory.total_weights))
             if allocation == "sensitivity":
                 assert curves is not None
-                return allocate_by_sensitivity(curves, ksize, target)
-            if allocation == "balanced":
-                return allocate_balanced(weights, target)
+                return cap_layer_shares(allocate_by_sensitivity(curves, ksize, target), weights)
+            if allocation == "balanced":  # as encrypt allocates (its secret jitter too)
+                return allocate_balanced(weights, target, np.random.default_rng([seed, 1]))
             raise ValueError(f"unknown allocation {allocation!r} in strategy {strategy!r}")
 
         def masked_at(

@@ -33,6 +33,7 @@ from onnx_selenc._onnx.graph import (
 from onnx_selenc._onnx.modelio import PROTO_LIMIT
 from onnx_selenc._onnx.tensors import read_array, weight_tensor, write_array
 from onnx_selenc._select.activation import activation_scorer
+from onnx_selenc._select.allocation import cap_layer_shares
 from onnx_selenc._select.calibration import Calibration
 from onnx_selenc._select.importance import score_kernels
 from onnx_selenc._select.levels import TOLERANCE, LevelReport, calibrate_levels
@@ -268,10 +269,14 @@ def _allocate(
     chosen, arrays = walked.chosen, walked.arrays
     if counts is not None:
         layer_counts = dict(counts(walked.model, chosen, arrays, layer_scores, budget_weights))
+        if sensitivity is not None:  # a hook of the caller's is what they asked for
+            layer_counts = cap_layer_shares(layer_counts, chosen)
     elif plan.allocation == "uniform":
         layer_counts = allocate_uniform(chosen, options.budget)
     else:
-        layer_counts = allocate_balanced(chosen, budget_weights)
+        # The jitter's own generator: the public shapes and total must not replay it.
+        jitter = np.random.default_rng([sub_seed, 1])
+        layer_counts = allocate_balanced(chosen, budget_weights, jitter)
     return at_least_one_per_level(layer_counts, chosen, options.levels), sensitivity
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnx_selenc._onnx.graph import ConvWeight
+from onnx_selenc._select.allocation import allocate_balanced as allocate_balanced
+from onnx_selenc._select.allocation import allocate_uniform as allocate_uniform
 from onnx_selenc.exceptions import LevelCountWarning
 
 ALLOCATIONS = ("balanced", "uniform", "sensitivity")
@@ -74,39 +76,6 @@ def filter_layers(
             raise ValueError(f"layer pattern {pattern!r} matches no conv weight")
         kept.extend(w for w in matched if w not in kept)
     return kept
-
-
-def allocate_uniform(weights: Sequence[ConvWeight], ratio: float) -> dict[str, int]:
-    """The paper's per-layer ratio: ``floor(n_kernels * ratio) + 1`` kernels in every layer."""
-    if not 0.0 < ratio <= 1.0:
-        raise ValueError(f"per-layer ratio must be in (0, 1], got {ratio}")
-    return {w.address: min(w.n_kernels, int(np.floor(w.n_kernels * ratio)) + 1) for w in weights}
-
-
-def allocate_balanced(weights: Sequence[ConvWeight], budget_weights: int) -> dict[str, int]:
-    """Spread a weight budget so each layer gives up about the same number of weights.
-
-    Water-filling: every layer gets ``min(layer size, t)`` weights with one level
-    ``t`` for all. Small layers, usually the early ones that matter most per weight,
-    lose a large share of their kernels; large late layers a small one. Data-free.
-    """
-    if budget_weights <= 0:
-        raise ValueError("the budget must select at least one weight")
-    sizes = np.array([w.n_weights for w in weights], dtype=np.int64)
-    ksize = np.array([w.kernel_size for w in weights], dtype=np.int64)
-    budget = min(int(budget_weights), int(sizes.sum()))
-    order = np.sort(sizes)
-    # Find the water level t: sum(min(size, t)) == budget.
-    filled = np.cumsum(order)
-    remaining_layers = len(order) - np.arange(len(order))
-    prev = np.concatenate([[0], filled[:-1]])
-    levels = (budget - prev) / remaining_layers
-    idx = int(np.searchsorted(levels <= order, True))
-    t = levels[min(idx, len(levels) - 1)]
-    per_layer = np.minimum(sizes, t)
-    kernels = np.maximum(1, np.rint(per_layer / ksize)).astype(np.int64)
-    kernels = np.minimum(kernels, sizes // ksize)
-    return {w.address: int(k) for w, k in zip(weights, kernels, strict=True)}
 
 
 def level_split(

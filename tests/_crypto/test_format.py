@@ -108,3 +108,22 @@ def test_model_tag_is_the_same_in_pieces(monkeypatch) -> None:
     pieces = _seal.ModelTagger(key, nonce)
     pieces.update(memoryview(data))
     assert pieces.result() == whole.result()
+
+
+def test_sealed_payloads_are_padded_to_size_buckets() -> None:
+    """Issue 13.4: a blob's length says which bucket its payload fits, not its size."""
+    import numpy as np
+
+    sizes = [_bundle.padded_size(n) for n in range(1, 200_000, 997)]
+    buckets = sorted(set(sizes))
+    assert buckets[0] == 4096 and len(buckets) <= 12
+    assert all(b in (2**k for k in range(12, 40)) or b * 2 // 3 in (2**k for k in range(12, 40))
+               for b in buckets)  # fmt: skip
+    assert all(n <= _bundle.padded_size(n) < 1.5 * max(n, 4096) + 1 for n in range(1, 10**6, 4999))
+    patch = _bundle.TensorPatch(
+        "w", "float32", (2, 1, 1, 2), np.array([1]), np.ones((1, 2), dtype=np.float32)
+    )
+    padded = _bundle.pad_payload(_bundle.encode_payload([patch]))
+    assert len(padded) == 4096
+    (back,) = _bundle.decode_payload(padded)
+    assert np.array_equal(back.values, patch.values)

@@ -30,7 +30,8 @@ def test_balanced_allocation_spends_the_budget_evenly() -> None:
     counts = allocate_balanced(LAYERS, int(0.02 * total))
     spent = {w.address: counts[w.address] * w.kernel_size for w in LAYERS}
     assert abs(sum(spent.values()) - 0.02 * total) < 3 * 9 * len(LAYERS)
-    assert spent["a"] == LAYERS[0].n_weights  # the small first layer is fully taken
+    # The small first layer gives up the most, but never all (issue 13.4): at most half.
+    assert spent["a"] == LAYERS[0].n_weights // 2
     assert abs(spent["b"] - spent["c"]) <= 9
     assert counts["a"] / LAYERS[0].n_kernels > counts["c"] / LAYERS[2].n_kernels
 
@@ -149,3 +150,35 @@ def test_integer_masking_stays_in_range() -> None:
     masked, record = mask_layer("w", w, np.arange(8), rng)
     assert masked.dtype == np.int8 and record.originals.dtype == np.int8
     assert np.array_equal(masked.reshape(96, 9)[24:], w.reshape(96, 9)[24:])
+
+
+def test_balanced_counts_cannot_be_replayed_from_the_public_shapes() -> None:
+    """Issue 13.4: with the secret jitter, the public total no longer gives each layer's
+    count (without it, the water-filling replays all of them exactly)."""
+    layers = [_w(f"l{i}", (16 * (i + 1), 8 * (i + 1), 3, 3)) for i in range(12)]
+    target = int(0.01 * sum(w.n_weights for w in layers))
+    public = allocate_balanced(layers, target)  # what anyone can compute
+    exact = []
+    for seed in range(5):
+        secret = allocate_balanced(layers, target, np.random.default_rng(seed))
+        spent = sum(secret[w.address] * w.kernel_size for w in layers)
+        assert abs(spent - target) <= 9 * len(layers)  # the budget is still spent
+        replayed = allocate_balanced(layers, spent)  # the attacker's best guess
+        exact.append(sum(secret[a] == replayed[a] for a in secret) / len(layers))
+        assert secret != public
+    assert float(np.mean(exact)) < 0.35
+
+
+def test_no_layer_is_fully_masked_unless_asked() -> None:
+    from onnx_selenc._select.allocation import MAX_LAYER_SHARE, cap_layer_shares
+
+    counts = allocate_balanced(LAYERS, int(0.3 * sum(w.n_weights for w in LAYERS)))
+    assert all(counts[w.address] <= w.n_kernels * MAX_LAYER_SHARE for w in LAYERS)
+    greedy = {"a": 192, "b": 10, "c": 10}  # e.g. sensitivity taking all of "a" first
+    capped = cap_layer_shares(greedy, LAYERS)
+    assert capped["a"] == 96 and capped["b"] > 10 and capped["c"] > 10
+    spent = lambda c: sum(c[w.address] * w.kernel_size for w in LAYERS)  # noqa: E731
+    assert abs(spent(capped) - spent(greedy)) <= 9 * 3
+    assert allocate_uniform(LAYERS, 1.0)["a"] == 192  # asked for: the whole layer
+    everything = sum(w.n_weights for w in LAYERS)
+    assert allocate_balanced(LAYERS, everything)["a"] == 192  # the budget wins over the cap
