@@ -9,13 +9,8 @@ from __future__ import annotations
 
 __version__ = "0.3.0.dev0"
 
-from onnx_selenc._crypto.keys import (
-    LevelKey,
-    export_key,
-    key_file_info,
-    key_from_env,
-    read_key_file,
-)
+from onnx_selenc._crypto.keys import LevelKey, key_from_env, read_key_file
+from onnx_selenc._crypto.tiers import export_key, key_file_info
 from onnx_selenc._deploy.inspect import ModelReport, inspect_model
 from onnx_selenc._deploy.package import PackageResult, package
 from onnx_selenc._encrypt.files import EncryptResult, encrypt

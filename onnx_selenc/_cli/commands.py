@@ -16,7 +16,7 @@ from onnx_selenc._cli.evaluate import add_evaluate_command
 # Exit codes, one per kind of failure, so scripts can tell them apart.
 from onnx_selenc._cli.passphrase import _add_passphrase_args, _key_passphrase, _passphrase
 from onnx_selenc._cli.run import _from_onnxruntime, add_run_command
-from onnx_selenc._crypto.keys import export_key, key_file_info
+from onnx_selenc._crypto.tiers import export_key, key_file_info
 from onnx_selenc._deploy.inspect import format_report, inspect_model
 from onnx_selenc._encrypt.files import IMPORTANCES, EncryptResult, encrypt
 from onnx_selenc._encrypt.options import CalibratedLevels, EncryptOptions, FixedLevels

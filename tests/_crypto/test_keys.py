@@ -14,12 +14,12 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from onnx_selenc._crypto import seal as _seal
 from onnx_selenc._crypto.keys import (
     LevelKey,
-    export_key,
     new_owner_key,
     parse_key_file,
     read_key_file,
     write_key_file,
 )
+from onnx_selenc._crypto.tiers import export_key
 from onnx_selenc.exceptions import InvalidBundle, KeyFileError, LevelNotGranted
 
 
@@ -172,7 +172,7 @@ def test_a_key_file_naming_another_owner_is_corrupted(tmp_path: Path) -> None:
 
 
 def test_key_file_info_needs_no_passphrase(tmp_path: Path) -> None:
-    from onnx_selenc._crypto.keys import key_file_info
+    from onnx_selenc._crypto.tiers import key_file_info
 
     key = new_owner_key(3)
     owner = write_key_file(tmp_path / "owner.key", key, passphrase="secret")
