@@ -1,9 +1,12 @@
 """The loader's public names, from the modules that implement each step.
 
-``opened`` (key, manifest, tag), ``restore`` (originals written back), ``session``
-(ONNX Runtime session, in memory), ``safety`` (options that would write to disk).
+``opened`` (key, manifest, tag), ``external`` (external data read once into memory),
+``restore`` (originals written back), ``handover`` (what ONNX Runtime gets apart from
+the graph), ``session`` (ONNX Runtime session, in memory), ``safety`` (options that
+would write to disk).
 """
 
+from onnx_selenc._load.handover import _memory_candidates
 from onnx_selenc._load.opened import (
     INLINE_EXTERNAL_LIMIT,
     KeySource,
@@ -17,7 +20,6 @@ from onnx_selenc._load.opened import (
 from onnx_selenc._load.restore import _Locator, restore_model, restore_opened
 from onnx_selenc._load.safety import check_session_options
 from onnx_selenc._load.session import (
-    _memory_candidates,
     build_session,
     default_providers,
     load_session,

@@ -26,6 +26,7 @@ from onnx_selenc._crypto.digest import (
 )
 from onnx_selenc._crypto.keys import LevelKey, parse_key_file, read_key_file
 from onnx_selenc._crypto.owner import check_owner
+from onnx_selenc._load.external import read_external
 from onnx_selenc._onnx.modelio import PROTO_LIMIT, external_files
 from onnx_selenc._onnx.stripped import StrippedModel, read_stripped
 from onnx_selenc.exceptions import InvalidBundle, KeyMismatch
@@ -51,14 +52,23 @@ _INLINE_TAG_BYTES = 256 << 20
 class RestoredModel:
     """A model restored to one level, in memory.
 
+    The model never refers to a file: external data was read once, into memory, and
+    authenticated there. Below ``INLINE_EXTERNAL_LIMIT`` of it, the model holds every
+    tensor's bytes; past that (and always past protobuf's 2 GB), its main-graph weights
+    that were external are marked as in memory (a location that names no file) and
+    their values are in the two mappings, which :func:`build_session` hands over.
+
     Attributes:
         model: the patched model (bundle removed); tensors restored in place.
         level: the level restored.
         levels: the model's number of levels.
         key_id: the key chain's public id.
-        base_dir: folder for external data still on disk, or ``None``.
-        external_initializers: restored values of main-graph tensors whose data
-            stays external; they replace the file's (encrypted) values at session build.
+        base_dir: the model's folder when its weights are in the mappings (ONNX
+            Runtime reads nothing there), else ``None``.
+        external_initializers: restored values of main-graph tensors whose data was
+            external.
+        unchanged_initializers: values, as read and authenticated, of the other
+            main-graph tensors whose data was external (views of the loader's buffer).
     """
 
     model: onnx.ModelProto
@@ -67,6 +77,7 @@ class RestoredModel:
     key_id: str
     base_dir: Path | None
     external_initializers: Mapping[str, np.ndarray] = field(default_factory=dict)
+    unchanged_initializers: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 def open_key(key: KeySource, *, passphrase: str | None = None) -> LevelKey:
@@ -104,6 +115,21 @@ class _Opened:
     files: list[Path]
     inline: bool
     tensors: list[onnx.TensorProto]  # iter_tensors of the model, listed once
+    external: frozenset[int] = frozenset()  # ids of the tensors read_external took in
+
+    def read_external(self) -> None:
+        """Read the external data once into the model's buffer (a no-op the second time).
+
+        Every later step (tag check, restore, hand-over) uses that buffer only; without
+        this call the tag check reads the files itself (what the encryptor's check of
+        its staged files wants: no copy of gigabytes it will not use).
+
+        Raises:
+            FormatError: external data missing, out of range or truncated.
+        """
+        if self.files and not self.external:
+            taken = read_external(self.stripped, self.path.parent, self.tensors)
+            self.external = frozenset(id(t) for t in taken)
 
     def digest_inputs(self, *, in_place: bool = False) -> tuple[bytes, list[Any]]:
         """Skeleton and tensor sources of the digest (they no longer depend on the model).
@@ -198,9 +224,9 @@ def _open(
     _seal.open_sealed(keys[0].material, blobs[0], _bundle.blob_aad(manifest.raw, 0))
     tensors = list(iter_tensors(stripped.model.graph))
     files = external_files(stripped.model, path.parent, tensors)
-    # Small external data is loaded inline by restore_model (one serialised model for
-    # ONNX Runtime); past that, ONNX Runtime reads the files itself, which keeps the
-    # peak lower and is the only way past protobuf's 2 GB limit.
+    # Small external data goes into restore_model's model (one serialised model for
+    # ONNX Runtime); past that, its main-graph weights go to ONNX Runtime as in-memory
+    # initializers, the only way past protobuf's 2 GB limit.
     inline = not files or sum(f.stat().st_size for f in files) < INLINE_EXTERNAL_LIMIT
     return _Opened(path, stripped, manifest, blobs, keys, target, files, inline, tensors)
 

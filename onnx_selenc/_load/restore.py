@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +20,11 @@ from onnx_selenc.exceptions import FormatError, InvalidBundle
 
 if TYPE_CHECKING:
     pass
+from onnx_selenc._load.handover import (
+    _memory_candidates,
+    mark_in_memory,
+    refuse_file_references,
+)
 from onnx_selenc._load.opened import (
     _TAG_MISMATCH,
     KeySource,
@@ -44,7 +48,6 @@ def _group(
 def _patched(
     model: onnx.ModelProto,
     payloads: Sequence[Sequence[_bundle.TensorPatch]],
-    base_dir: Path,
     stripped: StrippedModel | None,
     gate: PatchGate | None = None,
 ) -> Iterator[tuple[tuple[str, ...], str, onnx.TensorProto, np.ndarray]]:
@@ -58,7 +61,7 @@ def _patched(
     for key, patches in _group(payloads).items():
         graph_path, name = split_address(key)
         tensor = locate(graph_path, name)
-        values, owned = _values(tensor, base_dir, stripped)
+        values, owned = _values(tensor, stripped)
         if values.dtype not in names:
             names[values.dtype] = values.dtype.name
         if names[values.dtype] != patches[0].dtype or tuple(values.shape) != patches[0].shape:
@@ -80,16 +83,13 @@ def _patched(
         yield graph_path, name, tensor, restored
 
 
-def _values(
-    tensor: onnx.TensorProto, base_dir: Path, stripped: StrippedModel | None
-) -> tuple[np.ndarray, bool]:
+def _values(tensor: onnx.TensorProto, stripped: StrippedModel | None) -> tuple[np.ndarray, bool]:
     """A tensor's current values, and whether the array is a fresh one nobody else holds.
 
-    A stripped tensor gives a read-only view of the file buffer; an external one an
-    array read from its file; any other the model's own bytes (read-only).
+    A stripped tensor (external data included, once read) gives a view of the buffer
+    read from disk; any other the model's own bytes (read-only). Nothing is read from
+    a file here: the bytes must be those the tag check covered.
     """
-    if tensor.data_location == onnx.TensorProto.EXTERNAL:
-        return read_array(tensor, base_dir), True
     if stripped is not None:
         view = stripped.array(tensor)
         if view is not None:
@@ -97,27 +97,54 @@ def _values(
         raw = stripped.raw(tensor)
         if raw is not None:  # an odd size or dtype: let onnx read it as usual
             tensor.raw_data = bytes(raw)
-    return read_array(tensor, base_dir), False
+    return read_array(tensor, None), False  # external here: FormatError, never a read
 
 
 def _apply(
     model: onnx.ModelProto,
     payloads: Sequence[Sequence[_bundle.TensorPatch]],
-    base_dir: Path,
     stripped: StrippedModel | None = None,
-) -> dict[str, np.ndarray]:
-    """Write the sealed originals back; return values of tensors that stay external."""
-    external: dict[str, np.ndarray] = {}
-    for graph_path, name, tensor, restored in _patched(model, payloads, base_dir, stripped):
-        if (
-            tensor.data_location == onnx.TensorProto.EXTERNAL
-            and not graph_path
-            and any(i is tensor for i in model.graph.initializer)
-        ):
-            external[name] = restored
+) -> None:
+    """Write the sealed originals back into the model."""
+    for _, _, tensor, restored in _patched(model, payloads, stripped):
+        write_array(tensor, restored)
+
+
+def _apply_apart(
+    model: onnx.ModelProto,
+    payloads: Sequence[Sequence[_bundle.TensorPatch]],
+    stripped: StrippedModel,
+    external: frozenset[int],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Write the originals back, keeping the main-graph weights that were external apart.
+
+    Those (ids in ``external``) are marked as in memory; returned are the restored
+    ones and the unchanged ones (views of the buffer). Everything else goes into the
+    model: it stays under protobuf's limit however large the external data.
+    """
+    restored: dict[str, np.ndarray] = {}
+    initializers = {id(t) for t in model.graph.initializer}
+    for graph_path, name, tensor, values in _patched(model, payloads, stripped):
+        if id(tensor) in external and not graph_path and id(tensor) in initializers:
+            mark_in_memory(tensor, values.nbytes)
+            restored[name] = values
         else:
-            write_array(tensor, restored)
-    return external
+            write_array(tensor, values)
+    unchanged: dict[str, np.ndarray] = {}
+    candidates = _memory_candidates(model)
+    for tensor in stripped.tensors:
+        if tensor.HasField("raw_data") or tensor.data_location == onnx.TensorProto.EXTERNAL:
+            continue  # restored above
+        entry = candidates.get(id(tensor)) if id(tensor) in external else None
+        view = stripped.array(tensor) if entry is not None else None
+        if entry is not None and view is not None:
+            mark_in_memory(tensor, view.nbytes)
+            unchanged[entry[1]] = view
+        else:
+            raw = stripped.raw(tensor)
+            assert raw is not None
+            tensor.raw_data = bytes(raw)
+    return restored, unchanged
 
 
 class _Locator:
@@ -195,25 +222,25 @@ def restore_opened(
 ) -> RestoredModel:
     """:func:`restore_model` after :func:`_open` (``encrypt``'s self-check opens bytes;
     it has opened the ``payloads`` already)."""
-    model, base_dir = opened.stripped.model, opened.path.parent
+    model = opened.stripped.model
+    opened.read_external()  # the one read of the external data: all below uses it
     skeleton, sources = opened.digest_inputs()
     if not opened.matches(opened.model_tag(skeleton, sources, overlap=_reads_files(sources))):
         raise InvalidBundle(_TAG_MISMATCH)
     if payloads is None:
         payloads = opened.payloads()
     _bundle.strip(model)
-    if opened.files and opened.inline:
-        onnx.load_external_data_for_model(model, str(base_dir))
-    external = _apply(model, payloads, base_dir, opened.stripped)
-    # Large tensors were parsed without their bytes: put back those not rewritten.
+    levels, key_id = opened.manifest.levels, opened.manifest.key_id
+    if opened.files and not opened.inline:
+        restored, unchanged = _apply_apart(model, payloads, opened.stripped, opened.external)
+        refuse_file_references(model)
+        return RestoredModel(
+            model, opened.target, levels, key_id, opened.path.parent, restored, unchanged
+        )
+    _apply(model, payloads, opened.stripped)
+    # Large tensors were parsed (or read) without their bytes: put back those not rewritten.
     opened.stripped.restore_raw_data(
         skip=frozenset(id(t) for t in opened.stripped.tensors if t.HasField("raw_data"))
     )
-    return RestoredModel(
-        model,
-        opened.target,
-        opened.manifest.levels,
-        opened.manifest.key_id,
-        base_dir if opened.files and not opened.inline else None,
-        external,
-    )
+    refuse_file_references(model)
+    return RestoredModel(model, opened.target, levels, key_id, None)

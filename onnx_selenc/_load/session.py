@@ -1,23 +1,24 @@
 """The loader: files -> key -> unsealing -> patched model -> ONNX Runtime session.
 
-Restored weights live only in memory, never written anywhere. Models with external
-data stay on disk as they are (ONNX Runtime reads the unchanged encrypted weights
-from there); restored tensors reach it through ``add_external_initializers``, which
+Restored weights live only in memory, never written anywhere. External data is read
+once into the loader's own buffer (``_load/external``), checked against the level tag
+there, and ONNX Runtime gets only that buffer's bytes: the model it receives names no
+data file. Large weights reach it through ``add_external_initializers``, which
 replaces them before graph optimisation. ``SessionOptions.add_initializer`` is never
 used: ONNX Runtime may ignore it silently (device or name change after fusion) and
 run the encrypted weights.
 
-:func:`load_session` reads the file once, never parses its large tensors into protobuf,
-restores kernels in that buffer and hands every large weight over in memory; the level
-tag is checked while ONNX Runtime builds the session, which is dropped unless it
-matches (docs/DESIGN.md, "Digest and loader", says why and what it saves).
+:func:`load_session` reads each file once, never parses its large tensors into
+protobuf, restores kernels in that buffer and hands every large weight over in memory;
+the level tag is checked while ONNX Runtime builds the session where that pays off,
+and the session is dropped unless it matches (docs/DESIGN.md, "Digest and loader",
+says why and what it saves).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,27 +28,22 @@ from onnx_selenc._crypto import bundle as _bundle
 from onnx_selenc._crypto.digest import (
     PatchGate,
 )
-from onnx_selenc._onnx.graph import ONNX_DOMAINS, subgraphs
 from onnx_selenc._onnx.stripped import StrippedModel
 from onnx_selenc._onnx.tensors import write_array
 
 if TYPE_CHECKING:
     import onnxruntime as ort
+from onnx_selenc._load.handover import (
+    _memory_candidates,
+    file_references,
+    mark_in_memory,
+    refuse_file_references,
+)
 from onnx_selenc._load.opened import KeySource, RestoredModel, _open, _TagCheck
 from onnx_selenc._load.restore import _patched, restore_model
 from onnx_selenc._load.safety import check_session_options
 
 _DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
-
-
-# The location given to tensors whose values ONNX Runtime receives in memory. No such
-# file exists (':' cannot even be in a Windows file name): were ONNX Runtime ever to
-# read the location instead of using the value, it would fail, never run masked weights.
-_IN_MEMORY = "onnx-selenc:in-memory"
-
-
-# The standard operators with graph attributes (see _may_hold_subgraphs).
-_SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
 
 
 # Smaller tensors go to ONNX Runtime inside the serialised model: per tensor, an
@@ -76,15 +72,15 @@ def build_session(
     check_session_options(sess_options, [p[1] for p in chosen if isinstance(p, tuple)])
     options = sess_options if sess_options is not None else ort.SessionOptions()
     keep_alive = []
-    if restored.base_dir is not None:
+    # Only a RestoredModel built elsewhere may still name files (restore_model's never do).
+    if restored.base_dir is not None and file_references(restored.model):
         options.add_session_config_entry(
             "session.model_external_initializers_file_folder_path", str(restored.base_dir)
         )
-    if restored.external_initializers:
-        names = list(restored.external_initializers)
-        keep_alive = [
-            ort.OrtValue.ortvalue_from_numpy(restored.external_initializers[n]) for n in names
-        ]
+    handed = {**restored.external_initializers, **restored.unchanged_initializers}
+    if handed:
+        names = list(handed)
+        keep_alive = [ort.OrtValue.ortvalue_from_numpy(handed[n]) for n in names]
         options.add_external_initializers(names, keep_alive)
     session = ort.InferenceSession(restored.model.SerializeToString(), options, providers=chosen)
     del keep_alive
@@ -148,7 +144,8 @@ def _load_in_memory(
     import onnxruntime as ort
 
     opened = _open(model_path, key, level, passphrase)
-    model, base_dir = opened.stripped.model, opened.path.parent
+    opened.read_external()  # the one read of the external data: all below uses it
+    model = opened.stripped.model
     skeleton, sources = opened.digest_inputs(in_place=True)
     gate = PatchGate()
     check = _TagCheck(opened, skeleton, sources, gate)
@@ -161,12 +158,9 @@ def _load_in_memory(
     try:
         payloads = opened.payloads()
         _bundle.strip(model)
-        names, values = _hand_over(model, payloads, base_dir, opened.stripped, gate)
+        names, values = _hand_over(model, payloads, opened.stripped, gate)
+        refuse_file_references(model)
         options = ort.SessionOptions()
-        if opened.files:
-            options.add_session_config_entry(
-                "session.model_external_initializers_file_folder_path", str(base_dir)
-            )
         # ONNX Runtime copies these while it builds the session: keep them alive till then.
         keep_alive = [ort.OrtValue.ortvalue_from_numpy(v) for v in values]
         if names:
@@ -194,15 +188,15 @@ def _load_in_memory(
 def _hand_over(
     model: onnx.ModelProto,
     payloads: Sequence[Sequence[_bundle.TensorPatch]],
-    base_dir: Path,
     stripped: StrippedModel,
     gate: PatchGate | None = None,
 ) -> tuple[list[str], list[np.ndarray]]:
     """Prepare the model for ONNX Runtime; return the initializers it gets in memory.
 
-    Restored tensors and large unchanged ones (read-only views of the file buffer) go
-    in memory when ONNX Runtime can take them that way: main-graph initializers and
-    Constant values that some node reads. The rest is written into the model.
+    Restored tensors and large unchanged ones (views of the buffer read from disk,
+    external data included) go in memory when ONNX Runtime can take them that way:
+    main-graph initializers and Constant values that some node reads. The rest is
+    written into the model.
     """
     handed: dict[int, tuple[onnx.TensorProto, str]] | None = None
     names: list[str] = []
@@ -218,74 +212,20 @@ def _hand_over(
         if entry is None:
             return False
         name = entry[1]
-        del tensor.external_data[:]
-        tensor.ClearField("raw_data")
-        tensor.data_location = onnx.TensorProto.EXTERNAL
-        for k, v in (("location", _IN_MEMORY), ("offset", "0"), ("length", str(value.nbytes))):
-            tensor.external_data.add(key=k, value=v)
+        mark_in_memory(tensor, value.nbytes)
         names.append(name)
         values.append(value)
         return True
 
-    for _, _, tensor, restored in _patched(model, payloads, base_dir, stripped, gate):
+    for _, _, tensor, restored in _patched(model, payloads, stripped, gate):
         if not in_memory(tensor, restored):
             write_array(tensor, restored)
     for tensor in stripped.tensors:
         if tensor.HasField("raw_data") or tensor.data_location == onnx.TensorProto.EXTERNAL:
-            continue  # restored above, or read by ONNX Runtime from its external file
+            continue  # restored above
         view = stripped.array(tensor)
         if view is None or not in_memory(tensor, view):
             raw = stripped.raw(tensor)
             assert raw is not None
             tensor.raw_data = bytes(raw)
     return names, values
-
-
-def _memory_candidates(model: onnx.ModelProto) -> dict[int, tuple[onnx.TensorProto, str]]:
-    """Each main-graph tensor ONNX Runtime accepts as an in-memory initializer, by ``id()``.
-
-    That is an initializer, or the value of a Constant node (ONNX Runtime turns those
-    into initializers), that some node reads: an unused one is dropped before the
-    replacement and would be an error. A name given twice is left alone.
-    """
-    graph = model.graph
-    # One pass over the nodes (this runs on every load; Paddle exports hold hundreds).
-    read: set[str] = set()
-    candidates: list[tuple[onnx.TensorProto, str]] = [(t, t.name) for t in graph.initializer]
-    for node in graph.node:
-        read.update(node.input)
-        if node.op_type == "Constant" and node.domain in ONNX_DOMAINS and node.output:
-            for attr in node.attribute:
-                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
-                    candidates.append((attr.t, node.output[0]))
-        elif _may_hold_subgraphs(node):
-            for _, sub in subgraphs(node):
-                _inputs_read(sub, read)
-    seen: dict[str, int] = {}
-    for _, name in candidates:
-        seen[name] = seen.get(name, 0) + 1
-    # The values hold the tensors, which keeps their ids unique while the dict lives.
-    return {
-        id(tensor): (tensor, name)
-        for tensor, name in candidates
-        if name and name in read and seen[name] == 1
-    }
-
-
-def _inputs_read(graph: onnx.GraphProto, names: set[str] | None = None) -> set[str]:
-    """Every value name a node of the graph or of its subgraphs reads."""
-    names = set() if names is None else names
-    for node in graph.node:
-        names.update(node.input)
-        if _may_hold_subgraphs(node):
-            for _, sub in subgraphs(node):
-                _inputs_read(sub, names)
-    return names
-
-
-def _may_hold_subgraphs(node: onnx.NodeProto) -> bool:
-    """Cheaper than :func:`subgraphs` on every node: of the standard operators only
-    If, Loop, Scan and SequenceMap have graph attributes (the checker refuses others)."""
-    return bool(node.attribute) and (
-        node.domain not in ONNX_DOMAINS or node.op_type in _SUBGRAPH_OPS
-    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,12 +54,13 @@ class StrippedModel:
 
     Attributes:
         model: the parsed model; the stripped tensors have no ``raw_data`` field.
-        data: the serialised model the spans index into.
+        data: the serialised model the spans index into (followed, after
+            :meth:`adopt`, by the raw data of tensors that were external).
         spans: ``(start, stop)`` in ``data`` of each stripped tensor's raw data, keyed
             by ``id()`` of the tensor in ``model`` (``tensors`` keeps them alive, so
             the ids stay valid).
         tensors: the stripped tensors, main-graph initializers first, then node
-            attribute tensors, each in graph order.
+            attribute tensors, each in graph order; then any :meth:`adopt` took.
     """
 
     model: onnx.ModelProto
@@ -97,6 +98,23 @@ class StrippedModel:
         if dtype.kind not in "fiub" or len(raw) != math.prod(shape) * dtype.itemsize:
             return None
         return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+
+    def adopt(self, data: Buffer, spans: Sequence[tuple[onnx.TensorProto, Span]]) -> None:
+        """Move to a larger buffer holding more tensors' raw data after the model's bytes.
+
+        ``data`` must start with :attr:`data`'s bytes (the spans so far stay valid).
+        Each tensor (external until now) becomes a stripped tensor over its span: its
+        ``external_data`` and ``data_location`` are cleared, which the digest's skeleton
+        clears anyway, so the model's digest is unchanged.
+        """
+        if len(data) < len(self.data):
+            raise ValueError("the new buffer must hold the model's bytes first")
+        self.data = data
+        for tensor, span in spans:
+            tensor.ClearField("external_data")
+            tensor.ClearField("data_location")
+            self.spans[id(tensor)] = span
+            self.tensors.append(tensor)
 
     def restore_raw_data(self, *, skip: frozenset[int] = frozenset()) -> None:
         """Copy the stripped bytes back into the model (all but ids in ``skip``)."""
