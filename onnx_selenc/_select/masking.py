@@ -23,7 +23,17 @@ import onnx
 from onnx_selenc._onnx.graph import ConvWeight, UnsupportedConv
 from onnx_selenc._onnx.progress import progress
 from onnx_selenc._onnx.tensors import kernel_matrix, weight_tensor, write_array
+from onnx_selenc._select.replacements import (
+    _donor_zeros,
+    _fit,
+    _match_copies,
+    _mend_off_grid,
+    _next_value,
+    _nonzero_donors,
+    _random_zeros,
+)
 from onnx_selenc._select.selection import Selection
+from onnx_selenc._select.value_grid import ValueGrid, find_grid
 from onnx_selenc.exceptions import UnsupportedModel
 
 MASKINGS = ("empirical", "gaussian")
@@ -49,6 +59,8 @@ def dprm_values(
     selected: np.ndarray,
     rng: np.random.Generator,
     method: str = "empirical",
+    *,
+    axes: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Draw replacement values for the ``selected`` rows of ``kernels``.
 
@@ -57,9 +69,12 @@ def dprm_values(
         selected: indices of the rows to replace.
         rng: source of randomness.
         method: ``"empirical"`` or ``"gaussian"``.
+        axes: the weight's first two dimensions, where a per-channel quantisation
+            scale is looked for (:func:`value_grid.find_grid`); None: per-tensor only.
 
     Returns:
-        ``(len(selected), kernel_size)`` values in ``kernels.dtype``.
+        ``(len(selected), kernel_size)`` values in ``kernels.dtype``, on the layer's
+        value grid, with exact zeros at the layer's rate.
 
     Raises:
         ValueError: unknown method.
@@ -68,53 +83,109 @@ def dprm_values(
         raise ValueError(f"unknown masking {method!r} (known: {', '.join(MASKINGS)})")
     n, width = kernels.shape
     n_sel = len(selected)
-    # One pass over the layer for the per-position moments; the selected rows' share is
-    # taken out again to get the public kernels' (no copy of the layer is made).
-    count, total, squares, shift = _moments(kernels)
-    mu, sigma = _mean_std(count, total, squares)
-    # Where every kernel shares one value at a position (pruned or constant weights) a
-    # draw from the position's own spread is that value: use the whole layer's spread.
-    # (mu is relative to shift, the rough per-position mean: add it back for the spread
-    # across positions, all a single-kernel layer has.)
-    layer_sigma = float(np.sqrt(np.mean(sigma**2) + np.var(shift + mu)))
-    n_pub = count - n_sel
+    grid = find_grid(kernels, axes)
+    # One pass over the layer for the per-position moments of its nonzero values (zeros
+    # are drawn apart, below); the selected rows' share is taken out again to get the
+    # public kernels' (no copy of the layer is made).
+    layer = _moments(kernels)
+    mu, sigma = _mean_std(layer.count, layer.total, layer.squares)
+    layer_sigma = _layer_spread(layer, mu, sigma)
+    public_rows = np.setdiff1d(np.arange(n), selected)
+    n_pub = len(public_rows)
+    zeros: np.ndarray | None
     if method == "gaussian" or n_pub < 2:
         # With fewer than two public kernels there is no empirical distribution to draw
         # from; only the layer's per-position mean and std are used (no single weight).
         sigma = np.where(sigma > 0, sigma, layer_sigma)
-        draw = shift + mu + sigma * rng.standard_normal((n_sel, width))
+        draw = layer.shift + mu + sigma * rng.standard_normal((n_sel, width))
+        zeros = _random_zeros(1.0 - layer.count / n, n_sel, rng)
     else:
-        chosen = kernels[selected].astype(np.float64) - shift
-        p_mu, p_sigma = _mean_std(
-            n_pub, total - chosen.sum(axis=0), squares - np.einsum("ij,ij->j", chosen, chosen)
-        )
-        public = np.ones(n, dtype=bool)
-        public[selected] = False
-        public_rows = np.flatnonzero(public)
-        rows = public_rows[rng.integers(0, n_pub, size=(n_sel, width))]
-        picked = kernels[rows, np.arange(width)].astype(np.float64) - shift
-        # Silverman's bandwidth: jitter hides exact copies, then rescale to keep spread.
-        h = 1.06 * p_sigma * n_pub ** (-0.2)
-        smoothed = picked + h * rng.standard_normal((n_sel, width))
-        scale = np.divide(
-            p_sigma, np.sqrt(p_sigma**2 + h**2), where=p_sigma > 0, out=np.ones_like(p_sigma)
-        )
-        draw = shift + p_mu + (smoothed - p_mu) * scale
-        flat = p_sigma == 0
-        if flat.any():
-            draw[:, flat] += layer_sigma * rng.standard_normal((n_sel, int(flat.sum())))
+        draw, p_count = _empirical(kernels, selected, public_rows, layer, layer_sigma, rng)
+        has_zeros = int(p_count.sum()) < n_pub * width
+        zeros = _donor_zeros(kernels, public_rows, n_sel, rng) if has_zeros else None
+    draw = _fit(draw, selected, grid, layer.gap)
+    if zeros is not None:
+        draw[zeros] = 0.0
     values = _to_dtype(draw, kernels.dtype)
-    return _differ(values, kernels[selected], layer_sigma, rng)
+    if grid.coarse and n_pub:
+        values = _mend_off_grid(values, kernels, selected, public_rows, layer.count, grid, rng)
+    if n_pub >= 2 and np.issubdtype(kernels.dtype, np.floating):
+        values = _match_copies(values, kernels, selected, public_rows, grid, rng)
+    return _differ(values, kernels[selected], selected, layer_sigma, grid, layer.gap, rng)
+
+
+def _layer_spread(layer: _Moments, mu: np.ndarray, sigma: np.ndarray) -> float:
+    """The spread of the whole layer's nonzero values, within and across positions.
+
+    Where every kernel shares one value at a position (pruned or constant weights) a
+    draw from the position's own spread is that value: this one is used instead.
+    """
+    # mu is relative to shift, the rough per-position mean: add it back for the spread
+    # across positions, all a single-kernel layer has. All-zero positions do not count.
+    live = layer.count > 0
+    if not live.any():
+        return 0.0
+    return float(np.sqrt(np.mean(sigma[live] ** 2) + np.var((layer.shift + mu)[live])))
+
+
+def _empirical(
+    kernels: np.ndarray,
+    selected: np.ndarray,
+    public_rows: np.ndarray,
+    layer: _Moments,
+    layer_sigma: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nonzero values drawn from the public kernels at each position, smoothed.
+
+    Each value is a public kernel's nonzero value at that position plus Gaussian jitter
+    (Silverman's bandwidth: no exact copy of a weight), rescaled to the public nonzero
+    values' exact per-position mean and spread.
+
+    Returns:
+        The draws and the public kernels' count of nonzero values per position.
+    """
+    n_sel, width = len(selected), kernels.shape[1]
+    shift = layer.shift
+    chosen = kernels[selected].astype(np.float64) - shift
+    live = kernels[selected] != 0
+    chosen = np.where(live, chosen, 0.0)
+    p_count = layer.count - live.sum(axis=0)
+    p_mu, p_sigma = _mean_std(
+        p_count,
+        layer.total - chosen.sum(axis=0),
+        layer.squares - np.einsum("ij,ij->j", chosen, chosen),
+    )
+    rows = public_rows[rng.integers(0, len(public_rows), size=(n_sel, width))]
+    rows = _nonzero_donors(kernels, public_rows, rows, p_count, rng)
+    picked = kernels[rows, np.arange(width)].astype(np.float64) - shift
+    h = 1.06 * p_sigma * np.maximum(p_count, 1) ** (-0.2)
+    smoothed = picked + h * rng.standard_normal((n_sel, width))
+    scale = np.divide(
+        p_sigma, np.sqrt(p_sigma**2 + h**2), where=p_sigma > 0, out=np.ones_like(p_sigma)
+    )
+    draw = shift + p_mu + (smoothed - p_mu) * scale
+    flat = p_sigma == 0
+    if flat.any():
+        draw[:, flat] += layer_sigma * rng.standard_normal((n_sel, int(flat.sum())))
+    return draw, p_count
 
 
 def _differ(
-    values: np.ndarray, originals: np.ndarray, spread: float, rng: np.random.Generator
+    values: np.ndarray,
+    originals: np.ndarray,
+    rows: np.ndarray,
+    spread: float,
+    grid: ValueGrid,
+    gap: float,
+    rng: np.random.Generator,
 ) -> np.ndarray:
     """Make every replacement row differ from its original in at least one position.
 
-    A draw can round back to the original (int8 weights with a small spread, float16):
-    such a kernel would be "encrypted" and unchanged. One random position of each such
-    row moves by the layer's spread (at least one step of the dtype), inside its range.
+    A draw can round back to the original (int8 weights with a small spread, float16,
+    a coarse grid, an all-zero pattern over an all-zero kernel): such a kernel would be
+    "encrypted" and unchanged. One random position of each such row moves by the
+    layer's spread (at least one step of the grid), inside its range and on its grid.
     """
     same = np.flatnonzero(np.all(values == originals, axis=1))
     if not same.size:
@@ -130,14 +201,14 @@ def _differ(
         moved = base + sign * step
         moved = np.where((moved < info.min) | (moved > info.max), base - sign * step, moved)
     else:
-        moved = base + sign * spread
+        moved = _fit((base + sign * spread)[:, None], rows[same], grid, gap)[:, 0]
     values = values.copy()
     values[same, pos] = _to_dtype(moved, values.dtype)
-    # float16 can still round a tiny spread back: step to the next representable value.
+    # A tiny spread can still round back: step to the next value of the grid (or dtype).
     still = values[same, pos] == originals[same, pos]
     if still.any() and not np.issubdtype(values.dtype, np.integer):
         idx = (same[still], pos[still])
-        values[idx] = np.nextafter(originals[idx], np.inf * sign[still]).astype(values.dtype)
+        values[idx] = _next_value(originals[idx], rows[same[still]], grid, sign[still] > 0)
     return values
 
 
@@ -148,25 +219,53 @@ class UnmaskableLayer(ValueError):
 _MOMENT_ROWS = 1 << 14  # rows per chunk: float64 temporaries stay small
 
 
-def _moments(kernels: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-    """Count, per-position sum and sum of squares of ``kernels - shift``, and ``shift``.
+@dataclass(frozen=True)
+class _Moments:
+    """Per-position count, sum and sum of squares of a layer's nonzero ``values - shift``.
 
-    Shifting by a rough mean first keeps the sum of squares free of cancellation.
+    Attributes:
+        count: nonzero values per position.
+        total: their sum, less ``shift``.
+        squares: their sum of squares, less ``shift``.
+        shift: a rough per-position mean (keeps the sum of squares free of cancellation).
+        gap: the smallest nonzero magnitude of the layer (0.0 if it has none).
+    """
+
+    count: np.ndarray
+    total: np.ndarray
+    squares: np.ndarray
+    shift: np.ndarray
+    gap: float
+
+
+def _moments(kernels: np.ndarray) -> _Moments:
+    """The moments of a layer's nonzero values, a chunk of rows at a time.
+
     Chunks of rows bound the float64 temporaries (a loop over chunks, not weights).
     """
     shift = kernels[:_MOMENT_ROWS].mean(axis=0, dtype=np.float64)
+    count = np.zeros(kernels.shape[1])
     total = np.zeros(kernels.shape[1])
     squares = np.zeros(kernels.shape[1])
+    gap = np.inf
     for start in range(0, kernels.shape[0], _MOMENT_ROWS):
-        chunk = kernels[start : start + _MOMENT_ROWS].astype(np.float64) - shift
+        rows = kernels[start : start + _MOMENT_ROWS]
+        live = rows != 0
+        chunk = np.where(live, rows.astype(np.float64) - shift, 0.0)
+        count += live.sum(axis=0)
         total += chunk.sum(axis=0)
         squares += np.einsum("ij,ij->j", chunk, chunk)
-    return kernels.shape[0], total, squares, shift
+        if live.any():
+            gap = min(gap, float(np.abs(rows[live]).min()))
+    return _Moments(count, total, squares, shift, gap if np.isfinite(gap) else 0.0)
 
 
-def _mean_std(count: int, total: np.ndarray, squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mean = total / count
-    return mean, np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+def _mean_std(
+    count: np.ndarray, total: np.ndarray, squares: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    counted = np.maximum(count, 1)  # an all-zero position: mean and spread 0
+    mean = total / counted
+    return mean, np.sqrt(np.maximum(squares / counted - mean**2, 0.0))
 
 
 def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -185,7 +284,8 @@ def mask_layer(
 ) -> tuple[np.ndarray, MaskedLayer]:
     """Return the masked copy of ``weight`` and the record of what was replaced."""
     kernels = kernel_matrix(weight)
-    replacements = dprm_values(kernels, selected, rng, method)
+    axes = (int(weight.shape[0]), int(weight.shape[1]))
+    replacements = dprm_values(kernels, selected, rng, method, axes=axes)
     originals = kernels[selected].copy()
     masked = kernels.copy()
     masked[selected] = replacements
