@@ -298,6 +298,20 @@ def reasons(results: Sequence[ModelResult]) -> str:
             f"- Session build, {vgg.name} ({vgg.size_mb:.0f} MB): {wall:.2f}x plain in wall "
             f"time, {cpu_v:.2f}x in CPU time{tag if 'gmac' in b else ''}."
         )
+    huge = by_name.get(HUGE)
+    if huge is not None and "L0 build" in huge.memory:
+        b, m = huge.build, huge.memory
+        levels = [f"L{level}" for level in (0, MIDDLE, LEVELS) if f"L{level}" in b]
+        lines.append(
+            f"- Session build, {huge.name} ({huge.size_mb / 1000:.1f} GB): "
+            + ", ".join(f"{v} {b[v].median:.1f} s" for v in levels)
+            + f" against {b['plain'].median:.1f} s plain ("
+            + ", ".join(f"{v} {ratio(b[v].median, b['plain'].median)}x" for v in levels)
+            + "); peak resident memory of those builds: plain "
+            + f"{m['plain build'].median:.0f} MB, "
+            + ", ".join(f"{v} {m[v + ' build'].median:.0f} MB" for v in levels)
+            + "."
+        )
     off = [
         (r.name, r.inference["restored cpu"].median / r.inference["plain cpu"].median)
         for r in results

@@ -98,17 +98,18 @@ def mapped_then_in_memory(mapping: list[str], in_memory: list[str], rep: int) ->
 
     Pairs ``(mapping[i], in_memory[i])``, rotated by ``rep``: every in-memory build
     follows a build that freed little memory, so none of them gets memory the previous
-    one freed (see :func:`fresh_process_builds`).
+    one freed (see :func:`fresh_process_builds`). With fewer mapping builds than
+    in-memory ones, the mapping builds repeat in turn (each run is one more sample).
 
     Args:
-        mapping: builds that map the external data file (as many as ``in_memory``).
-        in_memory: builds that hand restored tensors over in memory.
+        mapping: builds that map the external data file (at least one).
+        in_memory: builds that hand tensors over in memory.
         rep: the repetition, from 0.
 
     Returns:
         The builds in the order to run them.
     """
-    pairs = list(zip(mapping, in_memory, strict=True))
+    pairs = [(mapping[i % len(mapping)], name) for i, name in enumerate(in_memory)]
     k = rep % len(pairs)
     return [name for pair in pairs[k:] + pairs[:k] for name in pair]
 
@@ -142,7 +143,8 @@ def fresh_process_builds(
         specs: the ``benchmarks.peak`` task of each build, by variant.
         in_memory: the variants that hand tensors over in memory.
         repeats: repetitions of every build.
-        result: receives the wall and CPU times and the order they ran in.
+        result: receives the wall and CPU times, the order they ran in, and each
+            build's peak resident memory (``memory["<variant> build"]``).
     """
     mapping = [name for name in specs if name not in in_memory]
     for rep in range(repeats):
@@ -151,3 +153,4 @@ def fresh_process_builds(
             result.build.setdefault(name, Stat()).add(measured["seconds"])
             result.build_cpu.setdefault(name, Stat()).add(measured["cpu_seconds"])
             result.build_sequence.append((name, measured["seconds"]))
+            result.memory.setdefault(f"{name} build", Stat()).add(measured["peak_mb"])
