@@ -18,7 +18,7 @@ says why and what it saves).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -64,12 +64,17 @@ def build_session(
     *,
     providers: Sequence[str | tuple[str, Mapping[str, Any]]] | None = None,
     sess_options: ort.SessionOptions | None = None,
+    allow_options: Collection[str] = (),
 ) -> ort.InferenceSession:
-    """Build an ONNX Runtime session from a restored model, entirely in memory."""
+    """Build an ONNX Runtime session from a restored model, entirely in memory.
+
+    ``allow_options``: provider option names the caller vouches for (see
+    :func:`onnx_selenc._load.safety.check_session_options`).
+    """
     import onnxruntime as ort
 
     chosen = list(providers) if providers is not None else default_providers()
-    check_session_options(sess_options, [p[1] for p in chosen if isinstance(p, tuple)])
+    check_session_options(sess_options, chosen, allow_options=allow_options)
     options = sess_options if sess_options is not None else ort.SessionOptions()
     keep_alive = []
     # Only a RestoredModel built elsewhere may still name files (restore_model's never do).
@@ -95,6 +100,7 @@ def load_session(
     passphrase: str | None = None,
     providers: Sequence[str | tuple[str, Mapping[str, Any]]] | None = None,
     sess_options: ort.SessionOptions | None = None,
+    allow_options: Collection[str] = (),
 ) -> ort.InferenceSession:
     """Restore an encrypted model to the key's level and return an ONNX Runtime session.
 
@@ -108,6 +114,8 @@ def load_session(
         passphrase: for a passphrase-protected key file.
         providers: ONNX Runtime providers; default CUDA (where available) then CPU.
         sess_options: session options; options that write the model to disk are refused.
+        allow_options: provider option names unknown to the allow-list that the caller
+            vouches for (never one known to write to disk).
 
     Returns:
         An ``onnxruntime.InferenceSession``.
@@ -124,13 +132,15 @@ def load_session(
     """
     chosen = list(providers) if providers is not None else None
     # Check the options before any decryption happens.
-    check_session_options(sess_options, [p[1] for p in chosen or [] if isinstance(p, tuple)])
+    check_session_options(sess_options, chosen or default_providers(), allow_options=allow_options)
     if sess_options is None:
         # In-memory initializers need options of our own: a caller's SessionOptions
         # would keep the restored weights alive (and apply them to its next session).
-        return _load_in_memory(model_path, key, level, passphrase, chosen)
+        return _load_in_memory(model_path, key, level, passphrase, chosen, allow_options)
     restored = restore_model(model_path, key=key, level=level, passphrase=passphrase)
-    return build_session(restored, providers=chosen, sess_options=sess_options)
+    return build_session(
+        restored, providers=chosen, sess_options=sess_options, allow_options=allow_options
+    )
 
 
 def _load_in_memory(
@@ -139,6 +149,7 @@ def _load_in_memory(
     level: int | None,
     passphrase: str | None,
     providers: Sequence[str | tuple[str, Mapping[str, Any]]] | None,
+    allow_options: Collection[str] = (),
 ) -> ort.InferenceSession:
     """:func:`load_session` with weights handed over in memory (see the module docstring)."""
     import onnxruntime as ort
@@ -177,7 +188,7 @@ def _load_in_memory(
             # ordinary way (one serialised model), after the check.
             check.verify()
             restored = restore_model(opened.path, key=opened.keys[-1], level=opened.target)
-            return build_session(restored, providers=providers)
+            return build_session(restored, providers=providers, allow_options=allow_options)
     except BaseException:
         check.verify()  # a modified model is reported as that, before anything else
         raise

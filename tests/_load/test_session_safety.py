@@ -278,3 +278,21 @@ def test_process_environment_is_the_default(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("ORT_TENSORRT_DUMP_SUBGRAPHS", "1")
     with pytest.raises(UnsafeSessionOptions, match="ORT_TENSORRT_DUMP_SUBGRAPHS"):
         check_session_options(None)
+
+
+def test_load_session_checks_each_provider_and_takes_allow_options(make_encrypted) -> None:
+    """The loader passes the providers as given (each checked against its own list) and
+    the names the caller vouches for."""
+    import onnx_selenc as se
+    from tests import tiny_models as tm
+
+    enc, key = make_encrypted(tm.cnn())
+    cpu = [("CPUExecutionProvider", {"my_option": "1"})]
+    with pytest.raises(UnsafeSessionOptions, match="allow_options"):
+        se.load_session(enc, key=key, providers=cpu)
+    try:
+        se.load_session(enc, key=key, providers=cpu, allow_options=["my_option"])
+    except UnsafeSessionOptions:  # vouched for: must pass the check
+        raise
+    except Exception as exc:  # ONNX Runtime itself may reject an option it does not know
+        assert type(exc).__module__.startswith("onnxruntime"), exc
