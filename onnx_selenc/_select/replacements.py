@@ -115,7 +115,8 @@ def _mend_off_grid(
     return values
 
 
-_COPY_ROUNDS = 3  # rounds of matching the copy shares (each move shifts both a little)
+_COPY_ROUNDS = 8  # rounds of matching the copy shares (each move shifts both a little)
+_STEPS = 8  # grid steps searched each way for a value no kernel holds
 
 
 def _match_copies(
@@ -180,11 +181,43 @@ def _copy_moves(
         moved = np.where(np.abs(above - drawn) <= np.abs(drawn - below), above, below)
     else:
         move = ours & (rng.random(drawn.size) < (share - theirs) / share)
-        moved = _next_value(drawn, rows, grid, rng.random(drawn.size) < 0.5)
-        at = np.clip(np.searchsorted(public, moved), 0, len(public) - 1)
-        move &= (public[at] != moved) & ~np.isin(moved, drawn)  # lands on a value no one holds
+        moved = _unheld(drawn, np.union1d(public, drawn), rows, grid, rng)
+        move &= moved != drawn  # found a value no one holds
     move &= grid.contains(moved[:, None].astype(np.float64), rows)[:, 0] & (moved != 0)
     return moved, move
+
+
+def _unheld(
+    values: np.ndarray,
+    taken: np.ndarray,
+    rows: np.ndarray,
+    grid: ValueGrid,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Move each value that ``taken`` (sorted) holds to the nearest grid value it does
+    not: a step at a time, a random direction first (vectorised over the values)."""
+    values = values.copy()
+    todo = np.flatnonzero(_in_sorted(values, taken))
+    up = rng.random(todo.size) < 0.5
+    for _ in range(2):  # the random direction, then the other one
+        current = values[todo]
+        found = np.zeros(todo.size, dtype=bool)
+        for _ in range(_STEPS):
+            current = _next_value(current, rows[todo], grid, up)
+            ok = ~found & ~_in_sorted(current, taken) & (current != 0)
+            ok &= grid.contains(current[:, None].astype(np.float64), rows[todo])[:, 0]
+            values[todo[ok]] = current[ok]
+            found |= ok
+        todo, up = todo[~found], ~up[~found]
+        if not todo.size:
+            break
+    return values
+
+
+def _in_sorted(values: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Which values a sorted table holds."""
+    at = np.clip(np.searchsorted(table, values), 0, len(table) - 1)
+    return table[at] == values
 
 
 def _next_value(
