@@ -7,9 +7,33 @@ originals themselves (like a one-time pad).
 
 ``gaussian`` draws ``mu_p + sigma_p * eps`` (the paper). ``empirical`` (default)
 draws from the layer's own distribution at each position, taken from the kernels
-that stay public, smoothed with a small Gaussian kernel so no value is an exact
-copy of another weight, then rescaled to the exact per-position mean and spread.
-Real weights have heavier tails than a Gaussian, so this is harder to tell apart.
+that stay public, smoothed with a small Gaussian kernel, then rescaled to the exact
+per-position mean and spread. Real weights have heavier tails than a Gaussian, so
+this is harder to tell apart.
+
+Either way the draws then take the layer's numeric form, so that the stored bits do
+not point at them (``value_grid``, ``replacements``):
+
+- **Grid.** If every weight of the layer is a bfloat16 or float16 value, or an
+  integer multiple of a per-tensor or per-output-channel step (fake-quantised int8,
+  up to 16-bit levels per tensor, 12-bit per channel), so is every replacement, bit
+  for bit the value the layer stores for that step; quantised draws stay inside the
+  layer's levels.
+- **Zeros.** A replacement takes the zero pattern of a random public kernel, so exact
+  zeros appear at the public kernels' rate per position, with their spread of zero
+  counts per kernel; nonzero draws never fall in the gap a pruning threshold leaves.
+- **Exact copies.** Values recur at a position as often as the public ones do in the
+  masked layer: on a coarse grid most do, in float32 a few, in float64 none (the
+  smoothing would otherwise make replacements recur more or less often).
+
+What the public can learn from the values: the layer's grid and its public kernels'
+statistics (the replacements are drawn from them). What it cannot: which kernels were
+replaced, from zero counts, mantissa bits or exact copies (tested at chance on
+bf16, fp16 and 50%-pruned copies of a real model). Not covered: a per-channel grid
+with fewer than 8 weights per channel (drawn as full precision); a layer with no
+public kernel left, whose zeros are drawn per position at the whole layer's rate; and
+a layer whose every grid value is taken (say 16 weights holding 0..15), where no
+replacement can be a value no other weight holds.
 """
 
 from __future__ import annotations

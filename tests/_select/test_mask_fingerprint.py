@@ -186,3 +186,38 @@ def test_real_model_masks_are_invisible_to_a_bit_level_detector(
             masked_values += int(rows[0][changed].size)
         # (drawn per kernel position from the public kernels, whose rates vary by position)
         assert masked_values and abs(masked_zeros / masked_values - 0.5) < 0.1
+
+
+def _recurs(column: np.ndarray) -> np.ndarray:
+    """Which nonzero values of a column another value of the column equals."""
+    _, inverse, counts = np.unique(column, return_inverse=True, return_counts=True)
+    return (counts[inverse.ravel()] > 1) & (column != 0)
+
+
+@pytest.mark.parametrize("grid", ["float32", "bf16", "fp16"])
+def test_exact_copies_recur_at_the_layers_own_rate(grid: str) -> None:
+    """A detector of exact copies: in the masked layer, replacement values equal another
+    weight at the same position as often as public values do (float32: rarely, hundreds
+    of thousands of weights on 2**23 values a binade; bf16: nearly always)."""
+    w = _heavy((200_000, 1, 1, 1), seed=6)
+    w = {"float32": w, "bf16": _bf16(w), "fp16": w.astype(np.float16).astype(np.float32)}[grid]
+    selected = np.random.default_rng(9).choice(len(w), 5000, replace=False)
+    masked, _ = mask_layer("w", w, selected, np.random.default_rng(0))
+    recurs = _recurs(masked.ravel())
+    public = np.ones(len(w), dtype=bool)
+    public[selected] = False
+    rate = float(recurs[public].mean())
+    se = np.sqrt(rate * (1 - rate) / len(selected)) + 1e-4
+    assert abs(float(recurs[selected].mean()) - rate) < Z_MARGIN * se, (grid, rate)
+
+
+def test_full_precision_kernels_are_not_made_of_copies() -> None:
+    """The fingerprint the smoothing exists for: a float32 kernel whose every value is an
+    exact copy of another weight at its position would stand out."""
+    w = _heavy((64, 256, 3, 3), seed=7)
+    selected = np.random.default_rng(10).choice(64 * 256, 800, replace=False)
+    masked, _ = mask_layer("w", w, selected, np.random.default_rng(0))
+    kernels = masked.reshape(-1, 9)
+    copies = np.stack([_recurs(kernels[:, j]) for j in range(9)], axis=1)
+    assert copies[selected].sum(axis=1).max() <= 1
+    assert copies[selected].mean() <= copies.mean() + 0.01
