@@ -731,8 +731,41 @@ def run(
                         **detection(plain, enc, max_negatives=max_negatives),
                     }
                 )
+    out["fingerprints"] = value_attacks(
+        {"VGG19": vgg.onnx, "DnCNN sigma=25": dn[25].onnx},
+        enc_kwargs,
+        statistical={"DnCNN sigma=25"},
+        max_negatives=max_negatives,
+    )
     out["seconds"] = round(time.perf_counter() - start, 1)
     return out
+
+
+def value_attacks(
+    models: Mapping[str, Path],
+    encryption: Mapping[str, Any],
+    *,
+    statistical: set[str],
+    max_negatives: int,
+) -> list[dict[str, Any]]:
+    """The bit-level detectors on each model as trained (float32) and on its bf16,
+    fp16 and 50%-pruned variants; the statistical ones too on the ``statistical`` models'
+    variants (their float32 rows are the detection table's)."""
+    rows = []
+    for name, plain in models.items():
+        with tempfile.TemporaryDirectory(prefix="selenc-variants-") as tmp:
+            for variant in ("float32", *VALUE_VARIANTS):
+                source = (
+                    plain
+                    if variant == "float32"
+                    else value_variant(plain, variant, Path(tmp) / f"{variant}.onnx")
+                )
+                with encrypted_copy(source, **encryption) as (enc, _key):
+                    row = {"model": name, "variant": variant, **fingerprint_detection(source, enc)}
+                    if variant != "float32" and name in statistical:
+                        row["statistical"] = detection(source, enc, max_negatives=max_negatives)
+                rows.append(row)
+    return rows
 
 
 def _encrypted_fraction(plain: Path, enc: Path) -> dict[str, Any]:
@@ -862,7 +895,80 @@ def markdown(res: Mapping[str, Any]) -> str:
         "encrypting models of their own, so a cross-validated detector is a realistic threat.",
         "",
     ]
+    if res.get("fingerprints"):
+        lines += fingerprint_markdown(res["fingerprints"], enc["masking"])
     return "\n".join(lines)
+
+
+_FINGERPRINT_TITLES = {
+    "zeros": "zeros",
+    "bf16": "bf16",
+    "fp16": "fp16",
+    "mantissa_bits": "mantissa bits",
+    "copies": "exact copies",
+    "tiny": "gap",
+    "joint": "all jointly",
+}
+
+
+def fingerprint_markdown(rows: Sequence[Mapping[str, Any]], masking: str) -> list[str]:
+    """The BENCHMARKS.md lines of the bit-level detectors (and the statistical ones on the
+    value variants)."""
+    lines = [
+        "### Value fingerprints of the masked kernels",
+        "",
+        "Can the masked kernels be found from how their values are stored? Each model as "
+        "trained (float32) and as bf16-rounded, fp16-valued (float32 tensors holding fp16 "
+        "values) and 50%-pruned (the smallest half of each layer's weights set to 0) copies, "
+        f"encrypted as above (`masking={masking!r}`). Per-kernel features: exact zeros, values "
+        "representable in bf16 / fp16, mantissa bits used, nonzero values equal to another "
+        "kernel's at the same position (exact copies), nonzero values below the layer's 1% "
+        "magnitude quantile (a pruning gap); each detector (one feature with the kernel size, "
+        "or all jointly) learns on a random half of the kernels which feature values hold "
+        "the most masked kernels and flags those on the other half "
+        "(`samples.paper.attacks.fingerprint_detection`). Cell: precision / chance (z), where "
+        "chance is the masked share of the flagged kernels' layers and z the excess in "
+        "binomial standard errors; the test-suite's bar "
+        "(`tests/_select/test_mask_fingerprint.py`, on YOLOv8n) is z <= 4.",
+        "",
+        "| model | values | masked / kernels | " + " | ".join(_FINGERPRINT_TITLES.values()) + " |",
+        "|---|---|---|" + "---|" * len(_FINGERPRINT_TITLES),
+    ]
+    for r in rows:
+        cells = []
+        for key in _FINGERPRINT_TITLES:
+            d = r["detectors"][key]
+            cells.append(
+                "none flagged"
+                if not d["flagged"]
+                else f"{d['precision']:.3f} / {d['base_rate']:.3f} ({d['z']:+.1f})"
+            )
+        lines.append(
+            f"| {r['model']} | {r['variant']} | {r['masked']} / {r['kernels']} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    stats = [r for r in rows if r.get("statistical")]
+    if stats:
+        lines += [
+            "",
+            "The statistical detectors of the table above on the value variants:",
+            "",
+            "| model | values | LogReg stats AUC | LogReg +context AUC | GBT +context AUC "
+            "(R-prec.) | KS layers p<0.01 (Bonferroni) / tested |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in stats:
+            det, ks = r["statistical"]["detectors"], r["statistical"]["ks"]
+            lines.append(
+                f"| {r['model']} | {r['variant']} | {det['logreg_stats']['roc_auc']:.3f} | "
+                f"{det['logreg_stats_context']['roc_auc']:.3f} | "
+                f"{det['gbt_stats_context']['roc_auc']:.3f} "
+                f"({det['gbt_stats_context']['r_precision']:.2f}) | "
+                f"{ks['layers_p_below_0.01']} ({ks['layers_p_below_0.01_bonferroni']}) / "
+                f"{ks['layers_tested']} |"
+            )
+    return [*lines, ""]
 
 
 def write_benchmarks(section: str, path: Path = BENCHMARKS) -> None:
