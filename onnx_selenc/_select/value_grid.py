@@ -12,6 +12,7 @@ them); a float layer on no coarser grid gets :data:`FULL`, which snaps nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -197,9 +198,8 @@ def find_grid(kernels: np.ndarray, axes: tuple[int, int] | None = None) -> Value
     return ValueGrid(bf16=bf16, fp16=fp16, steps=steps)
 
 
-def _every_row(kernels: np.ndarray, holds: object) -> bool:
+def _every_row(kernels: np.ndarray, holds: Callable[[np.ndarray], np.ndarray]) -> bool:
     """Whether ``holds`` is true of every value, checked a chunk of rows at a time."""
-    assert callable(holds)
     return all(bool(np.all(holds(kernels[i : i + _ROWS]))) for i in range(0, len(kernels), _ROWS))
 
 
@@ -236,12 +236,13 @@ def _steps_for(
     bf16: bool,
     fp16: bool,
 ) -> StepGrid | None:
-    """The step grid of one layout, or None when some group is on no step grid."""
-    if n_groups > 1:
-        probe = np.isin(group, np.arange(min(_PROBE_GROUPS, n_groups)))
-        if _group_steps(_grouped(kernels[probe], group[probe], min(_PROBE_GROUPS, n_groups)),
-                        max_level) is None:  # fmt: skip
-            return None
+    """The step grid of one layout, or None when some group is on no step grid.
+
+    A probe first (a few channels, or the first rows of a per-tensor layout): a
+    full-precision layer fails it without a float64 copy of the whole layer.
+    """
+    if not _probe_passes(kernels, group, n_groups, max_level):
+        return None
     values = _grouped(kernels, group, n_groups)
     step = _group_steps(values, max_level)
     if step is None:
@@ -254,6 +255,17 @@ def _steps_for(
     step = _exact_step(values, levels, step, kernels.dtype)
     table = _level_table(values, levels, step, base, span, kernels.dtype, bf16, fp16)
     return StepGrid(group, step, lo, hi, base, table)
+
+
+def _probe_passes(kernels: np.ndarray, group: np.ndarray, n_groups: int, max_level: int) -> bool:
+    """Whether a part of the layer is on a step grid of this layout (a necessary test)."""
+    if n_groups == 1:
+        probe = kernels[:_ROWS].reshape(1, -1).astype(np.float64)
+    else:
+        few = min(_PROBE_GROUPS, n_groups)
+        inside = group < few
+        probe = _grouped(kernels[inside], group[inside], few)
+    return _group_steps(probe, max_level) is not None
 
 
 def _group_steps(values: np.ndarray, max_level: int) -> np.ndarray | None:

@@ -221,3 +221,21 @@ def test_full_precision_kernels_are_not_made_of_copies() -> None:
     copies = np.stack([_recurs(kernels[:, j]) for j in range(9)], axis=1)
     assert copies[selected].sum(axis=1).max() <= 1
     assert copies[selected].mean() <= copies.mean() + 0.01
+
+
+def test_per_tensor_int8_grid_and_no_grid_where_there_is_none() -> None:
+    from onnx_selenc._select.value_grid import find_grid
+
+    w = _heavy((64, 16, 3, 3), seed=12)
+    scale = np.float32(np.abs(w).max() / 127)
+    q = (np.rint(w / scale).astype(np.float32) * scale).astype(np.float32)
+    grid = find_grid(q.reshape(-1, 9), (64, 16))
+    assert grid.steps is not None and len(grid.steps.step) == 1
+    _, record = mask_layer("w", q, SELECTED, np.random.default_rng(0))
+    levels = np.rint(record.replacements / scale)
+    assert np.array_equal(record.replacements, (levels * scale).astype(np.float32))
+    assert np.abs(levels).max() <= 127
+    # Full-precision weights, a depthwise layer (9 weights a channel) included.
+    for shape in ((64, 16, 3, 3), (32, 1, 3, 3), (8, 4, 1, 1)):
+        plain = _heavy(shape, seed=13)
+        assert not find_grid(plain.reshape(shape[0] * shape[1], -1), shape[:2]).coarse
