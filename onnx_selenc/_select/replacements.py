@@ -144,10 +144,11 @@ def _match_copies(
         slots = np.flatnonzero(values[:, j] != 0)
         if column.size < 2 or not slots.size:
             continue
-        public = np.unique(column)
+        public, counts = np.unique(column, return_counts=True)
+        lonely = public[counts == 1]  # the public values only a draw can make recur
         for _ in range(_COPY_ROUNDS):
             drawn = values[slots, j]
-            ours, theirs = _recurring(drawn, column)
+            ours, theirs = _recurring(drawn, public, lonely, column.size)
             if ours.mean() == theirs:
                 break
             moved, move = _copy_moves(drawn, public, ours, theirs, selected[slots], grid, rng)
@@ -155,12 +156,21 @@ def _match_copies(
     return values
 
 
-def _recurring(drawn: np.ndarray, column: np.ndarray) -> tuple[np.ndarray, float]:
-    """Which draws recur among draws and public values, and the public values' share."""
-    both = np.concatenate([column, drawn])
-    _, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
-    recurs = counts[inverse.ravel()] > 1
-    return recurs[column.size :], float(recurs[: column.size].mean())
+def _recurring(
+    drawn: np.ndarray, public: np.ndarray, lonely: np.ndarray, n_public: int
+) -> tuple[np.ndarray, float]:
+    """Which draws recur among draws and public values, and the public values' share.
+
+    Args:
+        drawn: the replacement values at the position.
+        public: the distinct public values there, sorted.
+        lonely: those only one public kernel holds, sorted.
+        n_public: the number of public values.
+    """
+    _, inverse, counts = np.unique(drawn, return_inverse=True, return_counts=True)
+    ours = _in_sorted(drawn, public) | (counts[inverse.ravel()] > 1)
+    met = int(np.sum(_in_sorted(lonely, np.sort(drawn))))
+    return ours, (n_public - lonely.size + met) / n_public
 
 
 def _copy_moves(
@@ -181,33 +191,38 @@ def _copy_moves(
         moved = np.where(np.abs(above - drawn) <= np.abs(drawn - below), above, below)
     else:
         move = ours & (rng.random(drawn.size) < (share - theirs) / share)
-        moved = _unheld(drawn, np.union1d(public, drawn), rows, grid, rng)
+        up = rng.random(drawn.size) < 0.5
+        taken = np.union1d(public, drawn)
+        moved = _walk_off(drawn, np.flatnonzero(move), taken, rows, grid, up[move])
         move &= moved != drawn  # found a value no one holds
     move &= grid.contains(moved[:, None].astype(np.float64), rows)[:, 0] & (moved != 0)
     return moved, move
 
 
-def _unheld(
+def _walk_off(
     values: np.ndarray,
+    todo: np.ndarray,
     taken: np.ndarray,
     rows: np.ndarray,
     grid: ValueGrid,
-    rng: np.random.Generator,
+    up: np.ndarray,
 ) -> np.ndarray:
-    """Move each value that ``taken`` (sorted) holds to the nearest grid value it does
-    not: a step at a time, a random direction first (vectorised over the values)."""
+    """Walk the values at ``todo`` along the grid, a step at a time (``up`` or down, then
+    the other way), to the first value ``taken`` (sorted) does not hold; vectorised over
+    the values, each stops where it lands."""
     values = values.copy()
-    todo = np.flatnonzero(_in_sorted(values, taken))
-    up = rng.random(todo.size) < 0.5
-    for _ in range(2):  # the random direction, then the other one
-        current = values[todo]
+    for _ in range(2):  # the chosen direction, then the other one
         found = np.zeros(todo.size, dtype=bool)
+        active, current = np.arange(todo.size), values[todo]
         for _ in range(_STEPS):
-            current = _next_value(current, rows[todo], grid, up)
-            ok = ~found & ~_in_sorted(current, taken) & (current != 0)
-            ok &= grid.contains(current[:, None].astype(np.float64), rows[todo])[:, 0]
-            values[todo[ok]] = current[ok]
-            found |= ok
+            current = _next_value(current, rows[todo[active]], grid, up[active])
+            ok = ~_in_sorted(current, taken) & (current != 0)
+            ok &= grid.contains(current[:, None].astype(np.float64), rows[todo[active]])[:, 0]
+            values[todo[active[ok]]] = current[ok]
+            found[active[ok]] = True
+            active, current = active[~ok], current[~ok]
+            if not active.size:
+                break
         todo, up = todo[~found], ~up[~found]
         if not todo.size:
             break
