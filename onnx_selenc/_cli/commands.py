@@ -4,53 +4,47 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
-import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from typing import Any
 
-from onnx_selenc import __version__, exceptions
+from onnx_selenc import __version__
 from onnx_selenc._cli.args import _floats, add_calibration_args, load_calibration
 from onnx_selenc._cli.evaluate import add_evaluate_command
-
-# Exit codes, one per kind of failure, so scripts can tell them apart.
-from onnx_selenc._cli.passphrase import _add_passphrase_args, _key_passphrase, _passphrase
-from onnx_selenc._cli.run import _from_onnxruntime, add_run_command
+from onnx_selenc._cli.output import (
+    EXIT_CODES,
+    Parser,
+    add_json_flag,
+    emit,
+    own_warnings,
+    run_command,
+    show_progress,
+    warn,
+)
+from onnx_selenc._cli.passphrase import (
+    _add_passphrase_args,
+    _key_passphrase,
+    _passphrase,
+    existing_key_file,
+)
+from onnx_selenc._cli.run import add_run_command
 from onnx_selenc._crypto.tiers import export_key, key_file_info
 from onnx_selenc._deploy.inspect import format_report, inspect_model
 from onnx_selenc._encrypt.files import IMPORTANCES, EncryptResult, encrypt
 from onnx_selenc._encrypt.options import CalibratedLevels, EncryptOptions, FixedLevels
-from onnx_selenc._select.levels import TOLERANCE
+from onnx_selenc._select.levels import TOLERANCE, LevelReport
 from onnx_selenc._select.masking import MASKINGS
 from onnx_selenc._select.objective import OBJECTIVES
 from onnx_selenc._select.selection import ALLOCATIONS, LEVEL_ORDERS
 
-EXIT_CODES: list[tuple[type[BaseException], int]] = [
-    (exceptions.KeyMismatch, 3),
-    (exceptions.LevelNotGranted, 4),
-    (exceptions.InvalidBundle, 5),
-    (exceptions.FormatError, 6),  # includes KeyFileError
-    (exceptions.UnsupportedModel, 7),
-    (exceptions.NotEncrypted, 8),
-    (exceptions.UnsafeSessionOptions, 9),
-    (exceptions.SelfCheckFailed, 10),  # a bug in onnx-selenc: nothing was written
-    (exceptions.SelencError, 1),
-    (FileExistsError, 1),
-    (FileNotFoundError, 1),
-    (OSError, 1),
-    (ValueError, 1),
-    (KeyError, 1),
-    (TypeError, 1),
-]
+# EXIT_CODES lives with the error reporting (output.py); named here as before.
+__all__ = ["EXIT_CODES", "build_parser", "main"]
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     report = inspect_model(args.model)
-    if args.json:
-        print(json.dumps(report.as_dict(), indent=2, default=str))
-    else:
-        print(format_report(report))
-    return 0
+    return emit(args, report.as_dict(), format_report(report))
 
 
 def _encrypt_from_args(args: argparse.Namespace, protect: str | None) -> EncryptResult:
@@ -73,7 +67,7 @@ def _encrypt_from_args(args: argparse.Namespace, protect: str | None) -> Encrypt
         masking=args.masking,
         seed=args.seed,
         external_data=args.external_data,
-        show_progress=not args.quiet,
+        show_progress=show_progress(args),
     )
     return encrypt(
         args.model,
@@ -99,33 +93,67 @@ def _calibration_flags() -> Iterator[None]:
 
 def cmd_encrypt(args: argparse.Namespace) -> int:
     protect = _passphrase(args, "protect_env", "protect", "new key passphrase: ")
-    with _calibration_flags():
+    with _calibration_flags(), own_warnings() as warned:
         result = _encrypt_from_args(args, protect)
+    # The API warns "skipping" for each node left out: said once, below, from the result.
+    skipped = {f"skipping {u.node}: {u.reason}" for u in result.unsupported}
+    warned = [w for w in warned if " ".join(w.split()) not in skipped]
+    for message in warned:
+        warn(message)
     for u in result.unsupported:
-        print(f"warning: not encrypted: {u.node}: {u.reason}", file=sys.stderr)
-    print(
+        warn(f"not encrypted: {u.node}: {u.reason}")
+    lines = [
         f"encrypted {result.encrypted_weights} of {result.conv_weights} conv weights "
         f"({100 * result.fraction:.3f}%) in {len(result.layers)} tensors, "
-        f"{result.levels} levels"
-    )
-    print("wrote " + ", ".join(str(p) for p in result.model_files))
+        f"{result.levels} levels",
+        "wrote " + ", ".join(str(p) for p in result.model_files),
+    ]
     report = result.level_report
     if report is not None:
-        print(f"levels calibrated to targets ({report.objective}, order: {report.order}):")
-        print("  level  target  calibration  held-out")
+        lines.append(f"levels calibrated to targets ({report.objective}, order: {report.order}):")
+        lines.append("  level  target  calibration  held-out")
         for m in range(result.levels + 1):
             target = "-" if m == 0 else f"{report.targets[m - 1]:.2f}"
             held = "-" if report.held_out is None else f"{report.held_out[m]:.3f}"
-            print(f"  {m:>5}  {target:>6}  {report.calibration[m]:>11.3f}  {held:>8}")
+            lines.append(f"  {m:>5}  {target:>6}  {report.calibration[m]:>11.3f}  {held:>8}")
         if report.held_out is not None:
             verdict = "all within" if report.within(TOLERANCE) else "NOT all within"
-            print(
+            lines.append(
                 f"  held-out ({report.held_out_samples} inputs, sampling error "
                 f"+-{report.sampling_error():.2f}): {verdict} the tolerance of "
                 f"+-{TOLERANCE:.2f}"
             )
-    print(f"owner key (level {result.levels}, id {result.key_id}): {result.key_file}")
-    return 0
+    lines.append(f"owner key (level {result.levels}, id {result.key_id}): {result.key_file}")
+    doc = {
+        "model_files": [str(p) for p in result.model_files],
+        "key_file": str(result.key_file),
+        "key_id": result.key_id,
+        "levels": result.levels,
+        "encrypted_weights": result.encrypted_weights,
+        "conv_weights": result.conv_weights,
+        "fraction": result.fraction,
+        "tensors": len(result.layers),
+        "unsupported": [asdict(u) for u in result.unsupported],
+        "level_report": None if report is None else _level_report_doc(report),
+        "warnings": warned,
+    }
+    return emit(args, doc, lines)
+
+
+def _level_report_doc(report: LevelReport) -> dict[str, Any]:
+    """The level table of ``encrypt`` as JSON (held-out figures ``null`` without them)."""
+    held = report.held_out is not None
+    return {
+        "objective": report.objective,
+        "order": report.order,
+        "targets": list(report.targets),
+        "calibration": list(report.calibration),
+        "held_out": None if report.held_out is None else list(report.held_out),
+        "held_out_samples": report.held_out_samples,
+        "sampling_error": report.sampling_error() if held else None,
+        "tolerance": TOLERANCE,
+        "within_tolerance": report.within(TOLERANCE) if held else None,
+    }
 
 
 def cmd_export_key(args: argparse.Namespace) -> int:
@@ -139,22 +167,24 @@ def cmd_export_key(args: argparse.Namespace) -> int:
         new_passphrase=protect,
         overwrite=args.overwrite,
     )
-    print(f"wrote level-{key.level} key (id {key.key_id}) to {args.output}")
-    return 0
+    doc = {
+        "key_file": str(args.output),
+        "key_id": key.key_id,
+        "level": key.level,
+        "levels": key.levels,
+        "protected": protect is not None,
+    }
+    return emit(args, doc, f"wrote level-{key.level} key (id {key.key_id}) to {args.output}")
 
 
 def cmd_keys_info(args: argparse.Namespace) -> int:
-    info = key_file_info(args.key_file)  # public facts: no passphrase is ever asked
-    if args.json:
-        print(json.dumps(info, indent=2))
-    else:
-        for k, v in info.items():
-            print(f"{k}: {v}")
-    return 0
+    # Public facts: no passphrase is ever asked.
+    info = key_file_info(existing_key_file(args.key_file))
+    return emit(args, info, [f"{k}: {v}" for k, v in info.items()])
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="onnx-selenc",
         description="Selective, tiered encryption of ONNX models that still run in ONNX Runtime.",
     )
@@ -163,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="conv weights of a model; manifest of an encrypted one")
     p.add_argument("model")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_flag(p)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("encrypt", help="encrypt a model into tiered levels")
@@ -245,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="write weights to <output>.data (default: as the input)",
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars (shown only on a terminal)"
+    )
     p.add_argument(
         "--protect-env",
         metavar="VAR",
@@ -255,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--protect", action="store_true", help="protect the owner key with a passphrase (prompted)"
     )
     add_calibration_args(p)
+    add_json_flag(p)
     p.set_defaults(func=cmd_encrypt)
 
     add_evaluate_command(sub)
@@ -272,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(top-level) key or any other file",
     )
     _add_passphrase_args(p, new=True)
+    add_json_flag(p)
     p.set_defaults(func=cmd_export_key)
 
     keys = sub.add_parser("keys", help="key file utilities").add_subparsers(
@@ -281,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         "info", help="public facts about a key file (no secrets, no passphrase needed)"
     )
     p.add_argument("key_file")
-    p.add_argument("--json", action="store_true")
+    add_json_flag(p)
     _add_passphrase_args(p)  # accepted as before; the public facts need no passphrase
     p.set_defaults(func=cmd_keys_info)
 
@@ -305,31 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``onnx-selenc`` command."""
-    args = build_parser().parse_args(argv)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # warnings the API raises are printed by the commands
-        try:
-            return int(args.func(args))
-        except Exception as exc:
-            for kind, code in EXIT_CODES:
-                if isinstance(exc, kind):
-                    print(f"error: {_describe(exc)}", file=sys.stderr)
-                    return code
-            if _from_onnxruntime(exc):  # it refused the model or its options: not our bug
-                print(f"error: ONNX Runtime: {_describe(exc)}", file=sys.stderr)
-                return 1
-            raise
-
-
-def _describe(exc: BaseException) -> str:
-    """The error's message on one line (ONNX Runtime's and numpy's may span several)."""
-    if isinstance(exc, exceptions.SelencError):
-        text = f"{type(exc).__name__}: {exc}"
-    elif isinstance(exc, KeyError) and exc.args:
-        text = str(exc.args[0])  # str() of a KeyError adds quotes
-    else:
-        text = str(exc)
-    return " ".join(text.split())
+    return run_command(build_parser(), list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

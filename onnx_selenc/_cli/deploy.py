@@ -7,9 +7,9 @@ the main CLI prints them with its exit codes.
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
+from onnx_selenc._cli.output import add_json_flag, emit
 from onnx_selenc._deploy.package import package
 
 
@@ -37,7 +37,7 @@ def add_deploy_commands(subparsers: Any) -> None:
         "--overwrite", action="store_true", help="replace DIR if it exists and is not empty"
     )
     p.add_argument("--title", help="heading of the README model card")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_flag(p)
     p.set_defaults(func=cmd_package)
 
 
@@ -45,18 +45,14 @@ def cmd_package(args: argparse.Namespace) -> int:
     """``onnx-selenc package ENC_MODEL -o DIR``."""
     result = package(args.model, args.output, overwrite=args.overwrite, title=args.title)
     files = [result.model_file, *result.data_files, result.manifest_file, result.readme_file]
-    if args.json:
-        doc = {
-            "output_dir": str(result.output_dir),
-            "files": [str(f) for f in files],
-            "key_id": result.key_id,
-            "levels": result.levels,
-        }
-        print(json.dumps(doc, indent=2))
-    else:
-        print(
-            f"packaged {result.levels}-level model (key id {result.key_id}) in {result.output_dir}"
-        )
-        for f in files:
-            print(f"  {f.relative_to(result.output_dir)}")
-    return 0
+    doc = {
+        "output_dir": str(result.output_dir),
+        "files": [str(f) for f in files],
+        "key_id": result.key_id,
+        "levels": result.levels,
+    }
+    lines = [
+        f"packaged {result.levels}-level model (key id {result.key_id}) in {result.output_dir}"
+    ]
+    lines += [f"  {f.relative_to(result.output_dir)}" for f in files]
+    return emit(args, doc, lines)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from onnx_selenc._cli.args import _floats, add_calibration_args, load_calibration
+from onnx_selenc._cli.output import add_json_flag, emit, show_progress
 from onnx_selenc._encrypt.evaluate import DEFAULT_STRATEGIES, format_table, sweep, write_outputs
 from onnx_selenc._encrypt.options import CalibratedLevels, EncryptOptions
 from onnx_selenc._onnx.modelio import load_model, model_inputs
@@ -59,8 +61,11 @@ def add_evaluate_command(sub: Any) -> None:
     p.add_argument("--level-budget", type=float, help="budget for the level curves")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", metavar="DIR", help="write sweep.csv, sweep.json and PNG plots")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars (shown only on a terminal)"
+    )
     add_calibration_args(p)
+    add_json_flag(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -89,23 +94,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         labels=labels,
         level_budget=args.level_budget,
     )
-    print(format_table(result, chance=args.chance))
+    lines = [format_table(result, chance=args.chance)]
+    files = []
     if args.out:
-        for path in write_outputs(
-            result, args.out, title=Path(args.model).name, chance=args.chance
-        ):
-            print(f"wrote {path}")
-    return 0
+        files = write_outputs(result, args.out, title=Path(args.model).name, chance=args.chance)
+        lines += [f"wrote {path}" for path in files]
+    doc = {
+        "metric": result.metric,
+        "plain_quality": result.plain_quality,
+        "points": [asdict(p) for p in result.points],
+        "levels": [asdict(c) for c in result.levels],
+        "chance": args.chance,
+        "smallest_fraction_reaching_chance": (
+            None if args.chance is None else result.smallest_fraction_reaching(args.chance)
+        ),
+        "files": [str(f) for f in files],
+    }
+    return emit(args, doc, lines)
 
 
 def _options(args: argparse.Namespace) -> EncryptOptions:
     """What ``encrypt`` would be given for the settings the sweep does not vary."""
     targets = args.level_targets
     if targets is None:
-        return EncryptOptions(seed=args.seed, show_progress=not args.quiet)
+        return EncryptOptions(seed=args.seed, show_progress=show_progress(args))
     return EncryptOptions(
         levels=len(targets),
         split=CalibratedLevels(tuple(targets)),
         seed=args.seed,
-        show_progress=not args.quiet,
+        show_progress=show_progress(args),
     )

@@ -1,4 +1,4 @@
-"""Where a command's passphrases come from: an environment variable or a prompt."""
+"""Where a command's key files and passphrases come from: a path, a variable, a prompt."""
 
 from __future__ import annotations
 
@@ -6,13 +6,26 @@ import argparse
 import getpass
 import os
 import sys
+from pathlib import Path
 
 from onnx_selenc import exceptions
-from onnx_selenc._crypto.keys import (
-    is_protected,
-)
+from onnx_selenc._crypto.keys import is_protected
 
-# Exit codes, one per kind of failure, so scripts can tell them apart.
+
+def existing_key_file(path: str) -> str:
+    """``path``, checked to be a file: else an error that says the KEY FILE is missing.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        IsADirectoryError: ``path`` is a folder.
+    """
+    # Without this a missing key reads "[Errno 2] No such file or directory: 'x'", which
+    # does not say which of a command's paths it is.
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"key file {path} is a folder, not a key file")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"key file {path} does not exist")
+    return path
 
 
 def _passphrase(
@@ -29,6 +42,14 @@ def _passphrase(
 
 
 def _key_passphrase(args: argparse.Namespace, key_path: str) -> str | None:
+    """The passphrase of the key file at ``key_path`` (None: not protected).
+
+    Raises:
+        FileNotFoundError: no key file at ``key_path`` (every command reading one checks
+            it here first).
+        KeyFileError: a protected key, no passphrase given and no terminal to ask on.
+    """
+    existing_key_file(key_path)
     given = _passphrase(args, "passphrase_env", "ask_passphrase", "key passphrase: ")
     if given is None and is_protected(key_path):
         if not sys.stdin.isatty():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from onnx_selenc._cli.output import add_json_flag, emit
 from onnx_selenc._cli.passphrase import _add_passphrase_args, _key_passphrase, _passphrase
 from onnx_selenc._encrypt.rekey import rekey
 
@@ -24,6 +25,7 @@ def add_rekey_command(sub: Any) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing model at -o")
     _add_passphrase_args(p, new=True)
+    add_json_flag(p)
     p.set_defaults(func=cmd_rekey)
 
 
@@ -39,9 +41,16 @@ def cmd_rekey(args: argparse.Namespace) -> int:
         new_passphrase=protect,
         overwrite=args.overwrite,
     )
-    print("wrote " + ", ".join(str(p) for p in result.model_files))
-    print(
+    lines = [
+        "wrote " + ", ".join(str(p) for p in result.model_files),
         f"new owner key (level {result.levels}, id {result.key_id}): {result.key_file}; "
-        f"every key of id {result.old_key_id} is now refused: export new tier keys"
-    )
-    return 0
+        f"every key of id {result.old_key_id} is now refused: export new tier keys",
+    ]
+    doc = {
+        "model_files": [str(p) for p in result.model_files],
+        "key_file": str(result.key_file),
+        "key_id": result.key_id,
+        "old_key_id": result.old_key_id,
+        "levels": result.levels,
+    }
+    return emit(args, doc, lines)

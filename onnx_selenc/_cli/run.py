@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -12,64 +13,98 @@ from typing import Any
 import numpy as np
 
 from onnx_selenc import exceptions
-
-# Exit codes, one per kind of failure, so scripts can tell them apart.
+from onnx_selenc._cli.output import add_json_flag, emit, from_onnxruntime
 from onnx_selenc._cli.passphrase import _add_passphrase_args, _key_passphrase, _passphrase
-from onnx_selenc._crypto.keys import (
-    LevelKey,
-    key_from_env,
-    read_key_file,
-)
+from onnx_selenc._crypto.keys import LevelKey, key_from_env, read_key_file
 from onnx_selenc._load.loader import load_session
 from onnx_selenc._onnx.ort_types import ort_dtype
 
 
 def _cli_key(args: argparse.Namespace) -> LevelKey:
-    """The key named by ``--key FILE`` or ``--key-env VAR``."""
+    """The key named by ``--key FILE`` or ``--key-env VAR``.
+
+    Raises:
+        FileNotFoundError: the key file (named or in the variable) does not exist.
+    """
     if args.key_env:
         passphrase = _passphrase(args, "passphrase_env", "ask_passphrase", "key passphrase: ")
-        return key_from_env(args.key_env, passphrase=passphrase)
+        try:
+            return key_from_env(args.key_env, passphrase=passphrase)
+        except FileNotFoundError as exc:  # the variable held a path
+            raise FileNotFoundError(
+                f"key file {exc.filename} (from ${args.key_env}) does not exist"
+            ) from None
+    # _key_passphrase checks first that the key file exists.
     return read_key_file(args.key, passphrase=_key_passphrase(args, args.key))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    session = load_session(
-        args.model, key=_cli_key(args), level=args.level, providers=args.providers
-    )
-    feeds = _feeds(session.get_inputs(), args.input)
+    key = _cli_key(args)
+    session = load_session(args.model, key=key, level=args.level, providers=args.providers)
+    notes: list[str] = []
+    feeds = _feeds(session.get_inputs(), args.input, notes)
     try:
         outputs = session.run(None, feeds)
     except Exception as exc:
-        if not _from_onnxruntime(exc):
+        if not from_onnxruntime(exc):
             raise
         raise ValueError(f"ONNX Runtime could not run the model on these inputs: {exc}") from None
-    print(f"providers: {', '.join(session.get_providers())}")
+    providers = list(session.get_providers())
+    lines = [f"providers: {', '.join(providers)}"]
+    described = []
     for meta, value in zip(session.get_outputs(), outputs, strict=True):
         arr = np.asarray(value)
-        print(
-            f"{meta.name}: shape {list(arr.shape)} dtype {arr.dtype}"
-            + (
-                f" mean {arr.mean():.6g} std {arr.std():.6g}"
-                if arr.size and np.issubdtype(arr.dtype, np.number)
-                else ""
-            )
+        numeric = bool(arr.size) and np.issubdtype(arr.dtype, np.number)
+        described.append(
+            {
+                "name": meta.name,
+                "shape": list(arr.shape),
+                "dtype": str(arr.dtype),
+                "mean": float(arr.mean()) if numeric else None,
+                "std": float(arr.std()) if numeric else None,
+            }
         )
+        lines.append(
+            f"{meta.name}: shape {list(arr.shape)} dtype {arr.dtype}"
+            + (f" mean {arr.mean():.6g} std {arr.std():.6g}" if numeric else "")
+        )
+    out = None
     if args.output:
         out = Path(args.output)
+        if out.suffix != ".npz":  # np.savez would add it: name the file it writes
+            out = out.with_name(out.name + ".npz")
         arrays: dict[str, Any] = {
             m.name: np.asarray(v) for m, v in zip(session.get_outputs(), outputs, strict=True)
         }
         np.savez(out, **arrays)
-        print(f"wrote {out}")
-    return 0
+        lines.append(f"wrote {out}")
+    doc = {
+        "model": str(args.model),
+        "key_id": key.key_id,
+        "level": key.level if args.level is None else args.level,
+        "levels": key.levels,
+        "providers": providers,
+        "outputs": described,
+        "output_file": None if out is None else str(out),
+        "notes": notes,
+    }
+    return emit(args, doc, lines)
 
 
-def _feeds(inputs: Sequence[Any], specs: Sequence[str]) -> dict[str, np.ndarray]:
+def _feeds(
+    inputs: Sequence[Any], specs: Sequence[str], notes: list[str] | None = None
+) -> dict[str, np.ndarray]:
     """The arrays ``--input [NAME=]FILE`` names, checked against the model's inputs.
 
     A ``.npy`` file is one input (NAME may be left out when the model has one); a
     ``.npz`` file gives the inputs its arrays are named after. Checking here turns
-    a wrong shape or dtype into one line naming what the model expects.
+    a wrong shape or dtype into one line naming what the model expects; float64
+    arrays (numpy's default) are cast to a float input's type, with a note.
+
+    Args:
+        inputs: the session's inputs (``get_inputs()``).
+        specs: the ``--input`` values.
+        notes: receives one line per cast (also printed on stderr).
 
     Raises:
         ValueError: an unknown or missing input, or an array of the wrong shape or dtype.
@@ -83,7 +118,10 @@ def _feeds(inputs: Sequence[Any], specs: Sequence[str]) -> dict[str, np.ndarray]
         if None in arrays:
             if not name:
                 if len(inputs) != 1:
-                    raise ValueError("the model has several inputs: give --input NAME=FILE.npy")
+                    raise ValueError(
+                        "the model has several inputs: give --input NAME=FILE.npy; its inputs: "
+                        + _signatures(inputs)
+                    )
                 name = inputs[0].name
             arrays = {name: arrays[None]}
         elif name:
@@ -93,13 +131,15 @@ def _feeds(inputs: Sequence[Any], specs: Sequence[str]) -> dict[str, np.ndarray]
             if key not in by_name:
                 raise ValueError(
                     f"the model has no input '{key}' (from {file}); its inputs: "
-                    + ", ".join(by_name)
+                    + _signatures(inputs)
                 )
-            _check_input(by_name[key], array, file)
-            feeds[key] = array
-    missing = [n for n in by_name if n not in feeds]
+            feeds[key] = _check_input(by_name[key], array, file, notes)
+    missing = [by_name[n] for n in by_name if n not in feeds]
     if missing:
-        raise ValueError(f"no value for the model's input(s) {', '.join(missing)}: add --input")
+        raise ValueError(
+            f"no value for the model's input(s) {_signatures(missing)}: add --input "
+            + " ".join(f"{m.name}=FILE.npy" for m in missing)
+        )
     return feeds
 
 
@@ -123,26 +163,56 @@ def _load_arrays(file: str) -> dict[str | None, np.ndarray]:
         raise exceptions.FormatError(f"{file} is not a .npy or .npz file: {exc}") from None
 
 
-def _check_input(meta: Any, array: np.ndarray, file: str) -> None:
-    """Raise ValueError unless ``array`` has the rank, fixed dimensions and dtype of ``meta``."""
+def _check_input(
+    meta: Any, array: np.ndarray, file: str, notes: list[str] | None = None
+) -> np.ndarray:
+    """``array`` as the input ``meta`` takes it: float64 cast to a float input's type.
+
+    Raises:
+        ValueError: the rank, a fixed dimension or the dtype does not fit ``meta``.
+    """
     expected = ort_dtype(meta.type)
-    shape = list(meta.shape)
-    fits_shape = array.ndim == len(shape) and all(
-        not isinstance(d, int) or d < 0 or d == n for d, n in zip(shape, array.shape, strict=True)
+    shape = list(meta.shape or [])
+    # ONNX Runtime shows an input of unknown rank as [], like a scalar: left to it.
+    fits_shape = not shape or (
+        array.ndim == len(shape)
+        and all(
+            not isinstance(d, int) or d < 0 or d == n
+            for d, n in zip(shape, array.shape, strict=True)
+        )
     )
     if fits_shape and (expected is None or array.dtype == expected):
-        return
-    dims = ", ".join(str(d) if isinstance(d, int) and d >= 0 else (d or "?") for d in shape)
-    dtype = expected.name if expected is not None else meta.type
+        return array
+    if fits_shape and expected is not None and _float64_to_float(array.dtype, expected):
+        note = f"input {meta.name}: float64 cast to {expected.name} (from {file})"
+        print(f"note: {note}", file=sys.stderr)
+        if notes is not None:
+            notes.append(note)
+        return array.astype(expected)
     raise ValueError(
-        f"input '{meta.name}' must have shape [{dims}] and dtype {dtype}; "
+        f"input '{meta.name}' must have shape {_shape(meta)} and dtype {_dtype(meta)}; "
         f"{file} holds shape {list(array.shape)} and dtype {array.dtype}"
     )
 
 
-def _from_onnxruntime(exc: BaseException) -> bool:
-    """ONNX Runtime's errors are plain Exception subclasses from its own module."""
-    return type(exc).__module__.split(".")[0] == "onnxruntime"
+def _float64_to_float(given: np.dtype[Any], expected: np.dtype[Any]) -> bool:
+    # np.save of a Python float array is float64; the model's float type is what was meant.
+    return given == np.float64 and np.issubdtype(expected, np.floating)
+
+
+def _shape(meta: Any) -> str:
+    dims = [str(d) if isinstance(d, int) and d >= 0 else (d or "?") for d in meta.shape or []]
+    return f"[{', '.join(dims)}]"
+
+
+def _dtype(meta: Any) -> str:
+    expected = ort_dtype(meta.type)
+    return expected.name if expected is not None else str(meta.type)
+
+
+def _signatures(inputs: Sequence[Any]) -> str:
+    """``name [shape] dtype`` of each input, for the messages that name what is expected."""
+    return ", ".join(f"{i.name} {_shape(i)} {_dtype(i)}" for i in inputs)
 
 
 def add_run_command(sub: Any) -> None:
@@ -166,4 +236,5 @@ def add_run_command(sub: Any) -> None:
     p.add_argument("--output", help="save outputs to this .npz")
     p.add_argument("--providers", nargs="+", help="ONNX Runtime providers in order")
     _add_passphrase_args(p)
+    add_json_flag(p)
     p.set_defaults(func=cmd_run)

@@ -1,7 +1,8 @@
 """``onnx-selenc blockwise ...`` commands (argparse), also runnable standalone.
 
 The main CLI calls :func:`add_blockwise_commands` on its sub-parsers and then
-``args.func(args)``; handlers return an exit code and raise
+``args.func(args)``; handlers report through ``_cli.output.emit`` (text, or one JSON
+document with ``--json``), return an exit code and raise
 :class:`~onnx_selenc.exceptions.SelencError`, ``ValueError`` or ``OSError`` on errors.
 """
 
@@ -11,11 +12,13 @@ import argparse
 import json
 import math
 import sys
-import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from onnx_selenc._cli.output import Parser, add_json_flag, emit, own_warnings, run_command, warn
+from onnx_selenc._cli.passphrase import existing_key_file
 from onnx_selenc._onnx.files import refuse_overwrite_of_input
 from onnx_selenc.blockwise._files import is_image_file, read_array, write_array
 from onnx_selenc.blockwise._images import _to_nhwc, decrypt_images, encrypt_images, to_model_input
@@ -40,8 +43,7 @@ def _bits(key: BlockKey) -> str:
 
 
 def _encrypt_model(args: argparse.Namespace) -> int:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with own_warnings() as warned:
         result = encrypt_model(
             args.model,
             args.output,
@@ -53,28 +55,44 @@ def _encrypt_model(args: argparse.Namespace) -> int:
             input_mean=args.input_mean,
             input_std=args.input_std,
         )
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
+    for message in warned:
+        warn(message)
     stem, key = result.stem, result.key
-    print(f"encrypted model: {result.model_path}")
-    print(f"key file:        {result.key_path} (mode 0600; keep it secret)")
-    print(f"key id:          {result.key_id}")
-    print(
-        f"stem:            Conv '{stem.conv}', {stem.patch}x{stem.patch} patches,"
-        f" {stem.channels} channels, {stem.layout}"
-    )
     transform = key["transform"] + (" + flip" if key["flip"] else "")
     if key["scramble"]:
         transform += f" + block scrambling ({key['grid'][0]}x{key['grid'][1]} grid)"
-    print(f"transform:       {transform}")
-    print(f"key space:       {_bits(BlockKey.load(result.key_path))}")
+    lines = [
+        f"encrypted model: {result.model_path}",
+        f"key file:        {result.key_path} (mode 0600; keep it secret)",
+        f"key id:          {result.key_id}",
+        f"stem:            Conv '{stem.conv}', {stem.patch}x{stem.patch} patches,"
+        f" {stem.channels} channels, {stem.layout}",
+        f"transform:       {transform}",
+        f"key space:       {_bits(BlockKey.load(result.key_path))}",
+    ]
     if result.scrambled_constants:
-        print(f"permuted:        {', '.join(result.scrambled_constants)}")
-    return 0
+        lines.append(f"permuted:        {', '.join(result.scrambled_constants)}")
+    doc = {
+        "model_file": str(result.model_path),
+        "key_file": str(result.key_path),
+        "key_id": result.key_id,
+        "stem": {
+            "conv": stem.conv,
+            "patch": stem.patch,
+            "channels": stem.channels,
+            "layout": stem.layout,
+        },
+        "key": key,  # the public parameters only (BlockKey.public_info)
+        "key_space_bits": round(result.key_space_bits, 1),
+        "weak": result.weak,
+        "scrambled_constants": list(result.scrambled_constants),
+        "warnings": warned,
+    }
+    return emit(args, doc, lines)
 
 
 def _load_key(args: argparse.Namespace) -> BlockKey:
-    key = BlockKey.load(args.key)
+    key = BlockKey.load(existing_key_file(args.key))
     if args.model is not None:
         check_key(args.model, key)
     return key
@@ -109,8 +127,16 @@ def _images(args: argparse.Namespace, *, decrypt: bool) -> int:
     out = _prepare_output(args, out, layout, key, from_image)
     write_array(args.output, out)
     verb = "decrypted" if decrypt else "encrypted"
-    print(f"{verb} {list(arr.shape)} {arr.dtype} -> {args.output} {list(out.shape)} {out.dtype}")
-    return 0
+    doc: dict[str, Any] = {
+        "input": str(args.input),
+        "output": str(args.output),
+        "input_shape": list(arr.shape),
+        "input_dtype": str(arr.dtype),
+        "output_shape": list(out.shape),
+        "output_dtype": str(out.dtype),
+    }
+    text = f"{verb} {list(arr.shape)} {arr.dtype} -> {args.output} {list(out.shape)} {out.dtype}"
+    return emit(args, doc, text)
 
 
 def _encrypt_images(args: argparse.Namespace) -> int:
@@ -128,7 +154,7 @@ def _info(args: argparse.Namespace) -> int:
         if info is None:
             raise SelencError(f"{path}: no block-wise metadata (not block-wise encrypted)")
     else:
-        key = BlockKey.load(path)
+        key = BlockKey.load(existing_key_file(str(path)))
         info = key.public_info() | {
             "key_space_bits": round(key.key_space_bits, 1),
             "transform_space_bits": (
@@ -136,8 +162,7 @@ def _info(args: argparse.Namespace) -> int:
             ),
             "weak": key.weak,
         }
-    print(json.dumps(info, indent=2, sort_keys=True))
-    return 0
+    return emit(args, info, json.dumps(info, indent=2, sort_keys=True))  # JSON either way
 
 
 def _add_image_args(p: argparse.ArgumentParser) -> None:
@@ -162,6 +187,7 @@ def _add_image_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="encrypted model: check that the key was made for it",
     )
+    add_json_flag(p)
 
 
 def add_blockwise_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -215,6 +241,7 @@ def add_blockwise_commands(subparsers: argparse._SubParsersAction) -> None:
         metavar="S1,S2,...",
         help="per-channel std to go with --input-mean",
     )
+    add_json_flag(p)
     p.set_defaults(func=_encrypt_model)
 
     p = sub.add_parser("encrypt-images", help="encrypt images with a key (client side)")
@@ -232,23 +259,23 @@ def add_blockwise_commands(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("info", help="show the public data of a key file or encrypted model")
     p.add_argument("target", metavar="KEYFILE|MODEL.onnx")
+    add_json_flag(p)  # the output is JSON already: accepted like every command's
     p.set_defaults(func=_info)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry point (``python -m onnx_selenc.blockwise COMMAND ...``).
 
+    Every error this mode raises exits with code 1 (the main CLI's codes are finer);
+    ``--json`` reports it as ``{"error", "code", "kind"}`` like the main CLI.
+
     Returns:
         The exit code.
     """
-    parser = argparse.ArgumentParser(prog="python -m onnx_selenc.blockwise")
+    parser = Parser(prog="python -m onnx_selenc.blockwise")
     add_blockwise_commands(parser.add_subparsers(dest="command", required=True))
     args_list = list(sys.argv[1:] if argv is None else argv)
     if not args_list or args_list[0] not in ("blockwise", "-h", "--help"):
         args_list = ["blockwise", *args_list]
-    args = parser.parse_args(args_list)
-    try:
-        return int(args.func(args))
-    except (SelencError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    codes = [(SelencError, 1), (ValueError, 1), (OSError, 1)]
+    return run_command(parser, args_list, codes=codes, kind_in_message=False)
