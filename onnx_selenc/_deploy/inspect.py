@@ -77,11 +77,10 @@ def inspect_model(model_path: str | os.PathLike[str]) -> ModelReport:
 
 def format_report(report: ModelReport) -> str:
     """A human-readable table of a :class:`ModelReport`."""
-    lines = [
-        f"model: {report.path}",
-        f"producer: {report.producer or '?'}  opsets: "
-        + ", ".join(f"{k} {v}" for k, v in report.opsets.items()),
-    ]
+    lines = [f"model: {report.path}"]
+    if report.producer:  # name and version; many exporters leave both empty
+        lines.append(f"producer: {report.producer}")
+    lines.append("opsets: " + ", ".join(f"{k} {v}" for k, v in report.opsets.items()))
     header = (
         f"{'weight':<48} {'where':<12} {'dtype':<8} {'shape':<20} {'kernels':>9} {'params':>10}"
     )
@@ -104,21 +103,47 @@ def format_report(report: ModelReport) -> str:
             + ", ".join(report.inlined_functions)
         )
     m = report.manifest
-    if m is not None:
-        enc = m["encrypted"]
-        assert isinstance(enc, dict)
-        lines += [
-            "",
-            "encrypted by onnx-selenc",
-            f"  key id: {m['key_id']}",
-            f"  levels: {m['levels']}  ({m['cipher']}, {m['chain']})",
-            f"  encrypted: {enc['weights']} of {enc['conv_weights']} conv weights "
-            f"({100 * float(enc['fraction']):.3f}%)"
-            + (f" in {enc['layers']} tensors" if "layers" in enc else ""),
-            f"  selection: {m['selection']}",
-        ]
-        lw = m["level_weights"]
-        assert isinstance(lw, list)
-        for level, restored in enumerate(lw):
-            lines.append(f"  level {level}: restores {restored} weights")
+    if m is None:
+        return "\n".join(lines)
+    enc, selection, lw = m["encrypted"], m["selection"], m["level_weights"]
+    assert isinstance(enc, dict) and isinstance(selection, dict) and isinstance(lw, list)
+    lines += [
+        "",
+        f"encrypted by {m.get('tool') or 'onnx-selenc'}",
+        f"  key id: {m['key_id']}",
+        f"  levels: {m['levels']}  ({m['cipher']}, {m['chain']})",
+        f"  encrypted: {enc['weights']} of {enc['conv_weights']} conv weights "
+        f"({100 * float(enc['fraction']):.3f}%)"
+        + (f" in {enc['layers']} tensors" if "layers" in enc else ""),
+    ]
+    # One "name: value" line per setting (a dict repr is no read for a person).
+    shown = dict(selection)
+    split = shown.pop("split", None)
+    order = shown.pop("level_order", None)
+    targets = shown.pop("level_targets", None)
+    quality = shown.pop("level_quality", None)
+    objective = shown.pop("objective", None)
+    for name in ("importance", "masking"):
+        if name in shown:
+            lines.append(f"  {name}: {shown.pop(name)}")
+    if split == "calibrated" or targets is not None:
+        lines.append(
+            "  levels split: calibrated to quality targets"
+            + (f" (objective: {objective})" if objective else "")
+        )
+    elif split is not None or order is not None:
+        lines.append(
+            f"  levels split: {split or 'fixed'}"
+            + (f" ({str(order).replace('-', ' ')})" if order else "")
+        )
+    for name, value in shown.items():  # what older manifests (format 1) stated besides
+        text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+        lines.append(f"  {name.replace('_', ' ')}: {text}")
+    for level, restored in enumerate(lw):
+        line = f"  level {level}: restores {restored} weights"
+        if isinstance(targets, list) and 0 < level <= len(targets):
+            line += f", target {float(targets[level - 1]):.2f}"
+        if isinstance(quality, list) and level < len(quality):
+            line += f", quality {float(quality[level]):.3f} on calibration inputs"
+        lines.append(line)
     return "\n".join(lines)
