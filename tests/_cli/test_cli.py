@@ -15,42 +15,6 @@ from onnx_selenc._cli.commands import main
 from tests import tiny_models as tm
 
 
-@pytest.fixture
-def encrypted(tmp_path: Path) -> dict[str, Path]:
-    plain = tmp_path / "m.onnx"
-    onnx.save(tm.cnn(), plain)
-    paths = {
-        "plain": plain,
-        "enc": tmp_path / "m.enc.onnx",
-        "owner": tmp_path / "owner.key",
-        "tier": tmp_path / "tier1.key",
-        "x": tmp_path / "x.npy",
-    }
-    assert (
-        main(
-            [
-                "encrypt",
-                str(plain),
-                "-o",
-                str(paths["enc"]),
-                "--keys",
-                str(paths["owner"]),
-                "--levels",
-                "3",
-                "--budget",
-                "0.2",
-                "--seed",
-                "0",
-                "-q",
-            ]
-        )
-        == 0
-    )
-    assert main(["export-key", str(paths["owner"]), "--level", "1", "-o", str(paths["tier"])]) == 0
-    np.save(paths["x"], tm.feeds(tm.cnn())["x"])
-    return paths
-
-
 def test_inspect_plain_and_encrypted(encrypted, capsys) -> None:
     assert main(["inspect", str(encrypted["plain"])]) == 0
     out = capsys.readouterr().out

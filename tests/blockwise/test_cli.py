@@ -312,3 +312,58 @@ def test_python_dash_m(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 1 and proc.stderr.startswith("error: key file")
+
+
+def test_json_documents(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--json``: one document per command (README "Scripting"), through the main CLI."""
+    from onnx_selenc._cli.commands import main as cli
+
+    def run_json(*argv: object) -> dict:
+        assert cli(["blockwise", *map(str, argv), "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    onnx.save(patch_model(patch=2, size=8), tmp_path / "p.onnx")
+    doc = run_json(
+        "encrypt-model", tmp_path / "p.onnx", "-o", tmp_path / "e.onnx", "--key-out", tmp_path / "k"
+    )
+    assert doc["model_file"] == str(tmp_path / "e.onnx") and doc["key_file"] == str(tmp_path / "k")
+    assert doc["key_id"] == BlockKey.load(tmp_path / "k").key_id
+    assert doc["stem"]["patch"] == 2 and doc["stem"]["channels"] == 3
+    assert doc["key"]["transform"] == "permutation" and "key" not in doc["key"]
+    assert doc["weak"] and doc["warnings"] and doc["warnings"][0].startswith("weak key")
+    assert isinstance(doc["key_space_bits"], float) and doc["scrambled_constants"] == []
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 8, 8), np.uint8))
+    images = ["--key", tmp_path / "k", tmp_path / "x.npy", "-o", tmp_path / "xe.npy"]
+    doc = run_json("encrypt-images", *images)
+    assert doc == {
+        "input": str(tmp_path / "x.npy"),
+        "output": str(tmp_path / "xe.npy"),
+        "input_shape": [1, 3, 8, 8],
+        "input_dtype": "uint8",
+        "output_shape": [1, 3, 8, 8],
+        "output_dtype": "uint8",
+    }
+    doc = run_json(
+        "decrypt-images", "--key", tmp_path / "k", tmp_path / "xe.npy", "-o", tmp_path / "xd.npy"
+    )
+    assert doc["output"] == str(tmp_path / "xd.npy")
+    assert (
+        run_json("info", tmp_path / "k")["key_id"]
+        == run_json("info", tmp_path / "e.onnx")["key_id"]
+    )
+
+
+def test_standalone_json_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``python -m onnx_selenc.blockwise``: exit code 1 for every error, as documented."""
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 16, 16), np.uint8))
+    argv = ["encrypt-images", "--key", str(tmp_path / "no.key"), str(tmp_path / "x.npy")]
+    assert main([*argv, "-o", str(tmp_path / "y.npy"), "--json"]) == 1
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert doc == {
+        "error": f"key file {tmp_path / 'no.key'} does not exist",
+        "code": 1,
+        "kind": "FileNotFoundError",
+    }
+    assert err == f"error: {doc['error']}\n"
+    assert main(["info"]) == 2 and "usage:" in capsys.readouterr().err
