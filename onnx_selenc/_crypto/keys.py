@@ -230,9 +230,7 @@ def parse_key_file(
     Raises:
         KeyFileError: see :func:`read_key_file`.
     """
-    doc = _parse(data, source)
-    if doc["check"] != _check(doc):
-        raise KeyFileError(f"{source} is corrupted (its check digest does not match)")
+    doc = _verified(data, source)
     key_id, level, levels = _header_fields(doc, source)
     public = _owner_public(doc, source)
     header = {k: doc[k] for k in _HEADER if k in doc}
@@ -326,6 +324,14 @@ def _protected_fields(value: object, source: str) -> dict[str, object]:
     for name, pattern in (("salt", _SALT), ("nonce", _NONCE), ("wrapped", _WRAPPED)):
         _strict.string(fields[name], f"the {name} in {what}", pattern, error=KeyFileError)
     return fields
+
+
+def _verified(data: bytes, source: str) -> dict[str, object]:
+    """The parsed key file, its check digest matched (a corrupted file is said to be one)."""
+    doc = _parse(data, source)
+    if doc["check"] != _check(doc):
+        raise KeyFileError(f"{source} is corrupted (its check digest does not match)")
+    return doc
 
 
 def _parse(data: bytes, source: str) -> dict[str, object]:

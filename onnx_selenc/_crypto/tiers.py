@@ -12,17 +12,15 @@ from onnx_selenc._crypto.keys import (
     KEY_VERSION,
     MAX_KEY_FILE_BYTES,
     LevelKey,
-    _check,
     _header_fields,
     _owner_public,
-    _parse,
     _protected_fields,
+    _verified,
     key_file_levels,
     read_key_file,
     stage_key_file,
 )
 from onnx_selenc._onnx.files import same_file, staged_outputs
-from onnx_selenc.exceptions import KeyFileError
 
 
 def export_key(
@@ -115,9 +113,7 @@ def key_file_info(path: str | os.PathLike[str]) -> dict[str, object]:
     with open(path, "rb") as fh:
         data = fh.read(MAX_KEY_FILE_BYTES + 1)
     source = str(path)
-    doc = _parse(data, source)
-    if doc["check"] != _check(doc):
-        raise KeyFileError(f"{source} is corrupted (its check digest does not match)")
+    doc = _verified(data, source)
     key_id, level, levels = _header_fields(doc, source)
     public = _owner_public(doc, source)
     protected = "protected" in doc
