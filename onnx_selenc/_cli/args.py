@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-# Exit codes, one per kind of failure, so scripts can tell them apart.
 from onnx_selenc._onnx.modelio import model_inputs
 from onnx_selenc._select.calibration import Calibration
 
