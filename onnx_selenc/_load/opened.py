@@ -29,7 +29,7 @@ from onnx_selenc._crypto.owner import check_owner
 from onnx_selenc._load.external import read_external
 from onnx_selenc._onnx.modelio import PROTO_LIMIT, external_files
 from onnx_selenc._onnx.stripped import StrippedModel, read_stripped
-from onnx_selenc.exceptions import InvalidBundle, KeyMismatch
+from onnx_selenc.exceptions import InvalidBundle, KeyMismatch, LevelNotGranted
 
 if TYPE_CHECKING:
     pass
@@ -218,7 +218,14 @@ def _open(
     target = level_key.level if level is None else int(level)
     if not 0 <= target <= manifest.levels:
         raise ValueError(f"level must be between 0 and {manifest.levels}, got {target}")
-    keys = [level_key.derive(m) for m in range(target + 1)]  # raises LevelNotGranted
+    if target > level_key.level:
+        # Checked here: deriving levels 0..target would fail at level key+1 and name that.
+        raise LevelNotGranted(
+            f"level {target} was asked for, but this key grants level {level_key.level} "
+            f"of {manifest.levels}; use a key of tier {target} or higher, or ask for "
+            f"level {level_key.level} or lower"
+        )
+    keys = [level_key.derive(m) for m in range(target + 1)]
 
     # Authenticate the manifest (blob 0); the model is then checked against its tag.
     _seal.open_sealed(keys[0].material, blobs[0], _bundle.blob_aad(manifest.raw, 0))

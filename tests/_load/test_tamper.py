@@ -42,8 +42,16 @@ def test_key_of_another_model_is_a_key_mismatch(make_encrypted) -> None:
 def test_level_escalation_is_refused(make_encrypted, tmp_path: Path) -> None:
     enc, owner = make_encrypted(tm.cnn(), levels=4)
     se.export_key(owner, 2, tmp_path / "tier2.key")
-    with pytest.raises(LevelNotGranted, match="level 2; level 3 was asked"):
+    se.export_key(owner, 1, tmp_path / "tier1.key")
+    with pytest.raises(
+        LevelNotGranted, match="level 3 was asked for, but this key grants level 2 of 4"
+    ):
         se.load_session(enc, key=tmp_path / "tier2.key", level=3)
+    # The message names the level asked for, not the first one the key cannot derive.
+    with pytest.raises(
+        LevelNotGranted, match="level 4 was asked for, but this key grants level 1 of 4"
+    ):
+        se.load_session(enc, key=tmp_path / "tier1.key", level=4)
     # Editing the level field of a tier key does not help.
     doc = json.loads((tmp_path / "tier2.key").read_text())
     doc["level"] = 4
