@@ -91,14 +91,26 @@ def open_key(key: KeySource, *, passphrase: str | None = None) -> LevelKey:
     raise TypeError(f"key must be a key-file path or a LevelKey, not {type(key).__name__}")
 
 
+# Where a packaged folder holds its model: the Hugging Face name first, then the name
+# older packages used (onnx/model.enc.onnx), then either at the folder's top.
+_PACKAGED_MODEL = ("onnx/model.onnx", "onnx/model.enc.onnx", "model.onnx", "model.enc.onnx")
+
+
 def resolve_model_path(path: str | os.PathLike[str]) -> Path:
-    """A model file, or a packaged folder holding ``onnx/model.enc.onnx``."""
+    """A model file, or a packaged folder's model (``onnx/model.onnx``, older packages'
+    ``onnx/model.enc.onnx``).
+
+    Raises:
+        FileNotFoundError: a folder holding none of those names.
+    """
     p = Path(path)
     if p.is_dir():
-        for candidate in (p / "onnx" / "model.enc.onnx", p / "model.enc.onnx"):
-            if candidate.is_file():
-                return candidate
-        raise FileNotFoundError(f"{p} is a folder without onnx/model.enc.onnx")
+        for name in _PACKAGED_MODEL:
+            if (p / name).is_file():
+                return p / name
+        raise FileNotFoundError(
+            f"{p} is a folder without a packaged model (looked for {', '.join(_PACKAGED_MODEL)})"
+        )
     return p
 
 

@@ -62,7 +62,8 @@ def test_inline_model_layout_card_and_load(make_encrypted, tmp_path: Path) -> No
     result = package(enc, out)
 
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert files == ["README.md", "manifest.json", f"onnx/{MODEL_NAME}"]
+    assert files == ["README.md", "config.json", "manifest.json", f"onnx/{MODEL_NAME}"]
+    assert MODEL_NAME == "model.onnx"  # the name a Hugging Face user looks for
     assert result.model_file.read_bytes() == enc.read_bytes()  # inline: copied byte for byte
     manifest = onnx_selenc.inspect_model(enc).manifest
     assert manifest is not None
