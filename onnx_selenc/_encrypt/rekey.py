@@ -30,7 +30,7 @@ from onnx_selenc._crypto.keys import (
     stage_key_file,
 )
 from onnx_selenc._crypto.owner import check_owner
-from onnx_selenc._encrypt.sealing import tool_name
+from onnx_selenc._encrypt.sealing import seal_manifest
 from onnx_selenc._load.loader import restore_model
 from onnx_selenc._load.opened import unseal_levels
 from onnx_selenc._onnx.files import (
@@ -178,32 +178,13 @@ def _resealed(
     new: LevelKey,
 ) -> tuple[bytes, list[bytes]]:
     """The format-2 manifest and blobs of the same model under ``new``."""
-    assert new.owner_public is not None
-    levels = manifest.levels
     sealed = [_bundle.pad_payload(_bundle.encode_payload(p)) for p in payloads]
-    keys = [new.derive(m).material for m in range(levels + 1)]
-    taggers = [_seal.new_model_tagger(k) for k in keys]
-    digest = model_digest(model, None, exclude_metadata=_bundle.BUNDLE_KEYS, taggers=taggers)
-    counts = {k: v for k, v in manifest.encrypted.items() if k != "layers"}
-    lengths = [_seal.SEAL_OVERHEAD] + [len(p) + _seal.SEAL_OVERHEAD for p in sealed]
-    raw = _bundle.manifest_bytes(
-        {
-            "key_id": new.key_id,
-            "levels": levels,
-            "model_digest": digest,
-            "model_tags": [t.result() for t in taggers],
-            "blobs": _bundle.blob_layout(lengths),
-            "encrypted": counts,
-            "level_weights": list(manifest.level_weights),
-            "selection": _selection_v2(dict(manifest.selection)),
-            "tool": tool_name(),
-        },
-        new.owner_public,
-    )
-    blobs = [_seal.seal(keys[0], b"", _bundle.blob_aad(raw, 0))]
-    for m, payload in enumerate(sealed, start=1):
-        blobs.append(_seal.seal(keys[m], payload, _bundle.blob_aad(raw, m)))
-    return raw, blobs
+    fields = {
+        "encrypted": {k: v for k, v in manifest.encrypted.items() if k != "layers"},
+        "level_weights": list(manifest.level_weights),
+        "selection": _selection_v2(dict(manifest.selection)),
+    }
+    return seal_manifest(model, new, sealed, fields)
 
 
 def _selection_v2(selection: dict[str, Any]) -> dict[str, Any]:

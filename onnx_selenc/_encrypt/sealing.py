@@ -51,6 +51,43 @@ def seal_levels(
         )
         for m in range(1, levels + 1)
     ]
+    manifest_raw, blobs = seal_manifest(
+        model,
+        owner,
+        payloads,
+        {
+            # Totals only: per-layer counts (or the number of layers) would say where to look.
+            "encrypted": {
+                "weights": selection.selected_weights,
+                "conv_weights": inventory.total_weights,
+                "fraction": round(selection.fraction, 8),
+            },
+            "level_weights": [0, *np.cumsum(weights_per_level).tolist()],
+            # The seed is deliberately absent: with the random scorer it would reveal
+            # which kernels are encrypted.
+            "selection": selection_params,
+        },
+    )
+    return manifest_raw, blobs, _sign.sign_manifest(owner.signing_key, manifest_raw)
+
+
+def seal_manifest(
+    model: onnx.ModelProto,
+    owner: LevelKey,
+    payloads: Sequence[bytes],
+    fields: Mapping[str, object],
+) -> tuple[bytes, list[bytes]]:
+    """Tag the model under every level key, write the manifest naming ``owner`` and seal
+    level 0's empty blob and the padded ``payloads`` of levels 1..M under the chain.
+
+    ``fields`` (``encrypted``, ``level_weights``, ``selection``) complete the manifest;
+    encryption and rekeying both seal through here, so their manifests cannot drift.
+
+    Returns:
+        The manifest bytes and the sealed blobs of levels 0..M (unsigned).
+    """
+    assert owner.owner_public is not None
+    levels = len(payloads)
     lengths = [_seal.SEAL_OVERHEAD] + [len(p) + _seal.SEAL_OVERHEAD for p in payloads]
     level_keys = [owner.derive(m).material for m in range(levels + 1)]
     taggers = [_seal.new_model_tagger(k) for k in level_keys]
@@ -62,16 +99,7 @@ def seal_levels(
             "model_digest": digest,
             "model_tags": [t.result() for t in taggers],
             "blobs": _bundle.blob_layout(lengths),
-            # Totals only: per-layer counts (or the number of layers) would say where to look.
-            "encrypted": {
-                "weights": selection.selected_weights,
-                "conv_weights": inventory.total_weights,
-                "fraction": round(selection.fraction, 8),
-            },
-            "level_weights": [0, *np.cumsum(weights_per_level).tolist()],
-            # The seed is deliberately absent: with the random scorer it would reveal
-            # which kernels are encrypted.
-            "selection": selection_params,
+            **fields,
             "tool": tool_name(),
         },
         owner.owner_public,
@@ -79,7 +107,7 @@ def seal_levels(
     blobs = [_seal.seal(level_keys[0], b"", _bundle.blob_aad(manifest_raw, 0))]
     for m, payload in enumerate(payloads, start=1):
         blobs.append(_seal.seal(level_keys[m], payload, _bundle.blob_aad(manifest_raw, m)))
-    return manifest_raw, blobs, _sign.sign_manifest(owner.signing_key, manifest_raw)
+    return manifest_raw, blobs
 
 
 def level_patches(
