@@ -89,14 +89,27 @@ def model_config(
 
 
 def io_specs(model: onnx.ModelProto, *, inputs: bool) -> list[dict[str, Any]]:
-    """The graph's inputs (initializers excluded, as ONNX Runtime does) or outputs."""
+    """The graph's inputs (initializers excluded, as ONNX Runtime does) or outputs.
+
+    Outputs are shape-inferred where ONNX can (a declared ``y_d1`` that is always 4
+    becomes 4, as ONNX Runtime reports it); the declared ones otherwise.
+    """
     graph = model.graph
     if inputs:
         weights = {t.name for t in graph.initializer}
         values = [v for v in graph.input if v.name not in weights]
     else:
-        values = list(graph.output)
+        values = list(_inferred(model).graph.output)
     return [{"name": v.name, **_type_spec(v.type)} for v in values]
+
+
+def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
+    # Only the graph is needed (external data is not loaded); a model past protobuf's
+    # limit, a custom op or a graph ONNX cannot infer keeps its declared outputs.
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:
+        return model
 
 
 def _type_spec(t: onnx.TypeProto) -> dict[str, Any]:

@@ -197,6 +197,9 @@ def test_package(encrypted, capsys, tmp_path: Path) -> None:
     code, doc, _ = run_json(capsys, "package", encrypted["enc"], "-o", tmp_path / "repo")
     assert code == 0 and doc["output_dir"] == str(tmp_path / "repo") and doc["levels"] == 3
     assert all(Path(f).is_file() for f in doc["files"])
+    assert doc["model_file"] == str(tmp_path / "repo" / "onnx" / "model.onnx")
+    assert doc["config_file"] == str(tmp_path / "repo" / "config.json")
+    assert {doc["model_file"], doc["config_file"]} <= set(doc["files"])
 
 
 @pytest.mark.parametrize(
