@@ -1,0 +1,392 @@
+"""Render issue 15's cached measurements: a BENCHMARKS.md section and the curve plot.
+
+Everything shown is read from the JSON the study cached (one file per arm, named
+``d<data>-<config hash>-<arm>.json``); nothing is measured here, and an arm that has
+not been run is left out of the tables (and named as missing), never filled in.
+
+Command line::
+
+    python -m samples.finetune.study --report
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from samples.finetune import harness
+from samples.paper import _common, vgg19
+
+BEGIN, END = "<!-- finetune:begin -->", "<!-- finetune:end -->"
+AFTER = "<!-- attacks:end -->"  # the section goes right after the attacks section
+ROOT = Path(__file__).resolve().parents[2]
+BENCHMARKS = ROOT / "BENCHMARKS.md"
+PLOT = ROOT / "docs" / "img" / "finetune_curve.png"
+_NAME = re.compile(r"^d(?P<data>[0-9.e-]+)-(?P<cfg>[0-9a-f]{12})-(?P<arm>.+)\.json$")
+
+
+def candidate_configs() -> list[harness.AttackConfig]:
+    """The attack settings the study's command line can produce (default step budget)."""
+    base = harness.AttackConfig()
+    return [base, dataclasses.replace(base, sweep_every_seed=False)]
+
+
+def command(data: float, part: str, config: harness.AttackConfig) -> str:
+    """The command line that measures one part at one data size with ``config``."""
+    flags = "" if config.sweep_every_seed else " --sweep first"
+    if config.max_steps != harness.AttackConfig.max_steps:
+        flags += f" --max-steps {config.max_steps}"
+    return f"nice -n 10 python -m samples.finetune.study --data {data:g} --part {part}{flags}"
+
+
+def load_arms(folder: Path) -> dict[float, tuple[harness.AttackConfig, dict[str, Any]]]:
+    """Cached arms: data share -> (attack settings, arm name -> result).
+
+    Per data share, the settings with the most cached arms win (a data share measured
+    under two settings is reported under one, never mixed).
+    """
+    by_hash = {_common.config_hash(harness.config_dict(c)): c for c in candidate_configs()}
+    found: dict[tuple[float, str], dict[str, Any]] = {}
+    for path in sorted((folder / "arms").glob("*.json")):
+        m = _NAME.match(path.name)
+        got = _common.read_json(path)
+        if m is None or got is None or m["cfg"] not in by_hash:
+            continue
+        found.setdefault((float(m["data"]), m["cfg"]), {})[m["arm"]] = got
+    best: dict[float, tuple[harness.AttackConfig, dict[str, Any]]] = {}
+    for (data, cfg), arms in sorted(found.items()):
+        if data not in best or len(arms) > len(best[data][1]):
+            best[data] = (by_hash[cfg], arms)
+    return best
+
+
+def _pct(mean: float, se: float | None = None) -> str:
+    return f"{100 * mean:.1f}%" if se is None else f"{100 * mean:.1f} ± {100 * se:.1f}"
+
+
+def _delta(arm: Mapping[str, Any], ref: Mapping[str, Any]) -> str:
+    """Difference to the scratch line in points, with the SE of the difference, and
+    whether it is within one SE (the issue's bar for 'no better than scratch')."""
+    d = arm["mean"] - ref["mean"]
+    se = math.hypot(arm["se"], ref["se"])
+    verdict = "within 1 SE" if abs(d) <= se else ("better" if d > 0 else "worse")
+    return f"{100 * d:+.1f} ± {100 * se:.1f} ({verdict})"
+
+
+def _steps(arm: Mapping[str, Any]) -> str:
+    runs = arm["runs"]
+    mean_steps = sum(r["best_step"] for r in runs) / len(runs)
+    return f"{mean_steps:.0f}"
+
+
+def _lrs(arm: Mapping[str, Any]) -> str:
+    return ", ".join(f"{r['lr']:g}" for r in arm["runs"])
+
+
+def _train_seconds(arm: Mapping[str, Any]) -> float:
+    tries = arm.get("sweeps") or [arm["sweep"], *[[r] for r in arm["runs"][1:]]]
+    return sum(t["seconds"] for seed in tries for t in seed)
+
+
+def curve_rows(arms: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per encrypted fraction measured at one data size (ascending)."""
+    rows = []
+    for name, res in arms.items():
+        if name.startswith("public-"):
+            f = res["fraction"]
+            rows.append({"fraction": f, "public": res, "reinit": arms.get(f"reinit-{f:g}")})
+    return sorted(rows, key=lambda r: r["fraction"])
+
+
+def crossing_text(rows: Sequence[Mapping[str, Any]], scratch: Mapping[str, Any], key: str) -> str:
+    """Smallest fraction from which the arm stays within one SE of scratch (or below)."""
+    fracs, ok = [], []
+    for r in rows:
+        arm = (
+            r[key] if key == "public" else (r[key] or (r["public"] if r["fraction"] >= 1 else None))
+        )
+        if arm is None:
+            continue
+        d = arm["mean"] - scratch["mean"]
+        fracs.append(r["fraction"])
+        ok.append(d <= math.hypot(arm["se"], scratch["se"]))
+    for i, f in enumerate(fracs):
+        if all(ok[i:]):
+            return f"{100 * f:g}%"
+    return "not reached at the fractions measured"
+
+
+def curve_table(data: float, arms: Mapping[str, Any], plain_acc: float) -> list[str]:
+    """Markdown table of one data size's curve."""
+    scratch = arms.get("scratch")
+    if scratch is None:
+        return [
+            f"Attacker with {100 * data:g}% of the digits: the scratch arm is not measured.",
+            "",
+        ]
+    rows = curve_rows(arms)
+    n = scratch["n"]
+    lines = [
+        f"#### Attacker holds {100 * data:g}% of the training digits ({n} labelled digits)",
+        "",
+        f"From scratch: **{_pct(scratch['mean'], scratch['se'])}** (learning rate picked per "
+        f"seed: {_lrs(scratch)}; best step {_steps(scratch)} on average); the plain model "
+        f"scores {_pct(plain_acc)}.",
+        "",
+        "| encrypted (budget / measured share of conv weights) | public file before attack | "
+        "fine-tune public file | vs scratch (points) | knows masked positions, re-initialises "
+        "them | vs scratch (points) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        pub, ri = r["public"], r["reinit"]
+        ri_cells = (
+            f"{_pct(ri['mean'], ri['se'])} | {_delta(ri, scratch)}"
+            if ri is not None
+            else (
+                "(every kernel masked: the scratch arm for the convs) | –"
+                if r["fraction"] >= 1
+                else "not measured | –"
+            )
+        )
+        lines.append(
+            f"| {100 * r['fraction']:g}% / {100 * pub['masked_fraction']:.2f}% | "
+            f"{_pct(pub['accuracy_before'])} | {_pct(pub['mean'], pub['se'])} | "
+            f"{_delta(pub, scratch)} | {ri_cells} |"
+        )
+    lines += [
+        "",
+        f"Curve stays within one SE of scratch (or below) from: fine-tune public file "
+        f"**{crossing_text(rows, scratch, 'public')}**; knows the masked positions "
+        f"**{crossing_text(rows, scratch, 'reinit')}**.",
+        "",
+    ]
+    return lines
+
+
+def plot(arms_by_data: Mapping[float, Mapping[str, Any]], plain_acc: float, path: Path) -> None:
+    """Post-attack accuracy vs encrypted fraction, one panel per data size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datas = sorted(d for d, a in arms_by_data.items() if "scratch" in a)
+    fig, axes = plt.subplots(1, len(datas), figsize=(5.5 * len(datas), 4.2), squeeze=False)
+    for ax, data in zip(axes[0], datas, strict=True):
+        arms = arms_by_data[data]
+        scratch, rows = arms["scratch"], curve_rows(arms)
+        xs = [r["fraction"] for r in rows]
+        for key, label, style in (
+            ("public", "fine-tune public file", "o-"),
+            ("reinit", "knows masked positions, re-inits", "s--"),
+        ):
+            pts = [(r["fraction"], r[key]) for r in rows if r[key] is not None]
+            if pts:
+                ax.errorbar(
+                    [p[0] for p in pts],
+                    [100 * p[1]["mean"] for p in pts],
+                    yerr=[100 * p[1]["se"] for p in pts],
+                    fmt=style,
+                    capsize=3,
+                    label=label,
+                )
+        ax.plot(
+            xs,
+            [100 * r["public"]["accuracy_before"] for r in rows],
+            ":",
+            color="grey",
+            label="public file, no attack",
+        )
+        lo, hi = 100 * (scratch["mean"] - scratch["se"]), 100 * (scratch["mean"] + scratch["se"])
+        ax.axhspan(lo, hi, color="tab:red", alpha=0.2)
+        ax.axhline(100 * scratch["mean"], color="tab:red", label="from scratch (± SE)")
+        ax.axhline(100 * plain_acc, color="black", lw=0.8, ls="-.", label="plain model")
+        ax.set_xscale("log")
+        ax.set_xlabel("encrypted share of conv weights (budget)")
+        ax.set_ylabel("held-out accuracy after attack (%)")
+        ax.set_title(f"attacker holds {100 * data:g}% ({scratch['n']} digits)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def wiring_lines(folder: Path, arms_by_data: Mapping[float, Mapping[str, Any]]) -> list[str]:
+    """The keyed-wiring table (hypothesis 3), if any of it was measured."""
+    tiers = _common.read_json(folder / "wiring-tiers.json")
+    rows = [(d, a) for d, a in sorted(arms_by_data.items()) if "wired" in a]
+    if not rows and tiers is None:
+        return ["### Keyed wiring (hypothesis 3)", "", "Not measured yet.", ""]
+    lines = ["### Keyed wiring (hypothesis 3)", ""]
+    lines += [
+        "Public file: every conv's output channels (filters and biases) permuted by a secret "
+        "permutation, the next layer's inputs left as they were, so every kernel keeps its "
+        "true values (`samples/finetune/wiring.py`). Recovery attack: layer by layer from "
+        "the input, match each channel's mean ReLU activation on the attacker's digits to "
+        "the next layer's per-input-slot weight norm (rank matching).",
+        "",
+    ]
+    if rows:
+        lines += [
+            "| attacker data | scratch | wired file before | fine-tune wired file | vs scratch "
+            "| channels recovered | recovered file before | fine-tune recovered file | "
+            "vs scratch |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for data, a in rows:
+            s, w, rec = a.get("scratch"), a["wired"], a.get("wired-recovered")
+            cells = [
+                f"{100 * data:g}% ({w['n']} digits)",
+                _pct(s["mean"], s["se"]) if s else "–",
+                _pct(w["accuracy_before"]),
+                _pct(w["mean"], w["se"]),
+                _delta(w, s) if s else "–",
+            ]
+            if rec is not None:
+                cells += [
+                    f"{100 * rec['recovered_channels']:.1f}%",
+                    _pct(rec["accuracy_before"]),
+                    _pct(rec["mean"], rec["se"]),
+                    _delta(rec, s) if s else "–",
+                ]
+            else:
+                cells += ["not measured"] + ["–"] * 3
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    if tiers is not None:
+        lines += [
+            "Tiers by layers restored (the first k convs' permutations undone, the rest "
+            "left wired), held-out accuracy without any training:",
+            "",
+            "| layers restored | " + " | ".join(str(t["layers_restored"]) for t in tiers) + " |",
+            "|---" * (len(tiers) + 1) + "|",
+            "| accuracy | " + " | ".join(_pct(t["accuracy"]) for t in tiers) + " |",
+            "",
+        ]
+    return lines
+
+
+def _sweep_text(config: harness.AttackConfig) -> str:
+    if config.sweep_every_seed:
+        return "swept on every seed and picked on that seed's held-out part"
+    return "swept on the first seed (picked on its held-out part) and reused for the others"
+
+
+def render(folder: Path) -> str:
+    """The whole markdown section (without the markers); also writes the plot."""
+    from samples.finetune import study
+
+    found = load_arms(folder)
+    arms_by_data = {d: arms for d, (_, arms) in found.items()}
+    meta = _common.read_json(folder / "plain.json") or {}
+    mapping = _common.read_json(folder / "mapping.json") or {}
+    plain_acc = float(meta.get("test_accuracy", float("nan")))
+    widths = [int(v) // study.WIDTH_DIV for v in vgg19.CFG if v != "M"]
+    base = harness.AttackConfig()
+    commands = [command(d, "curve", c) for d, (c, a) in sorted(found.items()) if "scratch" in a]
+    commands += [command(d, "wiring", c) for d, (c, a) in sorted(found.items()) if "wired" in a]
+    lines = [
+        "## Fine-tuning attack study (issue 15)",
+        "",
+        "Commands (each arm is cached as JSON as soon as it is measured, so a run resumes; "
+        "the last one renders this section and the plot from the cache):",
+        "",
+        "```",
+        *commands,
+        "python -m samples.finetune.study --report",
+        "```",
+        "",
+        f"Model: VGG19 (CIFAR variant, no BN) with every width divided by {study.WIDTH_DIV} "
+        f"(conv widths {'-'.join(map(str, widths))}, classifier {512 // study.WIDTH_DIV}-"
+        f"{512 // study.WIDTH_DIV}-10, {meta.get('conv_weights', '?')} conv weights), trained "
+        f"here on the 8,000 MNIST training digits (padded to 3x32x32; the CIFAR-10 stand-in, "
+        f"see the paper sections) with Adam lr {study.TRAIN['lr']:g}, {study.TRAIN['epochs']} "
+        f"epochs: **{_pct(plain_acc)}** on the {study.TEST_DIGITS} held-out digits every "
+        f"accuracy here is measured on (never seen by the attacker). The attacker fine-tunes "
+        f"the ONNX graph itself (`samples/finetune/graph.py`); on the plain file it matches "
+        f"ONNX Runtime to max |logit diff| {mapping.get('max_abs_logit_diff', float('nan')):.1e} "
+        f"with identical predictions on {mapping.get('digits', '?')} digits (checked before "
+        f"any arm runs).",
+        "",
+        f"Public files: today's method through `onnx_selenc.encrypt` with its data-free "
+        f"defaults ({', '.join(f'{k}={v}' for k, v in study.ENCRYPTION.items())}), budget = "
+        f"the encrypted share of conv weights. The classifier (Gemm) layers are never "
+        f"encrypted, so even at 100% they stay the trained ones.",
+        "",
+        f"Attacker (every arm of a data size gets the same budget and rule): Adam, batch "
+        f"{base.batch}, learning rate over {', '.join(f'{x:g}' for x in base.lrs)}, picked on "
+        f"the attacker's own held-out {100 * base.val_share:g}% of their digits (at least "
+        f"{base.min_val}); early stopping after {base.patience} checks every "
+        f"{base.eval_every} steps without a better held-out accuracy (loss breaks ties), at "
+        f"most {base.max_steps} steps, the best checkpoint kept. {len(base.seeds)} seeds "
+        f"(the attacker's digits, the held-out split, the initialisation and the shuffling "
+        f"differ); cells are mean ± standard error over the seeds of the held-out accuracy "
+        f"(%). 'vs scratch': difference in points ± the SE of the difference; the issue's "
+        f"goal is 'within 1 SE' or worse. Re-initialising the masked kernels uses Kaiming "
+        f"normal (fan-in), like the scratch arm.",
+        "",
+        "![post-attack accuracy vs encrypted fraction](docs/img/finetune_curve.png)",
+        "",
+        "### The curve for today's method (hypothesis 1)",
+        "",
+    ]
+    measured = [d for d in sorted(found) if "scratch" in found[d][1]]
+    for data in measured:
+        config, arms = found[data]
+        lines += curve_table(data, arms, plain_acc)
+        lines.insert(len(lines) - 1, f"Learning rate {_sweep_text(config)}.")
+        lines.insert(len(lines) - 1, "")
+    if measured:
+        plot(arms_by_data, plain_acc, PLOT)
+    seconds = sum(_train_seconds(a) for arms in arms_by_data.values() for a in arms.values())
+    lines += [
+        f"Training time of every run above together: {seconds / 60:.0f} min (single-threaded "
+        f"torch, niced, on a 2-core CPU shared with other jobs, so times are not comparable "
+        f"between arms).",
+        "",
+    ]
+    lines += wiring_lines(folder, arms_by_data)
+    return "\n".join(lines)
+
+
+def write_section(section: str, path: Path = BENCHMARKS) -> None:
+    """Replace the marked section (or insert it after the attacks section), atomically.
+
+    The file is re-read right before writing: other tools regenerate other sections.
+    """
+    text = path.read_text(encoding="utf-8")
+    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
+    head, sep, rest = text.partition(BEGIN)
+    if sep and END in rest:
+        text = head + block + rest.split(END, 1)[1]
+    elif AFTER in text:
+        before, _, after = text.partition(AFTER)
+        text = before + AFTER + "\n\n" + block + "\n" + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=".BENCHMARKS.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write(folder: Path) -> None:
+    """Render the cached results into BENCHMARKS.md and the plot."""
+    write_section(render(folder))
+    print(f"wrote {BENCHMARKS} and {PLOT}")
