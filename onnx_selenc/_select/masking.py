@@ -114,7 +114,9 @@ def dprm_values(
     layer = _moments(kernels)
     mu, sigma = _mean_std(layer.count, layer.total, layer.squares)
     layer_sigma = _layer_spread(layer, mu, sigma)
-    public_rows = np.setdiff1d(np.arange(n), selected)
+    public = np.ones(n, dtype=bool)  # a mask, not setdiff1d: that sorts all n rows
+    public[selected] = False
+    public_rows = np.flatnonzero(public)
     n_pub = len(public_rows)
     zeros: np.ndarray | None
     if method == "gaussian" or n_pub < 2:

@@ -167,9 +167,11 @@ def _recurring(
         lonely: those only one public kernel holds, sorted.
         n_public: the number of public values.
     """
-    _, inverse, counts = np.unique(drawn, return_inverse=True, return_counts=True)
+    distinct, inverse, counts = np.unique(drawn, return_inverse=True, return_counts=True)
     ours = _in_sorted(drawn, public) | (counts[inverse.ravel()] > 1)
-    met = int(np.sum(_in_sorted(lonely, np.sort(drawn))))
+    # Lonely values are distinct, so those a draw meets are the distinct draws among
+    # them: a search of the few draws, not of every lonely value.
+    met = int(np.sum(_in_sorted(distinct, lonely)))
     return ours, (n_public - lonely.size + met) / n_public
 
 
@@ -192,7 +194,7 @@ def _copy_moves(
     else:
         move = ours & (rng.random(drawn.size) < (share - theirs) / share)
         up = rng.random(drawn.size) < 0.5
-        taken = np.union1d(public, drawn)
+        taken = (public, np.sort(drawn))  # searched apart: their union is a re-sort
         moved = _walk_off(drawn, np.flatnonzero(move), taken, rows, grid, up[move])
         move &= moved != drawn  # found a value no one holds
     move &= grid.contains(moved[:, None].astype(np.float64), rows)[:, 0] & (moved != 0)
@@ -202,21 +204,24 @@ def _copy_moves(
 def _walk_off(
     values: np.ndarray,
     todo: np.ndarray,
-    taken: np.ndarray,
+    taken: tuple[np.ndarray, ...],
     rows: np.ndarray,
     grid: ValueGrid,
     up: np.ndarray,
 ) -> np.ndarray:
     """Walk the values at ``todo`` along the grid, a step at a time (``up`` or down, then
-    the other way), to the first value ``taken`` (sorted) does not hold; vectorised over
-    the values, each stops where it lands."""
+    the other way), to the first value no table of ``taken`` (each sorted) holds;
+    vectorised over the values, each stops where it lands."""
     values = values.copy()
     for _ in range(2):  # the chosen direction, then the other one
         found = np.zeros(todo.size, dtype=bool)
         active, current = np.arange(todo.size), values[todo]
         for _ in range(_STEPS):
             current = _next_value(current, rows[todo[active]], grid, up[active])
-            ok = ~_in_sorted(current, taken) & (current != 0)
+            held = np.zeros(current.shape, dtype=bool)
+            for table in taken:
+                held |= _in_sorted(current, table)
+            ok = ~held & (current != 0)
             ok &= grid.contains(current[:, None].astype(np.float64), rows[todo[active]])[:, 0]
             values[todo[active[ok]]] = current[ok]
             found[active[ok]] = True
@@ -231,6 +236,8 @@ def _walk_off(
 
 def _in_sorted(values: np.ndarray, table: np.ndarray) -> np.ndarray:
     """Which values a sorted table holds."""
+    if not table.size:
+        return np.zeros(values.shape, dtype=bool)
     at = np.clip(np.searchsorted(table, values), 0, len(table) - 1)
     return table[at] == values
 
