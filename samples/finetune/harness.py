@@ -238,6 +238,40 @@ def scratch(path: Any) -> Start:
     return make
 
 
+def reinit_ops(ops: tuple[str, ...]) -> Callable[[OnnxModule, int], None]:
+    """Fresh Kaiming weights (and zero biases) for the layers of the given op types only.
+
+    Controls for the 100% point: re-initialising the never-encrypted classifier (Gemm)
+    of a fully encrypted file, or the convs of the plain file, separates what the plain
+    classifier gives an attacker from what the masked convs' value distribution gives.
+    """
+
+    def mutate(model: OnnxModule, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        bias_of = _bias_keys(model)
+        with torch.no_grad():
+            for key, (op, fan_in) in model.weights.items():
+                if op in ops:
+                    p = model.params[key]
+                    p.copy_(torch.randn(p.shape, generator=gen) * math.sqrt(2.0 / fan_in))
+                    if bias_of.get(key) is not None:
+                        model.params[bias_of[key]].zero_()
+
+    return mutate
+
+
+def _bias_keys(model: OnnxModule) -> dict[str, str | None]:
+    """Weight key -> its bias key, from the graph (biases are input 2 of their node)."""
+    out: dict[str, str | None] = {}
+    for node in model.nodes:
+        if node.op_type in ("Conv", "Gemm") and len(node.input) > 1 and node.input[1]:
+            wk = model._key.get(node.input[1])
+            if wk in model.weights:
+                bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+                out[wk] = model._key.get(bias) if bias else None
+    return out
+
+
 def reinit_masked(plain: Any, public: Any) -> Callable[[OnnxModule, int], None]:
     """Worst case: the attacker knows which kernels differ from the plain file and
     re-initialises exactly those (Kaiming normal, fan-in), keeping the rest."""

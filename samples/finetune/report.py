@@ -221,6 +221,71 @@ def plot(arms_by_data: Mapping[float, Mapping[str, Any]], plain_acc: float, path
     plt.close(fig)
 
 
+def control_lines(arms_by_data: Mapping[float, Mapping[str, Any]]) -> list[str]:
+    """The 100%-point controls: which part of a fully encrypted file helps the attacker."""
+    names = {
+        "control-public-1-gemm-reinit": "100% public file, classifier (Gemm) re-initialised",
+        "control-plain-conv-reinit": "plain file, every conv re-initialised (classifier kept)",
+    }
+    rows = [(d, a) for d, a in sorted(arms_by_data.items()) if any(k in a for k in names)]
+    if not rows:
+        return []
+    lines = [
+        "Controls for the 100% point (today's method never encrypts the classifier):",
+        "",
+        "| attacker data | arm | before attack | after attack | vs scratch (points) |",
+        "|---|---|---|---|---|",
+    ]
+    for data, a in rows:
+        s = a.get("scratch")
+        for key, label in (("public-1", "100% public file (as above)"), *names.items()):
+            r = a.get(key)
+            if r is None:
+                continue
+            lines.append(
+                f"| {100 * data:g}% ({r['n']} digits) | {label} | {_pct(r['accuracy_before'])} "
+                f"| {_pct(r['mean'], r['se'])} | {_delta(r, s) if s else '–'} |"
+            )
+    return [*lines, ""]
+
+
+def placement_lines(arms_by_data: Mapping[float, Mapping[str, Any]]) -> list[str]:
+    """Hypothesis 2's table: mask placements other than scattered kernels."""
+    rows = [
+        (d, k, r)
+        for d, a in sorted(arms_by_data.items())
+        for k, r in sorted(a.items(), key=lambda kv: kv[1].get("masked_fraction", 0))
+        if k.startswith("place-")
+    ]
+    if not rows:
+        return ["### Where the masks go (hypothesis 2)", "", "Not measured.", ""]
+    labels = {
+        "filters": lambda r: f"whole filters, {100 * r['amount']:g}% of each layer's (+1)",
+        "early": lambda r: f"every weight of the first {r['amount']:g} convs",
+        "first-last": lambda r: "every weight of each stage's first and last conv",
+    }
+    lines = [
+        "### Where the masks go (hypothesis 2)",
+        "",
+        "Public files made by `samples/finetune/placement.py` directly on the weights (these "
+        "placements are not modes of `onnx_selenc`), masked values drawn from the same "
+        "layer's weights like `masking='empirical'`. Compare with the curve at the same "
+        "measured share.",
+        "",
+        "| attacker data | placement | masked share of conv weights | before attack | after "
+        "attack | vs scratch (points) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for data, _, r in rows:
+        s = arms_by_data[data].get("scratch")
+        lines.append(
+            f"| {100 * data:g}% ({r['n']} digits) | {labels[r['placement']](r)} | "
+            f"{100 * r['masked_fraction']:.2f}% | {_pct(r['accuracy_before'])} | "
+            f"{_pct(r['mean'], r['se'])} | {_delta(r, s) if s else '–'} |"
+        )
+    return [*lines, ""]
+
+
 def wiring_lines(folder: Path, arms_by_data: Mapping[float, Mapping[str, Any]]) -> list[str]:
     """The keyed-wiring table (hypothesis 3), if any of it was measured."""
     tiers = _common.read_json(folder / "wiring-tiers.json")
@@ -233,36 +298,43 @@ def wiring_lines(folder: Path, arms_by_data: Mapping[float, Mapping[str, Any]]) 
         "permutation, the next layer's inputs left as they were, so every kernel keeps its "
         "true values (`samples/finetune/wiring.py`). Recovery attack: layer by layer from "
         "the input, match each channel's mean ReLU activation on the attacker's digits to "
-        "the next layer's per-input-slot weight norm (rank matching).",
+        "the next layer's per-input-slot weight norm (rank matching); gradient recovery: "
+        "per layer, the Hungarian solution of the first-order loss change of moving each "
+        "filter into each slot (one backward pass on the attacker's labelled digits), kept "
+        "when it lowers their loss, 4 rounds over the layers. Both see the first seed's "
+        "attacker digits.",
         "",
     ]
+    arms = (
+        ("wired", "wired file as published"),
+        ("wired-recovered", "after activation-rank recovery"),
+        ("wired-recovered-grad", "after gradient (linearised loss) recovery"),
+    )
     if rows:
         lines += [
-            "| attacker data | scratch | wired file before | fine-tune wired file | vs scratch "
-            "| channels recovered | recovered file before | fine-tune recovered file | "
-            "vs scratch |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| attacker data | start | channels recovered | before attack | after attack | "
+            "vs scratch (points) |",
+            "|---|---|---|---|---|---|",
         ]
         for data, a in rows:
-            s, w, rec = a.get("scratch"), a["wired"], a.get("wired-recovered")
-            cells = [
-                f"{100 * data:g}% ({w['n']} digits)",
-                _pct(s["mean"], s["se"]) if s else "–",
-                _pct(w["accuracy_before"]),
-                _pct(w["mean"], w["se"]),
-                _delta(w, s) if s else "–",
-            ]
-            if rec is not None:
-                cells += [
-                    f"{100 * rec['recovered_channels']:.1f}%",
-                    _pct(rec["accuracy_before"]),
-                    _pct(rec["mean"], rec["se"]),
-                    _delta(rec, s) if s else "–",
-                ]
-            else:
-                cells += ["not measured"] + ["–"] * 3
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+            s = a.get("scratch")
+            for key, label in arms:
+                r = a.get(key)
+                if r is None:
+                    continue
+                rec = r.get("recovered_channels")
+                lines.append(
+                    f"| {100 * data:g}% ({r['n']} digits) | {label} | "
+                    f"{'–' if rec is None else f'{100 * rec:.1f}%'} | "
+                    f"{_pct(r['accuracy_before'])} | {_pct(r['mean'], r['se'])} | "
+                    f"{_delta(r, s) if s else '–'} |"
+                )
+        lines += [
+            "",
+            "'channels recovered': share of all conv output channels whose true position "
+            "the attack found (chance is about one per layer).",
+            "",
+        ]
     if tiers is not None:
         lines += [
             "Tiers by layers restored (the first k convs' permutations undone, the rest "
@@ -294,7 +366,12 @@ def render(folder: Path) -> str:
     widths = [int(v) // study.WIDTH_DIV for v in vgg19.CFG if v != "M"]
     base = harness.AttackConfig()
     commands = [command(d, "curve", c) for d, (c, a) in sorted(found.items()) if "scratch" in a]
-    commands += [command(d, "wiring", c) for d, (c, a) in sorted(found.items()) if "wired" in a]
+    for part, marker in (("control", "control-"), ("placement", "place-"), ("wiring", "wired")):
+        commands += [
+            command(d, part, c)
+            for d, (c, a) in sorted(found.items())
+            if any(k.startswith(marker) for k in a)
+        ]
     lines = [
         "## Fine-tuning attack study (issue 15)",
         "",
@@ -344,10 +421,12 @@ def render(folder: Path) -> str:
     for data in measured:
         config, arms = found[data]
         lines += curve_table(data, arms, plain_acc)
-        lines.insert(len(lines) - 1, f"Learning rate {_sweep_text(config)}.")
-        lines.insert(len(lines) - 1, "")
+        lines += [f"Learning rate {_sweep_text(config)}.", ""]
     if measured:
         plot(arms_by_data, plain_acc, PLOT)
+    lines += control_lines(arms_by_data)
+    lines += placement_lines(arms_by_data)
+    lines += wiring_lines(folder, arms_by_data)
     seconds = sum(_train_seconds(a) for arms in arms_by_data.values() for a in arms.values())
     lines += [
         f"Training time of every run above together: {seconds / 60:.0f} min (single-threaded "
@@ -355,7 +434,6 @@ def render(folder: Path) -> str:
         f"between arms).",
         "",
     ]
-    lines += wiring_lines(folder, arms_by_data)
     return "\n".join(lines)
 
 

@@ -41,6 +41,8 @@ ENCRYPTION = {
     "masking": "empirical",
     "seed": 0,
 }
+# Hypothesis 2: (placement, amount): filter share per layer, or leading convs; see placement.py.
+PLACEMENTS = (("filters", 0.01), ("filters", 0.1), ("early", 2), ("early", 4), ("first-last", 0))
 TRAIN = {"epochs": 4, "batch": 64, "lr": 5e-4, "seed": 0}
 TEST_DIGITS = 1000  # of the 2,000 held-out digits: enough for +-1.4 points at 90%
 
@@ -212,6 +214,28 @@ def run_part(part: str, data_fraction: float, cfg: harness.AttackConfig) -> None
                     harness.from_onnx(pub, harness.reinit_masked(plain, pub)),
                     extra,
                 )
+    elif part == "placement":
+        from samples.finetune import placement
+
+        for kind, amount in PLACEMENTS:
+            name = f"place-{kind}-{amount:g}"
+            pub = placement.masked_file(plain, folder() / f"{name}.onnx", kind, amount)
+            extra = {
+                "placement": kind,
+                "amount": amount,
+                "masked_fraction": harness.masked_fraction(plain, pub),
+            }
+            arm(name, harness.from_onnx(pub), extra)
+    elif part == "control":
+        # What does the 100% file still give? Its classifier is never encrypted.
+        pub = public_file(plain, 1.0)
+        extra = {"fraction": 1.0, "masked_fraction": harness.masked_fraction(plain, pub)}
+        arm(
+            "control-public-1-gemm-reinit",
+            harness.from_onnx(pub, harness.reinit_ops(("Gemm",))),
+            extra,
+        )
+        arm("control-plain-conv-reinit", harness.from_onnx(plain, harness.reinit_ops(("Conv",))))
     elif part == "wiring":
         wired, perms = wiring.wired_file(plain, folder(), seed=0)
         arm("wired", harness.from_onnx(wired))
@@ -235,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run a part of the study, or rebuild the report from the cached results."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=float, default=0.01, help="attacker's share of the 8,000 digits")
-    p.add_argument("--part", choices=("curve", "wiring"), default="curve")
+    p.add_argument("--part", choices=("curve", "wiring", "control", "placement"), default="curve")
     p.add_argument("--max-steps", type=int, default=harness.AttackConfig.max_steps)
     p.add_argument(
         "--sweep",

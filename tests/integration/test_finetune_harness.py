@@ -116,3 +116,18 @@ def test_masked_fraction_and_reinit(tmp_path: Path) -> None:
     key = changed.pop()
     diff = (mod.params[key] != before[key]).flatten(2).any(dim=2)
     assert diff.sum() == 1 and bool(diff[0, 1])
+
+
+def test_placement_masks_whole_filters_and_layers(tmp_path: Path) -> None:
+    """Hypothesis 2's files: whole filters / whole layers change, nothing else does."""
+    from samples.finetune import placement
+
+    plain = _tiny_cnn(tmp_path / "tiny.onnx")
+    total = 4 * 3 * 9 + 6 * 4 * 9
+    filters = placement.masked_file(plain, tmp_path / "f.onnx", "filters", 0.0)
+    # One filter per layer: 3*9 weights of conv 1 and 4*9 of conv 2.
+    assert harness.masked_fraction(plain, filters) == pytest.approx((27 + 36) / total)
+    early = placement.masked_file(plain, tmp_path / "e.onnx", "early", 1)
+    assert harness.masked_fraction(plain, early) == pytest.approx(4 * 27 / total)
+    ends = placement.masked_file(plain, tmp_path / "fl.onnx", "first-last", 0)
+    assert harness.masked_fraction(plain, ends) == pytest.approx(1.0)
