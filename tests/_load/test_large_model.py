@@ -4,14 +4,21 @@ The fast tests pin the performance work to the old behaviour: the external-data 
 writes what ``onnx.save_model`` writes, and the in-memory load gives the plain model's
 outputs (the digest's and the stripped parse's own tests are test_digest.py and
 test_stripped.py). The slow test builds a model over 2 GB and runs it through encrypt,
-inspect and load.
+inspect and load, and checks there that the loader reads the 2.4 GB of external data
+once: the data file is moved away right after that read and garbage put in its place
+before the session runs (one model serves both: building and encrypting it is most of
+the test's minutes).
 """
 
 from __future__ import annotations
 
+import builtins
+import io
+import os
 import shutil
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -27,6 +34,7 @@ from onnx_selenc._onnx import modelio as _modelio
 from onnx_selenc._onnx import stripped as _stripped
 from onnx_selenc.exceptions import InvalidBundle
 from tests import tiny_models as tm
+from tests._load.test_external_data_race import _Watched
 from tests.conftest import ort_run
 from tests.digest_reference import DIGEST_CASES as _DIGEST_CASES
 
@@ -146,7 +154,7 @@ def _available_memory() -> int:
 
 
 @pytest.mark.slow
-def test_model_over_2gb_round_trip(tmp_path: Path) -> None:
+def test_model_over_2gb_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Encrypt, inspect and load at every level a model whose weights exceed 2 GB.
 
     The model is a chain of four 3x3 convs at width 4096 (2.4 GB of external data);
@@ -207,6 +215,53 @@ def test_model_over_2gb_round_trip(tmp_path: Path) -> None:
     assert restored.model.ByteSize() < 2**20  # bundle removed, weights still external
     # Nothing new on disk: the encrypted files are all there is.
     assert sorted(p.name for p in enc.parent.iterdir()) == ["huge.enc.onnx", "huge.enc.onnx.data"]
+    _data_file_is_read_once(monkeypatch, result.key_file, enc, {"input": x}, ref, masked)
+
+
+def _data_file_is_read_once(
+    monkeypatch: pytest.MonkeyPatch,
+    key: Path,
+    enc: Path,
+    feeds: dict[str, np.ndarray],
+    ref: np.ndarray,
+    masked: np.ndarray,
+) -> None:
+    """Past protobuf's 2 GB every weight must reach ONNX Runtime in memory, at every level
+    (at level 0 nothing is restored, and ONNX Runtime used to map the file then)."""
+    data = enc.with_name(enc.name + ".data")
+    aside = data.with_name(data.name + ".aside")
+    moved: list[bool] = []
+
+    def move_aside() -> None:
+        if not moved[-1]:
+            moved[-1] = True
+            os.replace(data, aside)
+
+    real_open = builtins.open
+
+    def watched_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        fh = real_open(file, mode, *args, **kwargs)
+        if isinstance(file, str | os.PathLike) and Path(file).resolve() == data.resolve():
+            return _Watched(fh, move_aside)
+        return fh
+
+    cpu = ["CPUExecutionProvider"]
+    loads = {
+        0: lambda: se.load_session(enc, key=key, level=0, providers=cpu),
+        2: lambda: se.build_session(se.restore_model(enc, key=key), providers=cpu),
+    }
+    with monkeypatch.context() as m:
+        m.setattr(builtins, "open", watched_open)
+        m.setattr(io, "open", watched_open)
+        for level, load in loads.items():
+            moved.append(False)
+            session = load()
+            assert moved[-1] and not data.exists()  # read once, then gone
+            data.write_bytes(b"\0" * 4096)  # garbage where the weights were
+            out = session.run(None, feeds)[0]
+            del session
+            os.replace(aside, data)
+            assert np.array_equal(out, ref if level == 2 else masked)
 
 
 # --- restoring in place while the digest is being computed -----------------------------
