@@ -1,11 +1,16 @@
 """MLflow integration: an encrypted model as a custom pyfunc that restores its weights at load.
 
 MLflow's own ``onnx`` flavour would build a plain ONNX Runtime session from the
-encrypted file and serve the random kernels without a word. This flavour logs the
-encrypted model (packaged: ``onnx/model.enc.onnx``, external data, ``manifest.json``,
-``README.md``) as the artifact of an :class:`EncryptedOnnxModel`, and restores the
-weights in memory when the model is loaded, with a key taken from the serving
-environment. Key files and key material are never logged: :func:`log_model` refuses them.
+encrypted file and serve the random kernels without a word. This flavour saves the
+encrypted model, packaged by :func:`onnx_selenc.package`, as the artifact of an
+:class:`EncryptedOnnxModel`, and restores the weights in memory when the model is
+loaded, with a key taken from the serving environment. Key files and key material are
+never saved: :func:`save_model` and :func:`log_model` refuse them.
+
+The saved model is self-contained: it carries the ``onnx_selenc`` package (MLflow
+``code_paths``) and requires only onnx-selenc's dependencies plus the ONNX Runtime the
+caller names (``runtime``), so ``pip install -r requirements.txt`` builds its serving
+environment from a package index (see ``onnx_selenc._deploy.environment``).
 
 Where the key comes from at load time (``model_config``; overridable at load with
 ``mlflow.pyfunc.load_model(uri, model_config={...})`` or the environment variable
@@ -16,212 +21,150 @@ Where the key comes from at load time (``model_config``; overridable at load wit
 - ``key_file``: a key file path (a mounted secret); used when ``key_env`` is unset.
 - ``passphrase_env`` (default ``ONNX_SELENC_PASSPHRASE``): the passphrase of a
   protected key file.
-- ``level``: restore a lower level than the key grants (default: the key's level).
-- ``providers``: ONNX Runtime providers (default: CUDA where available, then CPU).
+- ``level``: the level to restore, at most the key's (default: the key's level); a
+  key granting less fails the load with ``LevelNotGranted``: a minimum-level guard.
+- ``providers``: ONNX Runtime providers, names or ``[name, {options}]`` pairs
+  (default: CUDA where available, then CPU).
+- ``allow_options``: provider option names the deployer vouches never write to disk
+  (see ``onnx_selenc.load_session``).
+- ``title``, ``runtime``: what was logged (shown by ``describe()``).
 
-What ``predict`` accepts (``model_input``), and returns (a ``dict`` of output name to
-``numpy.ndarray``) is described in :meth:`EncryptedOnnxModel.predict`.
+What ``predict`` accepts and returns is described in :meth:`EncryptedOnnxModel.predict`.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
 try:
     import mlflow
     import mlflow.pyfunc
     from mlflow.models import ModelSignature
-    from mlflow.pyfunc import PythonModel
-    from mlflow.types import Schema, TensorSpec
 except ImportError as exc:  # pragma: no cover - exercised only without mlflow
     raise ImportError("onnx_selenc.mlflow needs MLflow: pip install 'onnx-selenc[mlflow]'") from exc
 
-import numpy as np
-import onnx
-
-from onnx_selenc import __version__
-from onnx_selenc._crypto import bundle as _bundle
-from onnx_selenc._deploy.feeds import InputSpec, input_specs, to_feeds
-from onnx_selenc._deploy.package import package
-from onnx_selenc._deploy.registry import (
-    TAG_PREFIX,
-    check_env_name,
-    manifest_tags,
-    public_metadata,
-    refuse_key_text,
-    refuse_keys,
-    registry_tags,
-)
+from onnx_selenc._deploy.environment import DEFAULT_RUNTIME, serving_requirements
+from onnx_selenc._deploy.feeds import InputSpec, to_feeds
+from onnx_selenc._deploy.pyfunc import ARTIFACT, EncryptedOnnxModel, ServingFacts
+from onnx_selenc._deploy.registry import TAG_PREFIX, registry_tags
+from onnx_selenc._deploy.saving import Spec, describe_version, prepared
 from onnx_selenc._deploy.serving_key import DEFAULT_KEY_ENV, DEFAULT_PASSPHRASE_ENV, serving_key
-from onnx_selenc._load.loader import load_session, resolve_model_path
-from onnx_selenc._onnx.modelio import load_model as _load_onnx
+from onnx_selenc._deploy.signature import graph_signature
 from onnx_selenc.exceptions import KeyNotConfigured
 
 __all__ = [
     "ARTIFACT",
     "DEFAULT_KEY_ENV",
     "DEFAULT_PASSPHRASE_ENV",
+    "DEFAULT_RUNTIME",
     "TAG_PREFIX",
     "EncryptedOnnxModel",
     "InputSpec",
     "KeyNotConfigured",
+    "ServingFacts",
     "default_requirements",
     "graph_signature",
     "load_model",
     "log_model",
     "registry_tags",
+    "save_model",
     "serving_key",
     "to_feeds",
 ]
 
 if TYPE_CHECKING:
-    import onnxruntime as ort
-    import pandas as pd
     from mlflow.models.model import ModelInfo
-    from mlflow.pyfunc import PyFuncModel, PythonModelContext
-
-    # Only for type checkers: MLflow reads ``predict``'s annotations to validate
-    # inputs and would reject (or mis-infer a signature from) this union. Left
-    # unresolvable at run time, MLflow skips type-hint inference.
-    ModelInput: TypeAlias = np.ndarray | Mapping[str, Any] | pd.DataFrame
-
-ARTIFACT = "encrypted_model"
+    from mlflow.pyfunc import PyFuncModel
 
 
-class EncryptedOnnxModel(PythonModel):
-    """MLflow pyfunc model of an onnx-selenc encrypted ONNX model.
+def default_requirements(runtime: str | None = DEFAULT_RUNTIME) -> list[str]:
+    """Pinned requirements of the serving environment (MLflow adds itself).
 
-    Holds nothing at log time (it pickles empty); :meth:`load_context` restores the
-    weights in memory with the key of the serving environment and keeps the session.
+    onnx, numpy and cryptography at the versions installed here, and the ONNX Runtime
+    ``runtime`` names: ``"onnxruntime"`` (the default: CPU), ``"onnxruntime-gpu"``, a
+    full requirement (``"onnxruntime-gpu==1.20.1"``), or ``None`` for none. onnx-selenc
+    itself is not a requirement: the model carries it (``code_paths``).
+
+    Raises:
+        ValueError: ``runtime`` does not name an ONNX Runtime distribution.
+    """
+    return serving_requirements(runtime)
+
+
+def save_model(
+    encrypted_model_path: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    *,
+    key_env: str | None = DEFAULT_KEY_ENV,
+    passphrase_env: str | None = DEFAULT_PASSPHRASE_ENV,
+    key_file_config: str | None = None,
+    level: int | None = None,
+    providers: Sequence[str | tuple[str, Mapping[str, Any]]] | None = None,
+    allow_options: Collection[str] = (),
+    runtime: str | None = DEFAULT_RUNTIME,
+    title: str | None = None,
+    input_example: Any = None,
+    signature: ModelSignature | None = None,
+    extra_artifacts: Mapping[str, str | os.PathLike[str]] | None = None,
+    pip_requirements: Sequence[str] | None = None,
+    extra_pip_requirements: Sequence[str] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> None:
+    """Save an encrypted model as a plain MLflow model folder (never its key).
+
+    ``mlflow.pyfunc.load_model(path)`` loads it and ``mlflow models serve -m path``
+    serves it, with the key of the serving environment. The arguments are those of
+    :func:`log_model`, less the registry's (``name``, ``registered_model_name``, ``tags``).
+
+    Args:
+        encrypted_model_path: an encrypted ``.onnx`` or a packaged folder.
+        path: the model folder to create (absent or empty).
+        key_env: as in :func:`log_model`.
+        passphrase_env: as in :func:`log_model`.
+        key_file_config: as in :func:`log_model`.
+        level: as in :func:`log_model`.
+        providers: as in :func:`log_model`.
+        allow_options: as in :func:`log_model`.
+        runtime: as in :func:`log_model`.
+        title: as in :func:`log_model` (default: the model's folder or file stem).
+        input_example: as in :func:`log_model`.
+        signature: as in :func:`log_model`.
+        extra_artifacts: as in :func:`log_model`.
+        pip_requirements: as in :func:`log_model`.
+        extra_pip_requirements: as in :func:`log_model`.
+        metadata: as in :func:`log_model`.
+
+    Raises:
+        ValueError, NotEncrypted, FormatError: as in :func:`log_model`.
+        MlflowException: ``path`` exists and is not empty.
 
     Example:
-        >>> model = mlflow.pyfunc.load_model("models:/resnet-enc/3")  # doctest: +SKIP
-        >>> model.predict(images)["logits"].shape  # doctest: +SKIP
-        (8, 1000)
+        >>> save_model("dist/my-model", "serving/my-model")  # doctest: +SKIP
+        >>> mlflow.pyfunc.load_model("serving/my-model").predict(x)  # doctest: +SKIP
     """
-
-    # MLflow would wrap ``predict`` to validate inputs against its annotations; the
-    # recorded signature does that job, and the conversion below handles the rest.
-    _skip_type_hint_validation = True
-
-    def __init__(self) -> None:
-        self._session: ort.InferenceSession | None = None
-        self._inputs: tuple[InputSpec, ...] = ()
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Never pickle a restored session (or anything derived from a key).
-        return {}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self._session = None
-        self._inputs = ()
-
-    def load_context(self, context: PythonModelContext) -> None:
-        """Restore the model with the serving environment's key.
-
-        Raises:
-            KeyNotConfigured: no key in the configured environment variable or file.
-            KeyMismatch: the key belongs to another model.
-            LevelNotGranted: ``level`` in the configuration is above the key's.
-            KeyFileError: a malformed key file, or a protected one without its passphrase.
-            InvalidBundle: the model or key failed authentication.
-        """
-        config = dict(context.model_config or {})
-        key = serving_key(
-            key_env=config.get("key_env"),
-            key_file=config.get("key_file"),
-            passphrase_env=config.get("passphrase_env"),
-        )
-        level = config.get("level")
-        providers = config.get("providers")
-        self._session = load_session(
-            context.artifacts[ARTIFACT],
-            key=key,
-            level=None if level is None else int(level),
-            providers=list(providers) if providers else None,
-        )
-        self._inputs = input_specs(self._session)
-
-    def predict(
-        self,
-        context: PythonModelContext | None,
-        model_input: ModelInput,
-        params: dict[str, Any] | None = None,
-    ) -> dict[str, np.ndarray]:
-        """Run the restored model.
-
-        ``model_input`` may be:
-
-        - a ``numpy.ndarray`` (or nested list): the input of a single-input model;
-        - a mapping of input name to array: every model input, no other name;
-        - a ``pandas.DataFrame`` with one column per model input, each cell one
-          sample (a scalar, or a list/array, flattened or not): each column is
-          stacked and reshaped to ``(rows, *input dims after the batch dim)``
-          (MLflow's tensor convention for DataFrames);
-        - for a single-input model, a ``pandas.DataFrame`` of scalar columns, one row
-          per sample (e.g. an image's C*H*W pixel values): each row is reshaped to the
-          input's dims after the batch dim; at most one of those may be free.
-
-        Values are cast to the input's dtype when numpy's ``same_kind`` rule allows
-        (float64 to float32, ints to floats). When called through MLflow, MLflow
-        first checks the input against the recorded signature (see :func:`log_model`).
-
-        Returns:
-            Output name -> ``numpy.ndarray``, in the model's output order.
-
-        Raises:
-            ValueError: the input does not fit the model's inputs.
-            RuntimeError: the model was not loaded (``load_context`` not called).
-        """
-        if self._session is None:
-            raise RuntimeError("the model is not loaded: MLflow calls load_context first")
-        feeds = to_feeds(model_input, self._inputs)
-        outputs = self._session.run(None, feeds)
-        return {
-            meta.name: np.asarray(value)
-            for meta, value in zip(self._session.get_outputs(), outputs, strict=True)
-        }
-
-
-def graph_signature(model: onnx.ModelProto) -> ModelSignature | None:
-    """A named tensor signature from the graph's inputs and outputs (public, unencrypted).
-
-    Free dimensions become ``-1``. ``None`` if an input or output is not a tensor.
-    """
-
-    def specs(values: Sequence[onnx.ValueInfoProto]) -> list[TensorSpec] | None:
-        out = []
-        for v in values:
-            if not v.type.HasField("tensor_type"):
-                return None
-            t = v.type.tensor_type
-            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
-            shape = tuple(d.dim_value if d.dim_value > 0 else -1 for d in t.shape.dim)
-            out.append(TensorSpec(dtype, shape, v.name))
-        return out
-
-    initializers = {i.name for i in model.graph.initializer}
-    inputs = specs([i for i in model.graph.input if i.name not in initializers])
-    outputs = specs(list(model.graph.output))
-    if inputs is None or outputs is None:
-        return None
-    return ModelSignature(Schema(inputs), Schema(outputs))  # type: ignore[arg-type]
-
-
-def default_requirements() -> list[str]:
-    """Pinned requirements of the serving environment (MLflow adds itself)."""
-    reqs = [f"onnx-selenc=={__version__}"]
-    for dist in ("onnxruntime", "onnxruntime-gpu", "onnx", "numpy", "cryptography", "pandas"):
-        try:
-            reqs.append(f"{dist}=={importlib.metadata.version(dist)}")
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return reqs
+    spec = Spec(
+        Path(encrypted_model_path),
+        key_env,
+        passphrase_env,
+        key_file_config,
+        level,
+        providers,
+        allow_options,
+        runtime,
+        title,
+        input_example,
+        signature,
+        extra_artifacts or {},
+        pip_requirements,
+        extra_pip_requirements,
+        metadata or {},
+        {},
+    )
+    with prepared(spec) as staged:
+        mlflow.pyfunc.save_model(os.fspath(path), **staged.kwargs)
 
 
 def log_model(
@@ -232,7 +175,10 @@ def log_model(
     passphrase_env: str | None = DEFAULT_PASSPHRASE_ENV,
     key_file_config: str | None = None,
     level: int | None = None,
-    providers: Sequence[str] | None = None,
+    providers: Sequence[str | tuple[str, Mapping[str, Any]]] | None = None,
+    allow_options: Collection[str] = (),
+    runtime: str | None = DEFAULT_RUNTIME,
+    title: str | None = None,
     input_example: Any = None,
     signature: ModelSignature | None = None,
     registered_model_name: str | None = None,
@@ -244,11 +190,11 @@ def log_model(
 ) -> ModelInfo:
     """Log an encrypted model as an MLflow pyfunc model (never its key).
 
-    The artifact is the model packaged by :func:`onnx_selenc.package`: the encrypted
-    ``.onnx``, its external data, ``manifest.json`` and a README. The key comes from
-    the serving environment at load time (see the module docstring). Tags
-    ``onnx_selenc.*`` (:func:`registry_tags`, plus ``onnx_selenc.key_env``) go on the
-    logged model and, when registered, on the model version.
+    The artifact is the model packaged by :func:`onnx_selenc.package`; the model also
+    carries the ``onnx_selenc`` package (``code/``), so its requirements need no index
+    to serve onnx-selenc. The key comes from the serving environment at load time (see
+    the module docstring). Tags ``onnx_selenc.*`` (:func:`registry_tags`, plus
+    ``onnx_selenc.key_env``) go on the logged model and, when registered, on the version.
 
     Args:
         encrypted_model_path: an encrypted ``.onnx`` or a packaged folder.
@@ -257,15 +203,24 @@ def log_model(
         passphrase_env: environment variable that will hold a protected key's passphrase.
         key_file_config: default key file *path* at serving (a mounted secret), never
             key content.
-        level: restore this level at load (default: the key's level).
-        providers: ONNX Runtime providers at load (default: CUDA if available, then CPU).
+        level: restore this level at load (default: the key's level); a key granting
+            less fails the load (``LevelNotGranted``).
+        providers: ONNX Runtime providers at load, names or ``(name, options)``
+            (default: CUDA if available, then CPU).
+        allow_options: provider option names that the check of options writing to disk
+            does not know and the deployer vouches for (``load_session``'s).
+        runtime: the ONNX Runtime of the serving environment: ``"onnxruntime"`` (the
+            default, CPU), ``"onnxruntime-gpu"``, a full requirement, or ``None`` (the
+            image has one). See :func:`default_requirements`.
+        title: the model's name in the package's model card and in the serving log
+            (default: ``registered_model_name``, else the model's folder or file stem).
         input_example: recorded as MLflow's input example. MLflow tries it on the
             logged model when the key is available in this process (and only warns if not).
-        signature: default: a tensor signature read from the graph (:func:`graph_signature`).
+        signature: default: :func:`graph_signature` (tensor inputs, one column per output).
         registered_model_name: also register the model under this name.
         extra_artifacts: more files or folders to log (labels, preprocessing); scanned
             for key files.
-        pip_requirements: default :func:`default_requirements`.
+        pip_requirements: default :func:`default_requirements` of ``runtime``.
         extra_pip_requirements: added to the default requirements (ignored when
             ``pip_requirements`` is given).
         metadata: extra MLmodel metadata (an ``onnx_selenc`` entry is added).
@@ -276,7 +231,8 @@ def log_model(
 
     Raises:
         ValueError: a key file or key material among the inputs, next to the model, or
-            in the configuration, metadata or tags; a bad environment variable name.
+            in the configuration, metadata or tags; a bad environment variable name, a
+            ``runtime`` that is not an ONNX Runtime, a malformed ``providers`` entry.
         NotEncrypted: the model is not an onnx-selenc model (log it with ``mlflow.onnx``).
         FormatError: malformed model.
 
@@ -284,70 +240,33 @@ def log_model(
         >>> with mlflow.start_run():  # doctest: +SKIP
         ...     info = log_model("dist/my-model", "model", registered_model_name="my-model")
     """
-    source = Path(encrypted_model_path)
-    refuse_keys(source, extra_artifacts or {})
-    check_env_name(key_env, "key_env")
-    check_env_name(passphrase_env, "passphrase_env")
-    if key_file_config is not None:
-        refuse_key_text({"key_file_config": key_file_config})
-        if "\n" in key_file_config:
-            raise ValueError("key_file_config must be a key file path")
-    refuse_key_text({**(metadata or {}), **(tags or {})})
-
-    model = _load_onnx(resolve_model_path(source), load_external=False)
-    manifest = _bundle.read_bundle(model)[0].as_dict()  # NotEncrypted for a plain model
-    model_tags = {
-        **manifest_tags(manifest),
-        TAG_PREFIX + "key_env": key_env or "",
-        **(tags or {}),
-    }
-    config: dict[str, Any] = {
-        "key_env": key_env,
-        "key_file": key_file_config,
-        "passphrase_env": passphrase_env,
-        "level": level,
-        "providers": list(providers) if providers else None,
-    }
-    reserved = set(extra_artifacts or {}) & {ARTIFACT}
-    if reserved:
-        raise ValueError(f"artifact name {ARTIFACT!r} is reserved for the encrypted model")
-    with tempfile.TemporaryDirectory(prefix="onnx-selenc-mlflow-") as tmp:
-        packaged = package(source, Path(tmp) / ARTIFACT).output_dir
+    spec = Spec(
+        Path(encrypted_model_path),
+        key_env,
+        passphrase_env,
+        key_file_config,
+        level,
+        providers,
+        allow_options,
+        runtime,
+        title or registered_model_name,
+        input_example,
+        signature,
+        extra_artifacts or {},
+        pip_requirements,
+        extra_pip_requirements,
+        metadata or {},
+        tags or {},
+    )
+    with prepared(spec) as staged:
         info = mlflow.pyfunc.log_model(
             name=name,
-            python_model=EncryptedOnnxModel(),
-            artifacts={
-                ARTIFACT: str(packaged),
-                **{k: os.fspath(v) for k, v in (extra_artifacts or {}).items()},
-            },
-            model_config=config,
-            signature=signature if signature is not None else graph_signature(model),
-            input_example=input_example,
             registered_model_name=registered_model_name,
-            # Explicit requirements: MLflow would otherwise infer them by loading the
-            # model in a subprocess, which needs the key (and takes seconds).
-            pip_requirements=(
-                list(pip_requirements)
-                if pip_requirements is not None
-                else [*default_requirements(), *(extra_pip_requirements or [])]
-            ),
-            metadata={**(metadata or {}), "onnx_selenc": public_metadata(manifest, key_env)},
-            tags=model_tags,
+            tags=staged.tags,
+            **staged.kwargs,
         )
-    version = info.registered_model_version
-    if registered_model_name and version is not None:
-        client = mlflow.MlflowClient()
-        for k, v in model_tags.items():
-            client.set_model_version_tag(registered_model_name, str(version), k, v)
-        client.update_model_version(
-            registered_model_name,
-            str(version),
-            description=(
-                f"onnx-selenc encrypted model: {manifest['levels']} levels, key id "
-                f"{manifest['key_id']}. Serve with the key of a tier in "
-                f"${key_env or 'ONNX_SELENC_KEY'} (a key file's path or content)."
-            ),
-        )
+    if registered_model_name:
+        describe_version(info, registered_model_name, staged, key_env)
     return info
 
 
@@ -358,12 +277,13 @@ def load_model(
     key_file: str | os.PathLike[str] | None = None,
     passphrase_env: str | None = None,
     level: int | None = None,
-    providers: Sequence[str] | None = None,
+    providers: Sequence[str | tuple[str, Mapping[str, Any]]] | None = None,
+    allow_options: Collection[str] | None = None,
     dst_path: str | None = None,
 ) -> PyFuncModel:
-    """Load a model logged by :func:`log_model`, restored with the environment's key.
+    """Load a model saved by :func:`save_model` or :func:`log_model`, with the environment's key.
 
-    Arguments left ``None`` keep the logged configuration. Giving ``key_file`` (and
+    Arguments left ``None`` keep the saved configuration. Giving ``key_file`` (and
     no ``key_env``) uses that file only, whatever the environment holds.
 
     Args:
@@ -371,16 +291,18 @@ def load_model(
         key_env: environment variable holding a key file's path or content.
         key_file: key file path.
         passphrase_env: environment variable holding a protected key's passphrase.
-        level: restore this level (at most the key's).
-        providers: ONNX Runtime providers.
+        level: restore this level; a key granting less fails (``LevelNotGranted``).
+        providers: ONNX Runtime providers, names or ``(name, options)``.
+        allow_options: provider option names vouched for (see :func:`log_model`).
         dst_path: where MLflow downloads the artifacts.
 
     Returns:
-        MLflow's ``PyFuncModel``; ``predict`` returns output name -> array.
+        MLflow's ``PyFuncModel``; see :meth:`EncryptedOnnxModel.predict` for what
+        ``predict`` returns, and ``unwrap_python_model().describe()`` for what runs.
 
     Raises:
-        KeyNotConfigured, KeyMismatch, LevelNotGranted, KeyFileError, InvalidBundle:
-            see :meth:`EncryptedOnnxModel.load_context`.
+        KeyNotConfigured, KeyMismatch, LevelNotGranted, KeyFileError, InvalidBundle,
+        UnsafeSessionOptions: see :meth:`EncryptedOnnxModel.load_context`.
 
     Example:
         >>> model = load_model("models:/my-model/2")  # doctest: +SKIP
@@ -396,5 +318,9 @@ def load_model(
     if level is not None:
         overrides["level"] = int(level)
     if providers is not None:
-        overrides["providers"] = list(providers)
+        overrides["providers"] = [
+            p if isinstance(p, str) else [p[0], dict(p[1])] for p in providers
+        ]
+    if allow_options is not None:
+        overrides["allow_options"] = [str(o) for o in allow_options]
     return mlflow.pyfunc.load_model(model_uri, dst_path=dst_path, model_config=overrides or None)

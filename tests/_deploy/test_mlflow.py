@@ -154,25 +154,25 @@ def test_registry_model_matches_load_session_at_two_tiers(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(om.DEFAULT_KEY_ENV, str(store.tier1))  # a key file's path
-    tier1 = om.load_model(store.uri, providers=CPU).predict(store.x)["y"]
+    tier1 = om.load_model(store.uri, providers=CPU).predict(store.x)
     np.testing.assert_array_equal(tier1, _reference(store, store.tier1))
 
     # MLflow's own loader, the key's content in the variable, its passphrase in another.
     monkeypatch.setenv(om.DEFAULT_KEY_ENV, store.tier2.read_text())
     monkeypatch.setenv(om.DEFAULT_PASSPHRASE_ENV, PASSPHRASE)
-    tier2 = mlflow.pyfunc.load_model(store.uri).predict({"x": store.x})["y"]
+    tier2 = mlflow.pyfunc.load_model(store.uri).predict({"x": store.x})
     np.testing.assert_array_equal(tier2, _reference(store, store.tier2, passphrase=PASSPHRASE))
     assert not np.allclose(tier1, tier2)
 
     # The owner's tier is the original model: not garbage.
-    owner = om.load_model(store.uri, key_file=store.owner).predict(store.x)["y"]
+    owner = om.load_model(store.uri, key_file=store.owner).predict(store.x)
     np.testing.assert_allclose(owner, store.plain_y, rtol=1e-5, atol=1e-6)
     assert not np.allclose(tier1, store.plain_y)
 
 
 def test_level_and_key_file_configuration(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(om.DEFAULT_KEY_ENV, store.other.read_text())  # ignored below
-    lowered = om.load_model(store.uri, key_file=store.owner, level=1).predict(store.x)["y"]
+    lowered = om.load_model(store.uri, key_file=store.owner, level=1).predict(store.x)
     np.testing.assert_array_equal(lowered, _reference(store, store.tier1))
     with pytest.raises(LevelNotGranted):
         om.load_model(store.uri, key_file=store.tier1, level=3)
@@ -182,7 +182,7 @@ def test_level_and_key_file_configuration(store: Store, monkeypatch: pytest.Monk
         "MLFLOW_PYFUNC_INFERENCE_CONFIG",
         json.dumps({"key_file": str(store.tier1), "key_env": None}),
     )
-    served = mlflow.pyfunc.load_model(store.uri).predict(store.x)["y"]
+    served = mlflow.pyfunc.load_model(store.uri).predict(store.x)
     np.testing.assert_array_equal(served, _reference(store, store.tier1))
 
 
@@ -212,19 +212,19 @@ def test_predict_input_forms(store: Store) -> None:
     expected = _reference(store, store.tier1)
     x = store.x
     rows = len(x)
-    np.testing.assert_array_equal(model.predict(x)["y"], expected)
-    np.testing.assert_array_equal(model.predict({"x": x})["y"], expected)
+    np.testing.assert_array_equal(model.predict(x), expected)
+    np.testing.assert_array_equal(model.predict({"x": x}), expected)
     # MLflow's DataFrame convention: a column per input, one (flattened) sample per cell.
     flat = pd.DataFrame({"x": [s.ravel().tolist() for s in x]})
-    np.testing.assert_array_equal(model.predict(flat)["y"], expected)
+    np.testing.assert_array_equal(model.predict(flat), expected)
     nested = pd.DataFrame({"x": list(x)})
-    np.testing.assert_array_equal(model.predict(nested)["y"], expected)
+    np.testing.assert_array_equal(model.predict(nested), expected)
 
     # The model itself also takes pixel tables (one scalar column per value) and casts.
     python_model = model.unwrap_python_model()
     pixels = pd.DataFrame(x.reshape(rows, -1))
-    np.testing.assert_array_equal(python_model.predict(None, pixels)["y"], expected)
-    np.testing.assert_array_equal(python_model.predict(None, x.astype(np.float64))["y"], expected)
+    np.testing.assert_array_equal(python_model.predict(None, pixels), expected)
+    np.testing.assert_array_equal(python_model.predict(None, x.astype(np.float64)), expected)
     with pytest.raises(ValueError, match="do not fit input x"):
         python_model.predict(None, pd.DataFrame(x.reshape(rows, -1)[:, :100]))
     with pytest.raises(ValueError, match="unknown z"):
@@ -246,7 +246,7 @@ def test_pixel_tables_through_mlflow_with_a_column_signature(store: Store) -> No
     with mlflow.start_run(experiment_id=experiment):
         info = om.log_model(store.package, "pixels", signature=mlflow.models.infer_signature(table))
     model = om.load_model(info.model_uri, key_file=store.tier1)
-    np.testing.assert_array_equal(model.predict(table)["y"], _reference(store, store.tier1))
+    np.testing.assert_array_equal(model.predict(table), _reference(store, store.tier1))
 
 
 def test_registry_shows_what_the_model_is(store: Store) -> None:
@@ -275,12 +275,15 @@ def test_registry_shows_what_the_model_is(store: Store) -> None:
     art = art.parent
     files = sorted(p.relative_to(art).as_posix() for p in art.rglob("*") if p.is_file())
     model_files = [f for f in files if f.startswith("artifacts/")]
-    assert model_files == [
-        "artifacts/encrypted_model/README.md",
-        "artifacts/encrypted_model/manifest.json",
-        "artifacts/encrypted_model/onnx/model.enc.onnx",
-        "artifacts/encrypted_model/onnx/model.enc.onnx.data",
-    ]
+    packaged = sorted(
+        f"artifacts/{om.ARTIFACT}/" + p.relative_to(store.package).as_posix()
+        for p in store.package.rglob("*")
+        if p.is_file()
+    )
+    assert model_files == packaged
+    # The model carries the onnx_selenc package (code_paths): nothing else to install.
+    assert "code/onnx_selenc/_deploy/pyfunc.py" in files
+    assert not [f for f in files if "__pycache__" in f]
     assert "input_example.json" in files
 
 
@@ -309,7 +312,9 @@ def test_store_holds_no_key_material(store: Store) -> None:
         data = f.read_bytes()
         leaked = [s for s in secrets if s in data]
         assert not leaked, f"key material in {f}"
-        assert b"onnx-selenc-key" not in data, f"key file content in {f}"
+        # The carried source names the key files' format marker; nothing else may.
+        if "/code/onnx_selenc/" not in f.as_posix():
+            assert b"onnx-selenc-key" not in data, f"key file content in {f}"
 
     client = mlflow.MlflowClient()
     run = client.get_run(store.info.run_id)
