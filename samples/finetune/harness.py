@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -158,6 +158,7 @@ def attack_arm(
     n: int,
     cfg: AttackConfig,
     log: Callable[[str], None] = _print,
+    prior: Mapping[tuple[int, float], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """One arm at one data size: the learning-rate sweep (first seed), then every seed.
 
@@ -169,6 +170,7 @@ def attack_arm(
         n: examples the attacker holds (train + held-out part).
         cfg: the budget.
         log: progress lines.
+        prior: finished runs by (seed, lr), reused instead of trained again.
 
     Returns:
         ``chosen_lr`` (the first seed's), its sweep, ``sweeps`` (every seed's tries),
@@ -183,6 +185,11 @@ def attack_arm(
         lrs = cfg.lrs if i == 0 or cfg.sweep_every_seed else (chosen,)
         tried = []
         for lr in lrs:
+            if (seed, lr) in (prior or {}):
+                # The same (seed, lr) run under the other sweep rule: training is seeded
+                # and single-threaded, so rerunning it would give the same numbers.
+                tried.append({**prior[seed, lr], "reused": True})  # type: ignore[index]
+                continue
             torch.manual_seed(seed)
             model = start(seed)
             stats = train(model, x[tr], y[tr], x[va], y[va], lr=lr, cfg=cfg, seed=seed)
@@ -256,6 +263,26 @@ def reinit_ops(ops: tuple[str, ...]) -> Callable[[OnnxModule, int], None]:
                     p.copy_(torch.randn(p.shape, generator=gen) * math.sqrt(2.0 / fan_in))
                     if bias_of.get(key) is not None:
                         model.params[bias_of[key]].zero_()
+
+    return mutate
+
+
+def rescaled_random() -> Callable[[OnnxModule, int], None]:
+    """Random weights with each layer's own standard deviation, zero biases.
+
+    A start an attacker can make from any public file in which only one number per
+    layer (its weights' spread) survives, no value and no position: a control for how
+    much of a fully masked file's head start over Kaiming scratch is the scale alone.
+    """
+
+    def mutate(model: OnnxModule, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for key in model.weights:
+                p = model.params[key]
+                p.copy_(torch.randn(p.shape, generator=gen) * float(p.detach().std()))
+            for key in model.biases:
+                model.params[key].zero_()
 
     return mutate
 

@@ -17,6 +17,7 @@ defaults); keyed-wiring files from :mod:`samples.finetune.wiring`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -166,18 +167,43 @@ def public_file(plain: Path, fraction: float) -> Path:
     return out
 
 
-def _cached_arm(name: str, run: Any) -> dict[str, Any]:
+def _cached_arm(name: str, run: Any) -> dict[str, Any] | None:
+    """The cached arm, or run it; None when another process is running it right now."""
     path = folder() / "arms" / f"{name}.json"
     path.parent.mkdir(exist_ok=True)
     got = _common.read_json(path)
     if got is None:
-        print(f"  {name}", flush=True)
-        got = run()
-        _common.write_json(path, got)
+        lock = path.with_suffix(".lock")
+        try:  # two study processes may share one part (e.g. --reverse); one runs an arm
+            lock.open("x").close()
+        except FileExistsError:
+            print(f"  {name}: running elsewhere ({lock.name}), skipped", flush=True)
+            return None
+        try:
+            print(f"  {name}", flush=True)
+            got = run()
+            _common.write_json(path, got)
+        finally:
+            lock.unlink(missing_ok=True)
     return got
 
 
-def run_part(part: str, data_fraction: float, cfg: harness.AttackConfig) -> None:
+def _prior_runs(name: str, data_fraction: float, cfg: harness.AttackConfig) -> dict[Any, Any]:
+    """Runs of the same arm under the other sweep rule, by (seed, lr), to reuse."""
+    other = dataclasses.replace(cfg, sweep_every_seed=not cfg.sweep_every_seed)
+    tag = f"d{data_fraction:g}-{_common.config_hash(harness.config_dict(other))}"
+    got = _common.read_json(folder() / "arms" / f"{tag}-{name}.json")
+    if got is None:
+        return {}
+    runs = [*got.get("sweep", []), *got.get("runs", [])]
+    for seed_runs in got.get("sweeps", []):
+        runs += seed_runs
+    return {(r["seed"], r["lr"]): {k: v for k, v in r.items() if k != "reused"} for r in runs}
+
+
+def run_part(
+    part: str, data_fraction: float, cfg: harness.AttackConfig, reverse: bool = False
+) -> None:
     """Measure one part (``curve`` or ``wiring``) at one attacker data size."""
     data = vgg19.load_data()
     xte, yte = test_set(data)
@@ -190,7 +216,10 @@ def run_part(part: str, data_fraction: float, cfg: harness.AttackConfig) -> None
     def arm(name: str, start: harness.Start, extra: dict[str, Any] | None = None) -> None:
         def go() -> dict[str, Any]:
             before = harness.accuracy(start(0), xte, yte)
-            res = harness.attack_arm(start, data.x_train, data.y_train, xte, yte, n, cfg)
+            prior = _prior_runs(name, data_fraction, cfg)
+            res = harness.attack_arm(
+                start, data.x_train, data.y_train, xte, yte, n, cfg, prior=prior
+            )
             return {
                 **res,
                 **(extra or {}),
@@ -204,7 +233,7 @@ def run_part(part: str, data_fraction: float, cfg: harness.AttackConfig) -> None
 
     arm("scratch", harness.scratch(plain))
     if part == "curve":
-        for f in FRACTIONS:
+        for f in reversed(FRACTIONS) if reverse else FRACTIONS:
             pub = public_file(plain, f)
             extra = {"fraction": f, "masked_fraction": harness.masked_fraction(plain, pub)}
             arm(f"public-{f:g}", harness.from_onnx(pub), extra)
@@ -236,6 +265,7 @@ def run_part(part: str, data_fraction: float, cfg: harness.AttackConfig) -> None
             extra,
         )
         arm("control-plain-conv-reinit", harness.from_onnx(plain, harness.reinit_ops(("Conv",))))
+        arm("control-rescaled-random", harness.from_onnx(pub, harness.rescaled_random()))
     elif part == "wiring":
         wired, perms = wiring.wired_file(plain, folder(), seed=0)
         arm("wired", harness.from_onnx(wired))
@@ -267,6 +297,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="every",
         help="sweep the learning rates on every seed, or on the first and reuse its pick",
     )
+    p.add_argument(
+        "--reverse",
+        action="store_true",
+        help="curve fractions largest first (a second process on the same part)",
+    )
     p.add_argument("--report", action="store_true", help="rebuild BENCHMARKS.md and plots")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -278,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     start = time.perf_counter()
     cfg = harness.AttackConfig(max_steps=args.max_steps, sweep_every_seed=args.sweep == "every")
-    run_part(args.part, args.data, cfg)
+    run_part(args.part, args.data, cfg, reverse=args.reverse)
     print(f"done in {time.perf_counter() - start:.0f} s")
     return 0
 
