@@ -35,6 +35,7 @@ What ``predict`` accepts and returns is described in :meth:`EncryptedOnnxModel.p
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without mlflow
 
 from onnx_selenc._deploy.environment import DEFAULT_RUNTIME, serving_requirements
 from onnx_selenc._deploy.feeds import InputSpec, to_feeds
+from onnx_selenc._deploy.package_files import check_destination, move_into_place, staging_folder
 from onnx_selenc._deploy.pyfunc import ARTIFACT, EncryptedOnnxModel, ServingFacts
 from onnx_selenc._deploy.registry import TAG_PREFIX, registry_tags
 from onnx_selenc._deploy.saving import Spec, describe_version, prepared
@@ -112,6 +114,9 @@ def save_model(
     pip_requirements: Sequence[str] | None = None,
     extra_pip_requirements: Sequence[str] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    preprocess: str | os.PathLike[str] | None = None,
+    id2label: Any = None,
+    overwrite: bool = False,
 ) -> None:
     """Save an encrypted model as a plain MLflow model folder (never its key).
 
@@ -136,10 +141,17 @@ def save_model(
         pip_requirements: as in :func:`log_model`.
         extra_pip_requirements: as in :func:`log_model`.
         metadata: as in :func:`log_model`.
+        preprocess: as in :func:`log_model`.
+        id2label: as in :func:`log_model`.
+        overwrite: replace ``path`` if it exists and is not empty.
+
+    The folder is built beside ``path`` and renamed into place: an error or an
+    interruption leaves ``path`` as it was.
 
     Raises:
         ValueError, NotEncrypted, FormatError: as in :func:`log_model`.
-        MlflowException: ``path`` exists and is not empty.
+        FileExistsError: ``path`` exists and is not empty (without ``overwrite``), or
+            is a file.
 
     Example:
         >>> save_model("dist/my-model", "serving/my-model")  # doctest: +SKIP
@@ -162,9 +174,18 @@ def save_model(
         extra_pip_requirements,
         metadata or {},
         {},
+        preprocess,
+        id2label,
     )
+    out = Path(path)
+    check_destination(out, [spec.source], overwrite=overwrite)
     with prepared(spec) as staged:
-        mlflow.pyfunc.save_model(os.fspath(path), **staged.kwargs)
+        tmp = staging_folder(out)
+        try:
+            mlflow.pyfunc.save_model(os.fspath(tmp), **staged.kwargs)
+            move_into_place(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone already when it was moved
 
 
 def log_model(
@@ -187,6 +208,8 @@ def log_model(
     extra_pip_requirements: Sequence[str] | None = None,
     metadata: Mapping[str, Any] | None = None,
     tags: Mapping[str, str] | None = None,
+    preprocess: str | os.PathLike[str] | None = None,
+    id2label: Any = None,
 ) -> ModelInfo:
     """Log an encrypted model as an MLflow pyfunc model (never its key).
 
@@ -225,6 +248,9 @@ def log_model(
             ``pip_requirements`` is given).
         metadata: extra MLmodel metadata (an ``onnx_selenc`` entry is added).
         tags: extra logged-model tags.
+        preprocess: a JSON file of the preprocessing the model expects, packaged as
+            ``preprocessor_config.json`` (:func:`onnx_selenc.package`'s).
+        id2label: class labels for the package's ``config.json`` (``package``'s).
 
     Returns:
         MLflow's ``ModelInfo`` (``model_uri``, ``registered_model_version``, ...).
@@ -257,6 +283,8 @@ def log_model(
         extra_pip_requirements,
         metadata or {},
         tags or {},
+        preprocess,
+        id2label,
     )
     with prepared(spec) as staged:
         info = mlflow.pyfunc.log_model(

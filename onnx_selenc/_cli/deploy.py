@@ -7,10 +7,15 @@ the main CLI prints them with its exit codes.
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from onnx_selenc._cli.output import add_json_flag, emit
+from onnx_selenc._deploy.inspect import inspect_model
 from onnx_selenc._deploy.package import package
+from onnx_selenc._load.loader import resolve_model_path
+from onnx_selenc.exceptions import NotEncrypted
 
 
 def add_deploy_commands(subparsers: Any) -> None:
@@ -50,12 +55,34 @@ def add_deploy_commands(subparsers: Any) -> None:
         help="class labels for config.json: a JSON list, or an object of index -> label "
         "(default: labels the model carries in its metadata, such as YOLO's names)",
     )
+    p.add_argument(
+        "--mlflow",
+        action="store_true",
+        help="write an MLflow model folder instead (MLmodel, the onnx_selenc package in code/, "
+        "this folder's files under artifacts/encrypted_model/): mlflow.pyfunc.load_model(DIR) "
+        "and `mlflow models serve -m DIR` serve it with the key in --key-env",
+    )
+    p.add_argument(
+        "--runtime",
+        default="onnxruntime",
+        help="with --mlflow: the ONNX Runtime the serving environment installs "
+        "(onnxruntime, onnxruntime-gpu, or a requirement line; default onnxruntime)",
+    )
+    p.add_argument(
+        "--key-env",
+        default="ONNX_SELENC_KEY",
+        metavar="NAME",
+        help="with --mlflow: the variable that will hold the key (its path or content) when "
+        "served (default ONNX_SELENC_KEY)",
+    )
     add_json_flag(p)
     p.set_defaults(func=cmd_package)
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    """``onnx-selenc package ENC_MODEL -o DIR``."""
+    """``onnx-selenc package ENC_MODEL -o DIR [--mlflow]``."""
+    if args.mlflow:
+        return _package_mlflow(args)
     result = package(
         args.model,
         args.output,
@@ -76,4 +103,47 @@ def cmd_package(args: argparse.Namespace) -> int:
         f"packaged {result.levels}-level model (key id {result.key_id}) in {result.output_dir}"
     ]
     lines += [f"  {f.relative_to(result.output_dir)}" for f in result.files]
+    return emit(args, doc, lines)
+
+
+def _package_mlflow(args: argparse.Namespace) -> int:
+    """``package --mlflow``: :func:`onnx_selenc.mlflow.save_model` into DIR."""
+    try:
+        from onnx_selenc import mlflow as selenc_mlflow
+    except ImportError as exc:
+        raise ValueError(
+            "--mlflow needs MLflow in this environment: pip install -e '.[cpu,mlflow]'"
+        ) from exc
+    manifest = inspect_model(args.model).manifest
+    if manifest is None:
+        raise NotEncrypted(f"{args.model} is not an onnx-selenc encrypted model")
+    with tempfile.TemporaryDirectory(prefix="onnx-selenc-package-") as tmp:
+        # Packaged first, as without --mlflow: only the model and its data are taken,
+        # whatever else (key files) sits beside it.
+        staged = package(args.model, Path(tmp) / "model", title=args.title).output_dir
+        selenc_mlflow.save_model(
+            staged,
+            args.output,
+            key_env=args.key_env,
+            runtime=args.runtime,
+            title=args.title or Path(args.model).stem.removesuffix(".enc"),
+            preprocess=args.preprocess,
+            id2label=args.id2label,
+            overwrite=args.overwrite,
+        )
+    out = Path(args.output)
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    doc = {
+        "output_dir": str(out),
+        "model_file": str(resolve_model_path(out / "artifacts" / selenc_mlflow.ARTIFACT)),
+        "config_file": str(out / "artifacts" / selenc_mlflow.ARTIFACT / "config.json"),
+        "files": [str(f) for f in files],
+        "key_id": manifest["key_id"],
+        "levels": manifest["levels"],
+    }
+    lines = [
+        f"saved {manifest['levels']}-level model (key id {manifest['key_id']}) as an MLflow "
+        f"model in {out} (serve it with the key in ${args.key_env})"
+    ]
+    lines += [f"  {f.relative_to(out)}" for f in files if "code" not in f.relative_to(out).parts]
     return emit(args, doc, lines)

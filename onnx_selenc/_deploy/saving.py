@@ -20,6 +20,7 @@ from mlflow.models import ModelSignature
 
 from onnx_selenc._crypto import bundle as _bundle
 from onnx_selenc._deploy.environment import serving_requirements, stage_package
+from onnx_selenc._deploy.model_config import Id2Label
 from onnx_selenc._deploy.package import package
 from onnx_selenc._deploy.pyfunc import ARTIFACT, EncryptedOnnxModel, provider_specs
 from onnx_selenc._deploy.registry import (
@@ -58,6 +59,8 @@ class Spec:
     extra_pip_requirements: Sequence[str] | None
     metadata: Mapping[str, Any]
     tags: Mapping[str, str]
+    preprocess: str | os.PathLike[str] | None = None
+    id2label: Id2Label | str | os.PathLike[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,13 @@ def prepared(spec: Spec) -> Iterator[Prepared]:
     }
     tags = {**manifest_tags(manifest), TAG_PREFIX + "key_env": spec.key_env or "", **spec.tags}
     with tempfile.TemporaryDirectory(prefix="onnx-selenc-mlflow-") as tmp:
-        packaged = package(spec.source, Path(tmp) / ARTIFACT, title=title).output_dir
+        packaged = package(
+            spec.source,
+            Path(tmp) / ARTIFACT,
+            title=title,
+            preprocess=spec.preprocess,
+            id2label=spec.id2label,
+        ).output_dir
         code = stage_package(Path(tmp) / "code")
         yield Prepared(
             kwargs=dict(
