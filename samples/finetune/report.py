@@ -395,8 +395,8 @@ def _other_rule_note(found: Found, data: float, config: harness.AttackConfig) ->
             s = arms["scratch"]
             return [
                 f"With the learning rate {_sweep_text(other)}, the scratch line here was "
-                f"{_pct(s['mean'], s['se'])} (chosen lr {s['chosen_lr']:g}); the arms measured "
-                f"under that rule are in the tables below.",
+                f"{_pct(s['mean'], s['se'])} (first seed's lr {s['chosen_lr']:g}). Each table "
+                f"uses one rule per data size, named in its rows.",
                 "",
             ]
     return []
