@@ -171,8 +171,10 @@ def test_model_over_2gb_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             f"needs 8 GB of free disk for a 2.4 GB model and its encrypted copy, "
             f"{free / 2**30:.1f} GB free"
         )
-    if _available_memory() < 4 * size:
-        pytest.skip(f"needs about {4 * size / 2**30:.0f} GiB of available memory")
+    # The test run peaked at 14.6 GB with this test (6x the model): encrypting holds
+    # the model, its masked copy and the self-check's restored one, beside the suite.
+    if _available_memory() < 7 * size:
+        pytest.skip(f"needs about {7 * size / 2**30:.0f} GiB of available memory")
     plain = build_huge(tmp_path / "plain")
     assert sum(p.stat().st_size for p in plain.parent.iterdir()) > 2**31
     with warnings.catch_warnings():
