@@ -8,6 +8,7 @@ mapping would make every number of that study meaningless. A tiny hand-built CNN
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +132,43 @@ def test_placement_masks_whole_filters_and_layers(tmp_path: Path) -> None:
     assert harness.masked_fraction(plain, early) == pytest.approx(4 * 27 / total)
     ends = placement.masked_file(plain, tmp_path / "fl.onnx", "first-last", 0)
     assert harness.masked_fraction(plain, ends) == pytest.approx(1.0)
+
+
+def test_attack_command_on_a_users_model_and_data(tmp_path: Path, capsys) -> None:
+    """``python -m samples.finetune.attack``: every arm trained, one table per share, on a
+    model and labelled data given as files (labels from the plain model: it is the
+    teacher, so fine-tuning the plain file must be the best start)."""
+    import warnings
+
+    import onnx_selenc as se
+    from samples.finetune import attack
+
+    plain = _tiny_cnn(tmp_path / "plain.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        se.encrypt(
+            plain,
+            tmp_path / "pub.onnx",
+            key_file=tmp_path / "owner.key",
+            options=se.EncryptOptions(levels=1, budget=0.3, seed=0),
+        )
+    x = np.random.default_rng(1).normal(size=(300, 3, 16, 16)).astype(np.float32)
+    y = ort.InferenceSession(str(plain)).run(None, {"x": x})[0].argmax(1)
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    argv = ["--public", tmp_path / "pub.onnx", "--data", tmp_path / "data.npz", "--plain",
+            plain, "--share", "0.5", "--seeds", "0", "1", "--lrs", "0.003", "--max-steps",
+            "50", "--json", tmp_path / "out.json"]  # fmt: skip
+    assert attack.main([str(a) for a in argv]) == 0
+    out = capsys.readouterr().out
+    for arm in ("scratch", "fine-tune public", "knows masked, re-inits", "fine-tune plain"):
+        assert f"| {arm} |" in out
+    got = json.loads((tmp_path / "out.json").read_text())["shares"][0]
+    assert got["examples"] == 120 and got["arms"]["fine-tune plain"]["before"] == 1.0
+    assert got["arms"]["fine-tune public"]["before"] < 1.0  # the masked file is worse
+
+    (tmp_path / "bad.npz").write_bytes(b"not an npz")
+    bad = ["--public", str(tmp_path / "pub.onnx"), "--data", str(tmp_path / "bad.npz")]
+    assert attack.main(bad) == 1
+    np.savez(tmp_path / "float_labels.npz", x=x, y=y.astype(np.float32))
+    assert attack.main([*bad[:3], str(tmp_path / "float_labels.npz")]) == 1
+    assert "integer class labels" in capsys.readouterr().err
