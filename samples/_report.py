@@ -30,14 +30,22 @@ def machine() -> str:
     return f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def update_section(path: Path, name: str, body: str) -> None:
-    """Replace the ``name`` section of a markdown file (or append it), atomically."""
+def update_section(path: Path, name: str, body: str, *, after: str | None = None) -> None:
+    """Replace the ``name`` section of a markdown file, atomically.
+
+    A file without the section gets it right after the ``after`` section (when that is
+    there), else at the end.
+    """
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
     block = f"{begin}\n{body.strip()}\n{end}"
     start, stop = text.find(begin), text.find(end)
+    anchor = f"<!-- {after}:end -->" if after else None
     if 0 <= start < stop:
         text = text[:start] + block + text[stop + len(end) :]
+    elif anchor and anchor in text:
+        before, _, rest = text.partition(anchor)
+        text = before + anchor + "\n\n" + block + "\n" + rest
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     atomic_write(path, text.encode("utf-8"))

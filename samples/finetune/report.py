@@ -11,22 +11,19 @@ Command line::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from samples._report import update_section
 from samples.finetune import harness
 from samples.paper import _common, vgg19
 
 BEGIN, END = "<!-- finetune:begin -->", "<!-- finetune:end -->"
-AFTER = "<!-- attacks:end -->"  # the section goes right after the attacks section
 ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 PLOT = ROOT / "docs" / "img" / "finetune_curve.png"
@@ -492,30 +489,8 @@ def render(folder: Path) -> str:
 
 
 def write_section(section: str, path: Path = BENCHMARKS) -> None:
-    """Replace the marked section (or insert it after the attacks section), atomically.
-
-    The file is re-read right before writing: other tools regenerate other sections.
-    """
-    text = path.read_text(encoding="utf-8")
-    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
-    head, sep, rest = text.partition(BEGIN)
-    if sep and END in rest:
-        text = head + block + rest.split(END, 1)[1]
-    elif AFTER in text:
-        before, _, after = text.partition(AFTER)
-        text = before + AFTER + "\n\n" + block + "\n" + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".BENCHMARKS.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Replace the marked section (or insert it after the attacks section), atomically."""
+    update_section(path, "finetune", section, after="attacks")
 
 
 def write(folder: Path) -> None:

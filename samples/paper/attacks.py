@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from samples._cache import cache_dir
+from samples._report import update_section
 from samples.paper import _common, dncnn, vgg19
 
 if TYPE_CHECKING:
@@ -972,28 +973,8 @@ def fingerprint_markdown(rows: Sequence[Mapping[str, Any]], masking: str) -> lis
 
 
 def write_benchmarks(section: str, path: Path = BENCHMARKS) -> None:
-    """Replace this module's marker section of BENCHMARKS.md (create the file if needed).
-
-    Only the text between :data:`BEGIN` and :data:`END` changes; the file is re-read
-    right before writing and replaced atomically, since other tools own other sections.
-    """
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
-    head, sep, rest = text.partition(BEGIN)
-    if sep and END in rest:
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".BENCHMARKS.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Replace this module's marker section of BENCHMARKS.md (create the file if needed)."""
+    update_section(path, "attacks", section)
 
 
 def results_path(res: Mapping[str, Any]) -> Path:
