@@ -12,10 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from onnx_selenc._cli.output import add_json_flag, emit
-from onnx_selenc._deploy.inspect import inspect_model
 from onnx_selenc._deploy.package import package
 from onnx_selenc._load.loader import resolve_model_path
-from onnx_selenc.exceptions import NotEncrypted
 
 
 def add_deploy_commands(subparsers: Any) -> None:
@@ -114,15 +112,13 @@ def _package_mlflow(args: argparse.Namespace) -> int:
         raise ValueError(
             "--mlflow needs MLflow in this environment: pip install -e '.[cpu,mlflow]'"
         ) from exc
-    manifest = inspect_model(args.model).manifest
-    if manifest is None:
-        raise NotEncrypted(f"{args.model} is not an onnx-selenc encrypted model")
     with tempfile.TemporaryDirectory(prefix="onnx-selenc-package-") as tmp:
         # Packaged first, as without --mlflow: only the model and its data are taken,
         # whatever else (key files) sits beside it.
-        staged = package(args.model, Path(tmp) / "model", title=args.title).output_dir
+        # package() refuses a plain model (NotEncrypted) and reads the key id and levels.
+        staged = package(args.model, Path(tmp) / "model", title=args.title)
         selenc_mlflow.save_model(
-            staged,
+            staged.output_dir,
             args.output,
             key_env=args.key_env,
             runtime=args.runtime,
@@ -138,11 +134,11 @@ def _package_mlflow(args: argparse.Namespace) -> int:
         "model_file": str(resolve_model_path(out / "artifacts" / selenc_mlflow.ARTIFACT)),
         "config_file": str(out / "artifacts" / selenc_mlflow.ARTIFACT / "config.json"),
         "files": [str(f) for f in files],
-        "key_id": manifest["key_id"],
-        "levels": manifest["levels"],
+        "key_id": staged.key_id,
+        "levels": staged.levels,
     }
     lines = [
-        f"saved {manifest['levels']}-level model (key id {manifest['key_id']}) as an MLflow "
+        f"saved {staged.levels}-level model (key id {staged.key_id}) as an MLflow "
         f"model in {out} (serve it with the key in ${args.key_env})"
     ]
     lines += [f"  {f.relative_to(out)}" for f in files if "code" not in f.relative_to(out).parts]
