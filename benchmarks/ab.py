@@ -5,8 +5,9 @@
 Exports ``onnx_selenc`` as it was at git revision ``REV`` into a temporary folder and
 measures, for it and for the working tree in turn (alternating child processes, so
 load from other jobs hits both alike): ``load_session`` at the top level (session
-build, median of a few builds per child), data-free ``encrypt``, and the peak
-resident memory of each (``benchmarks.peak``). The encrypted files are made once by
+build, median of a few builds per child; not with ``--encrypt-only``), data-free
+``encrypt`` (wall and CPU time), and the peak resident memory of each
+(``benchmarks.peak``). The encrypted files are made once by
 each implementation itself (the format may differ). This is how the improvements table in
 BENCHMARKS.md was measured; it prints one JSON line per figure.
 """
@@ -78,16 +79,17 @@ def child(spec: dict[str, Any]) -> list[float]:
             times.append(time.perf_counter() - start)
         return times
     out = Path(tempfile.mkdtemp())
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     se.encrypt(
         spec["model"],
         out / Path(spec["model"]).name,
         key_file=out / "k.key",
         options=se.EncryptOptions(seed=0),
     )
-    elapsed = time.perf_counter() - start
+    # CPU time of every thread of the process too: other jobs stretch wall time far more.
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     subprocess.run(["rm", "-rf", str(out)], check=False)
-    return [elapsed]
+    return [elapsed, cpu]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--models", nargs="+", default=["vgg19_cifar"], choices=bench_models.ALL_MODELS
     )
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--encrypt-only", action="store_true", help="only the encryption figures (no loads)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -125,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bm = bench_models.get_model(name)
             # Each implementation loads a file it encrypted itself (formats may differ).
             loads = {}
-            for impl, root in impls.items():
+            for impl, root in impls.items() if not args.encrypt_only else ():
                 enc_dir = Path(tmp) / name / impl
                 enc_dir.mkdir(parents=True)
                 _child({"task": "make", "model": str(bm.path), "out": str(enc_dir)}, root)
@@ -143,12 +148,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for impl in order:
                     root = impls[impl]
                     f = figures.setdefault(impl, {})
-                    load = loads[impl]
-                    f.setdefault("load_s", []).append(statistics.median(_child(load, root)))
-                    f.setdefault("encrypt_s", []).extend(_child(encrypt, root))
+                    load = loads.get(impl)
+                    if load is not None:
+                        f.setdefault("load_s", []).append(statistics.median(_child(load, root)))
+                    wall, cpu = _child(encrypt, root)
+                    f.setdefault("encrypt_s", []).append(wall)
+                    f.setdefault("encrypt_cpu_s", []).append(cpu)
                     if rnd == 0:
-                        spec = {**load, "task": "load", "providers": ["CPUExecutionProvider"]}
-                        f["load_peak_mb"] = [peak.spawn(spec, Path(tmp), _env(root))["peak_mb"]]
+                        if load is not None:
+                            spec = {**load, "task": "load", "providers": ["CPUExecutionProvider"]}
+                            peak_mb = peak.spawn(spec, Path(tmp), _env(root))["peak_mb"]
+                            f["load_peak_mb"] = [peak_mb]
                         out = Path(tmp) / f"out-{impl}"
                         out.mkdir(exist_ok=True)
                         spec = {**encrypt, "task": "encrypt", "out": str(out)}

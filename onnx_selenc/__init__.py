@@ -16,6 +16,7 @@ from onnx_selenc._deploy.package import PackageResult, package
 from onnx_selenc._encrypt.files import EncryptResult, encrypt
 from onnx_selenc._encrypt.options import CalibratedLevels, EncryptOptions, FixedLevels
 from onnx_selenc._encrypt.rekey import RekeyResult, rekey
+from onnx_selenc._load.decrypt import DecryptResult, decrypt
 from onnx_selenc._load.loader import RestoredModel, build_session, load_session, restore_model
 from onnx_selenc._select.calibration import Calibration
 from onnx_selenc._select.levels import LevelMetric, LevelReport
@@ -23,6 +24,7 @@ from onnx_selenc._select.levels import LevelMetric, LevelReport
 __all__ = [
     "CalibratedLevels",
     "Calibration",
+    "DecryptResult",
     "EncryptOptions",
     "EncryptResult",
     "FixedLevels",
@@ -35,6 +37,7 @@ __all__ = [
     "RestoredModel",
     "__version__",
     "build_session",
+    "decrypt",
     "encrypt",
     "export_key",
     "inspect_model",

@@ -64,8 +64,44 @@ class KeyNotConfigured(SelencError, LookupError):
     """
 
 
+class InvalidArgument(SelencError, TypeError, ValueError):
+    """A public function got an argument of the wrong type or out of range
+    (``level=-1``, ``level=1.9``, ``key={...}``, provider options as a list).
+
+    Also a ``TypeError`` and a ``ValueError``, so code that caught the builtin error
+    these arguments raised before still catches it.
+    """
+
+
 class UnsafeSessionOptions(SelencError, ValueError):
     """Session options that would write restored (plaintext) weights to disk."""
+
+
+class BudgetTooSmall(SelencError):
+    """Every level changes the outputs only with more kernels than the budget chose,
+    and the budget may not grow (``EncryptOptions(allow_budget_growth=True)`` lets it).
+
+    ``kernels`` and ``share`` (of all conv weights) are what the levels need; ``detail``
+    is the message without the way out, which each interface words its own way.
+    """
+
+    def __init__(
+        self,
+        detail: str,
+        kernels: int,
+        share: float,
+        remedy: str = "EncryptOptions(allow_budget_growth=True) encrypts that many",
+    ) -> None:
+        super().__init__(f"{detail}; {remedy}, or raise the budget")
+        self.detail, self.kernels, self.share, self.remedy = detail, kernels, share, remedy
+
+    def __reduce__(self) -> tuple[type[BudgetTooSmall], tuple[str, int, float, str]]:
+        return type(self), (self.detail, self.kernels, self.share, self.remedy)
+
+
+class LeftoverWarning(UserWarning):
+    """A temporary folder that an earlier, killed run left beside the outputs could not
+    be proven dead or harmless to delete, so it was kept (the message names it)."""
 
 
 class WeakKeyWarning(UserWarning):
@@ -78,19 +114,31 @@ class LevelCountWarning(UserWarning):
 
 
 class LevelTargetWarning(UserWarning):
-    """A level missed its quality target on held-out inputs by more than the tolerance.
+    """A level missed its quality target on held-out inputs by more than the tolerance,
+    or the levels are not strictly increasing (a level that gives no more than the one
+    below it).
 
     The model is still written; the level report (``EncryptResult.level_report``)
     says what each level reached.
     """
 
 
+class ByteIdentityWarning(UserWarning):
+    """``decrypt`` cannot give back the plain model file byte for byte (its weights are
+    still the original's bit for bit): said by ``encrypt`` when it can tell, and by
+    ``decrypt`` when the files it wrote differ from the original's SHA-256."""
+
+
 __all__ = [
+    "BudgetTooSmall",
+    "ByteIdentityWarning",
     "FormatError",
+    "InvalidArgument",
     "InvalidBundle",
     "KeyFileError",
     "KeyMismatch",
     "KeyNotConfigured",
+    "LeftoverWarning",
     "LevelCountWarning",
     "LevelNotGranted",
     "LevelTargetWarning",

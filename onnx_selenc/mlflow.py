@@ -49,7 +49,12 @@ except ImportError as exc:  # pragma: no cover - exercised only without mlflow
 
 from onnx_selenc._deploy.environment import DEFAULT_RUNTIME, serving_requirements
 from onnx_selenc._deploy.feeds import InputSpec, to_feeds
-from onnx_selenc._deploy.package_files import check_destination, move_into_place, staging_folder
+from onnx_selenc._deploy.package_files import (
+    check_destination,
+    move_into_place,
+    staging_folder,
+    write_file_list,
+)
 from onnx_selenc._deploy.pyfunc import ARTIFACT, EncryptedOnnxModel, ServingFacts
 from onnx_selenc._deploy.registry import TAG_PREFIX, registry_tags
 from onnx_selenc._deploy.saving import Spec, describe_version, prepared
@@ -143,14 +148,17 @@ def save_model(
         metadata: as in :func:`log_model`.
         preprocess: as in :func:`log_model`.
         id2label: as in :func:`log_model`.
-        overwrite: replace ``path`` if it exists and is not empty.
+        overwrite: replace ``path`` if it exists and is not empty, provided an earlier
+            ``save_model`` or ``package`` wrote it and it holds nothing else (no key file,
+            no file of yours: those are refused, nothing removed).
 
     The folder is built beside ``path`` and renamed into place: an error or an
     interruption leaves ``path`` as it was.
 
     Raises:
         ValueError, NotEncrypted, FormatError: as in :func:`log_model`.
-        FileExistsError: ``path`` exists and is not empty (without ``overwrite``), or
+        FileExistsError: ``path`` exists and is not empty (without ``overwrite``; with
+            it, when it holds a key file or anything onnx-selenc did not write there), or
             is a file.
 
     Example:
@@ -183,6 +191,7 @@ def save_model(
         tmp = staging_folder(out)
         try:
             mlflow.pyfunc.save_model(os.fspath(tmp), **staged.kwargs)
+            write_file_list(tmp)  # what a later overwrite may replace, and nothing else
             move_into_place(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # gone already when it was moved

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
 from onnx_selenc import __version__
-from onnx_selenc._cli.args import _floats, add_calibration_args, load_calibration
+from onnx_selenc._cli.args import _floats, add_calibration_args, check_level, load_calibration
 from onnx_selenc._cli.evaluate import add_evaluate_command
 from onnx_selenc._cli.output import (
     EXIT_CODES,
@@ -37,6 +37,7 @@ from onnx_selenc._select.levels import TOLERANCE, LevelReport
 from onnx_selenc._select.masking import MASKINGS
 from onnx_selenc._select.objective import OBJECTIVES
 from onnx_selenc._select.selection import ALLOCATIONS, LEVEL_ORDERS
+from onnx_selenc.exceptions import BudgetTooSmall, LevelTargetWarning
 
 # EXIT_CODES lives with the error reporting (output.py); named here as before.
 __all__ = ["EXIT_CODES", "build_parser", "main"]
@@ -68,35 +69,47 @@ def _encrypt_from_args(args: argparse.Namespace, protect: str | None) -> Encrypt
         seed=args.seed,
         external_data=args.external_data,
         show_progress=show_progress(args),
+        allow_budget_growth=args.allow_budget_growth,
+        wiring=args.wiring,
+        base=args.base,
     )
-    return encrypt(
-        args.model,
-        args.output,
-        key_file=args.keys,
-        options=options,
-        calibration=load_calibration(args, args.model),
-        passphrase=protect,
-        overwrite=args.overwrite,
-    )
-
-
-@contextlib.contextmanager
-def _calibration_flags() -> Iterator[None]:
-    """Name the command-line flags where the API asks for calibration inputs."""
     try:
-        yield
-    except ValueError as exc:
-        if "need calibration inputs" not in str(exc):
-            raise
-        raise ValueError(f"{exc}; on the command line: --calib or --calib-images") from None
+        return encrypt(
+            args.model,
+            args.output,
+            key_file=args.keys,
+            options=options,
+            calibration=load_calibration(args, args.model),
+            passphrase=protect,
+            overwrite=args.overwrite,
+        )
+    except BudgetTooSmall as exc:  # the way out in this interface's words
+        raise BudgetTooSmall(
+            exc.detail, exc.kernels, exc.share, "--allow-budget-growth encrypts that many"
+        ) from None
 
 
 def cmd_encrypt(args: argparse.Namespace) -> int:
+    if args.level_targets is not None and not (args.calib or args.calib_images):
+        raise ValueError(
+            "--level-targets needs calibration inputs, on which the levels are searched: "
+            "add --calib INPUTS.npz or --calib-images DIR"
+        )
     protect = _passphrase(args, "protect_env", "protect", "new key passphrase: ")
-    with _calibration_flags(), own_warnings() as warned:
-        result = _encrypt_from_args(args, protect)
+    with own_warnings() as warned:
+        if args.strict:  # raised before anything is written
+            warnings.filterwarnings("error", category=LevelTargetWarning)
+        try:
+            result = _encrypt_from_args(args, protect)
+        except LevelTargetWarning as exc:
+            raise LevelTargetWarning(f"--strict: {exc}; nothing was written") from None
     # The API warns "skipping" for each node left out: said once, below, from the result.
     skipped = {f"skipping {u.node}: {u.reason}" for u in result.unsupported}
+    if result.base is not None:  # listed below, from the result
+        skipped |= {
+            f"{a}: not in the base ({r}); every kernel masked instead"
+            for a, r in result.base.missing
+        }
     warned = [w for w in warned if " ".join(w.split()) not in skipped]
     for message in warned:
         warn(message)
@@ -108,6 +121,26 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
         f"{result.levels} levels",
         "wrote " + ", ".join(str(p) for p in result.model_files),
     ]
+    wiring = result.wiring
+    if wiring is not None:
+        lines.append(
+            f"wired {len(wiring.wired)} of {len(wiring.wired) + len(wiring.unwired)} convs "
+            "(output channels in a secret order until level 1)"
+        )
+        lines += [f"  not wired: {u.node}: {u.reason}" for u in wiring.unwired]
+    base = result.base
+    if base is not None:
+        lines.append(
+            f"base: level 0 holds the base's kernels in {len(base.matched)} conv weights "
+            f"(matched by {base.matched_by}): {base.differing_kernels} kernels differ from "
+            f"the base's and are encrypted, {base.equal_kernels} equal it"
+        )
+        if base.other_tensors:
+            lines.append(
+                f"  and the base's values in {len(base.other_tensors)} other tensors (biases, "
+                f"batch norms, dense layers: {base.other_values} values differ), back at level 1"
+            )
+        lines += [f"  not in the base: {a}: {r}" for a, r in base.missing]
     report = result.level_report
     if report is not None:
         lines.append(f"levels calibrated to targets ({report.objective}, order: {report.order}):")
@@ -134,7 +167,15 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
         "fraction": result.fraction,
         "tensors": len(result.layers),
         "unsupported": [asdict(u) for u in result.unsupported],
+        "wiring": None
+        if wiring is None
+        else {
+            "wired": [layer.node for layer in wiring.wired],
+            "not_wired": [asdict(u) for u in wiring.unwired],
+        },
+        "base": None if base is None else asdict(base),
         "level_report": None if report is None else _level_report_doc(report),
+        "byte_identical": result.byte_identical,
         "warnings": warned,
     }
     return emit(args, doc, lines)
@@ -158,6 +199,7 @@ def _level_report_doc(report: LevelReport) -> dict[str, Any]:
 
 def cmd_export_key(args: argparse.Namespace) -> int:
     passphrase = _key_passphrase(args, args.key_file)
+    check_level(args.level, key_file_info(args.key_file)["levels"])
     protect = _passphrase(args, "protect_env", "protect", "new key passphrase: ")
     key = export_key(
         args.key_file,
@@ -217,6 +259,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace an existing encrypted model at -o and its <output>.data "
         "(the tier keys handed out for it stop working); never a key file",
     )
+    p.add_argument(
+        "--wiring",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also give each conv's output channels a secret order in the public file "
+        "(level 0), put back by level 1; the layers it cannot wire are listed with the "
+        "reason (default: off)",
+    )
+    p.add_argument(
+        "--base",
+        metavar="PUBLIC.onnx",
+        help="the public model these weights were fine-tuned from: every kernel that differs "
+        "from its kernel is encrypted and level 0 holds the base's, so the public file gives "
+        "nothing the base lacks in those weights (a fine-tuning attacker's best start)",
+    )
     p.add_argument("--levels", type=int, default=5, help="number of service levels (default 5)")
     p.add_argument(
         "--budget",
@@ -224,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.01,
         help="fraction of all conv weights to encrypt (balanced), or the per-layer "
         "kernel ratio (uniform); default 0.01",
+    )
+    p.add_argument(
+        "--allow-budget-growth",
+        action="store_true",
+        help="where the levels change the outputs only with more kernels than the budget "
+        "chose (kernels that feed unused channels), encrypt those (default: an error "
+        "that says how many)",
     )
     p.add_argument(
         "--allocation",
@@ -267,7 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(LEVEL_ORDERS),
         default="most-important-first",
     )
-    p.add_argument("--masking", choices=list(MASKINGS), default="empirical")
+    p.add_argument(
+        "--masking",
+        choices=list(MASKINGS),
+        default="empirical",
+        help="empirical (default): whole kernels drawn from the public kernels' joint "
+        "distribution; gaussian: the paper's per-position draws, which a covariance test "
+        "tells apart (to reproduce the paper, not for files you publish)",
+    )
     p.add_argument("--seed", type=int, help="reproducible selection and masking")
     p.add_argument(
         "--external-data",
@@ -277,6 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bars (shown only on a terminal)"
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="with --level-targets: a level that misses its target on the held-out inputs, "
+        "or is not above the level below it, is an error (exit 11, nothing written) "
+        "instead of a warning",
     )
     p.add_argument(
         "--protect-env",
@@ -308,9 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_json_flag(p)
     p.set_defaults(func=cmd_export_key)
 
-    keys = sub.add_parser("keys", help="key file utilities").add_subparsers(
-        dest="keys_command", required=True
-    )
+    # No dest: a missing sub-command is then named by its choices ("{info}"), not by
+    # an attribute name no user typed.
+    keys = sub.add_parser("keys", help="key file utilities").add_subparsers(required=True)
     p = keys.add_parser(
         "info", help="public facts about a key file (no secrets, no passphrase needed)"
     )
@@ -322,6 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     from onnx_selenc._cli.rekey import add_rekey_command
 
     add_rekey_command(sub)
+
+    from onnx_selenc._cli.decrypt import add_decrypt_command
+
+    add_decrypt_command(sub)
 
     add_run_command(sub)
 

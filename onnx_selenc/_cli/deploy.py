@@ -38,7 +38,10 @@ def add_deploy_commands(subparsers: Any) -> None:
     p.add_argument("model", metavar="ENC_MODEL", help="encrypted .onnx or a packaged folder")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to create")
     p.add_argument(
-        "--overwrite", action="store_true", help="replace DIR if it exists and is not empty"
+        "--overwrite",
+        action="store_true",
+        help="replace DIR if an earlier package wrote it (never a folder holding a key file "
+        "or a file package did not write)",
     )
     p.add_argument("--title", help="heading of the README model card")
     p.add_argument(
@@ -62,13 +65,11 @@ def add_deploy_commands(subparsers: Any) -> None:
     )
     p.add_argument(
         "--runtime",
-        default="onnxruntime",
         help="with --mlflow: the ONNX Runtime the serving environment installs "
         "(onnxruntime, onnxruntime-gpu, or a requirement line; default onnxruntime)",
     )
     p.add_argument(
         "--key-env",
-        default="ONNX_SELENC_KEY",
         metavar="NAME",
         help="with --mlflow: the variable that will hold the key (its path or content) when "
         "served (default ONNX_SELENC_KEY)",
@@ -81,6 +82,10 @@ def cmd_package(args: argparse.Namespace) -> int:
     """``onnx-selenc package ENC_MODEL -o DIR [--mlflow]``."""
     if args.mlflow:
         return _package_mlflow(args)
+    mlflow_only = [f for f, v in (("--runtime", args.runtime), ("--key-env", args.key_env)) if v]
+    if mlflow_only:  # a folder without --mlflow has no environment they could go into
+        verb = "applies" if len(mlflow_only) == 1 else "apply"
+        raise ValueError(f"{' and '.join(mlflow_only)} {verb} only with --mlflow")
     result = package(
         args.model,
         args.output,
@@ -112,6 +117,7 @@ def _package_mlflow(args: argparse.Namespace) -> int:
         raise ValueError(
             "--mlflow needs MLflow in this environment: pip install -e '.[cpu,mlflow]'"
         ) from exc
+    key_env = args.key_env or "ONNX_SELENC_KEY"
     with tempfile.TemporaryDirectory(prefix="onnx-selenc-package-") as tmp:
         # Packaged first, as without --mlflow: only the model and its data are taken,
         # whatever else (key files) sits beside it.
@@ -120,8 +126,8 @@ def _package_mlflow(args: argparse.Namespace) -> int:
         selenc_mlflow.save_model(
             staged.output_dir,
             args.output,
-            key_env=args.key_env,
-            runtime=args.runtime,
+            key_env=key_env,
+            runtime=args.runtime or "onnxruntime",
             title=args.title or Path(args.model).stem.removesuffix(".enc"),
             preprocess=args.preprocess,
             id2label=args.id2label,
@@ -139,7 +145,7 @@ def _package_mlflow(args: argparse.Namespace) -> int:
     }
     lines = [
         f"saved {staged.levels}-level model (key id {staged.key_id}) as an MLflow "
-        f"model in {out} (serve it with the key in ${args.key_env})"
+        f"model in {out} (serve it with the key in ${key_env})"
     ]
     lines += [f"  {f.relative_to(out)}" for f in files if "code" not in f.relative_to(out).parts]
     return emit(args, doc, lines)

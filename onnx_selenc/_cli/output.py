@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import contextvars
 import json
+import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -24,6 +25,8 @@ from typing import Any, NoReturn
 from onnx_selenc import exceptions
 
 _PACKAGE = Path(exceptions.__file__).resolve().parent
+
+STRICT_EXIT = 11  # encrypt --strict: a level missed its target; nothing was written
 
 # Exit codes, one per kind of failure, so scripts can tell them apart (README lists them).
 EXIT_CODES: list[tuple[type[BaseException], int]] = [
@@ -35,6 +38,7 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (exceptions.NotEncrypted, 8),
     (exceptions.UnsafeSessionOptions, 9),
     (exceptions.SelfCheckFailed, 10),  # a bug in onnx-selenc: nothing was written
+    (exceptions.LevelTargetWarning, STRICT_EXIT),  # raised as an error only by --strict
     (exceptions.SelencError, 1),
     (OSError, 1),  # FileExistsError, FileNotFoundError, PermissionError...
     (ValueError, 1),
@@ -133,6 +137,20 @@ def _ours(w: warnings.WarningMessage) -> bool:
     ).resolve().is_relative_to(_PACKAGE)
 
 
+# The API's messages name Python arguments; on the command line they read as its flags.
+_CLI_WORDS = (
+    ("overwrite=True", "--overwrite"),
+    ("calibration=Calibration(...)", "--calib INPUTS.npz or --calib-images DIR"),
+)
+
+
+def cli_words(message: str) -> str:
+    """``message`` with the Python arguments it names replaced by the CLI's flags."""
+    for python, flag in _CLI_WORDS:
+        message = message.replace(python, flag)
+    return message
+
+
 def describe(exc: BaseException, *, kind: bool = True) -> str:
     """The error's message on one line (ONNX Runtime's and numpy's may span several).
 
@@ -148,7 +166,7 @@ def describe(exc: BaseException, *, kind: bool = True) -> str:
         text = f"{exc.filename}: {exc.strerror}"  # not "[Errno 2] ... 'x'"
     else:
         text = str(exc) or type(exc).__name__
-    return " ".join(text.split())
+    return cli_words(" ".join(text.split()))
 
 
 def from_onnxruntime(exc: BaseException) -> bool:
@@ -175,6 +193,20 @@ def run_command(
         The exit code. Exceptions no entry of ``codes`` covers (bugs) propagate, after
         their JSON error document where ``--json`` was given.
     """
+    try:
+        return _run_command(parser, argv, codes, kind_in_message)
+    except BrokenPipeError:
+        # The reader stopped reading (`| head`): a normal end for a command, not an error.
+        _stdout_closed()
+        return 0
+
+
+def _run_command(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str],
+    codes: Sequence[tuple[type[BaseException], int]],
+    kind_in_message: bool,
+) -> int:
     json_mode = "--json" in argv  # known before parsing, for argparse's own errors
     try:
         args = parser.parse_args(argv)
@@ -194,6 +226,8 @@ def run_command(
                 code = int(args.func(args))
     except KeyboardInterrupt as exc:
         return _fail(json_mode, "error: interrupted", "interrupted", INTERRUPTED_EXIT, exc)
+    except BrokenPipeError:
+        raise  # stdout closed: run_command ends quietly
     except Exception as exc:
         failed = _code(exc, codes)
         if failed is None:
@@ -223,8 +257,21 @@ def _code(exc: Exception, codes: Sequence[tuple[type[BaseException], int]]) -> i
 def _fail(json_mode: bool, line: str, message: str, code: int, exc: BaseException) -> int:
     print(line, file=sys.stderr)
     if json_mode:
-        _print_json(_error_doc(message, code, exc))
+        try:
+            _print_json(_error_doc(message, code, exc))
+        except BrokenPipeError:
+            _stdout_closed()  # the error's code still tells the caller
     return code
+
+
+def _stdout_closed() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit raises nothing more."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no file descriptor (captured stdout)
+        pass
 
 
 def _error_doc(message: str, code: int, exc: BaseException) -> dict[str, Any]:

@@ -45,12 +45,20 @@ def cmd_rekey(args: argparse.Namespace) -> int:
         "wrote " + ", ".join(str(p) for p in result.model_files),
         f"new owner key (level {result.levels}, id {result.key_id}): {result.key_file}; "
         f"every key of id {result.old_key_id} is now refused: export new tier keys",
+        f"model digest (the public bytes, unchanged): {result.model_digest}",
     ]
+    if not result.signed_input:
+        lines.append(
+            "the input was unsigned (format 1), so nothing proved it unchanged since you "
+            "encrypted it: compare the digest above with the one you recorded then"
+        )
     doc = {
         "model_files": [str(p) for p in result.model_files],
         "key_file": str(result.key_file),
         "key_id": result.key_id,
         "old_key_id": result.old_key_id,
         "levels": result.levels,
+        "model_digest": result.model_digest,
+        "signed_input": result.signed_input,
     }
     return emit(args, doc, lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import zipfile
 import zlib
@@ -13,10 +14,20 @@ from typing import Any
 import numpy as np
 
 from onnx_selenc import exceptions
-from onnx_selenc._cli.output import add_json_flag, emit, from_onnxruntime
+from onnx_selenc._cli.output import add_json_flag, emit, from_onnxruntime, warn
 from onnx_selenc._cli.passphrase import _add_passphrase_args, _key_passphrase, _passphrase
-from onnx_selenc._crypto.keys import LevelKey, key_from_env, read_key_file
+from onnx_selenc._crypto.keys import (
+    LevelKey,
+    key_from_env,
+    read_key_file,
+    refuse_replacing_key_file,
+)
 from onnx_selenc._load.loader import load_session
+from onnx_selenc._onnx.files import (
+    atomic_write,
+    refuse_existing_outputs,
+    refuse_overwrite_of_input,
+)
 from onnx_selenc._onnx.ort_types import ort_dtype
 
 
@@ -39,8 +50,19 @@ def _cli_key(args: argparse.Namespace) -> LevelKey:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    out = _output_path(args)
+    if args.providers:
+        _check_providers(args.providers)
     key = _cli_key(args)
     session = load_session(args.model, key=key, level=args.level, providers=args.providers)
+    if args.providers:
+        unavailable = [p for p in args.providers if p not in _ort().get_available_providers()]
+        if unavailable:
+            warn(
+                f"{', '.join(unavailable)} {'is' if len(unavailable) == 1 else 'are'} not "
+                f"available in this onnxruntime; the model runs on "
+                f"{', '.join(session.get_providers())}"
+            )
     notes: list[str] = []
     feeds = _feeds(session.get_inputs(), args.input, notes)
     try:
@@ -68,15 +90,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{meta.name}: shape {list(arr.shape)} dtype {arr.dtype}"
             + (f" mean {arr.mean():.6g} std {arr.std():.6g}" if numeric else "")
         )
-    out = None
-    if args.output:
-        out = Path(args.output)
-        if out.suffix != ".npz":  # np.savez would add it: name the file it writes
-            out = out.with_name(out.name + ".npz")
+    if out is not None:
         arrays: dict[str, Any] = {
             m.name: np.asarray(v) for m, v in zip(session.get_outputs(), outputs, strict=True)
         }
-        np.savez(out, **arrays)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write(out, buffer.getvalue())
         lines.append(f"wrote {out}")
     doc = {
         "model": str(args.model),
@@ -89,6 +109,48 @@ def cmd_run(args: argparse.Namespace) -> int:
         "notes": notes,
     }
     return emit(args, doc, lines)
+
+
+def _output_path(args: argparse.Namespace) -> Path | None:
+    """The ``--output`` file, checked before any work: never an existing file without
+    ``--overwrite``, never a key file, the model or an input.
+
+    Raises:
+        FileExistsError: the file exists (without ``--overwrite``), or is a key file.
+        ValueError: the file is the model or an input.
+    """
+    if not args.output:
+        return None
+    out = Path(args.output)
+    if out.suffix != ".npz":  # np.savez would add it: name the file it writes
+        out = out.with_name(out.name + ".npz")
+    refuse_existing_outputs([out], overwrite=args.overwrite, how="pass --overwrite to replace it")
+    refuse_replacing_key_file(out)
+    refuse_overwrite_of_input(out, [args.model, *(s.rpartition("=")[2] for s in args.input)])
+    return out
+
+
+def _check_providers(names: Sequence[str]) -> None:
+    """Refuse a provider name ONNX Runtime does not know (it would fall back to the CPU
+    with a notice on stdout and exit 0).
+
+    Raises:
+        ValueError: a name not in ``onnxruntime.get_all_providers()``.
+    """
+    ort = _ort()
+    unknown = [p for p in names if p not in ort.get_all_providers()]
+    if unknown:
+        raise ValueError(
+            f"unknown ONNX Runtime provider {', '.join(unknown)}; available here: "
+            f"{', '.join(ort.get_available_providers())} (all names onnxruntime knows: "
+            "python -c 'import onnxruntime; print(onnxruntime.get_all_providers())')"
+        )
+
+
+def _ort() -> Any:
+    import onnxruntime
+
+    return onnxruntime
 
 
 def _feeds(
@@ -160,6 +222,10 @@ def _load_arrays(file: str) -> dict[str | None, np.ndarray]:
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        if "pickle" in str(exc):  # numpy's advice to unpickle is not the CLI's to give
+            raise exceptions.FormatError(
+                f"{file} is not a .npy or .npz file of arrays (np.save / np.savez write them)"
+            ) from None
         raise exceptions.FormatError(f"{file} is not a .npy or .npz file: {exc}") from None
 
 
@@ -233,8 +299,14 @@ def add_run_command(sub: Any) -> None:
         help="an input array (NAME= when the model has several inputs), or an "
         ".npz whose arrays are named after the inputs; repeatable",
     )
-    p.add_argument("--output", help="save outputs to this .npz")
-    p.add_argument("--providers", nargs="+", help="ONNX Runtime providers in order")
+    p.add_argument("--output", help="save outputs to this .npz (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument(
+        "--providers",
+        nargs="+",
+        help="ONNX Runtime providers in order (an unknown name is an error; one this "
+        "onnxruntime lacks, a warning)",
+    )
     _add_passphrase_args(p)
     add_json_flag(p)
     p.set_defaults(func=cmd_run)

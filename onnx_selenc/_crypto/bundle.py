@@ -22,9 +22,7 @@ import binascii
 import dataclasses
 import hashlib
 import json
-import math
 import re
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,7 +32,12 @@ import onnx
 from onnx_selenc._crypto import seal as _seal
 from onnx_selenc._crypto import sign as _sign
 from onnx_selenc._crypto import strict as _strict
-from onnx_selenc._onnx.graph import tensor_address
+from onnx_selenc._crypto.payload import (  # noqa: F401  (the bundle's payload API)
+    TensorPatch,
+    decode_payload,
+    encode_payload,
+    wiring_patch,
+)
 from onnx_selenc._onnx.metadata import (
     BUNDLE_KEYS,
     MANIFEST_KEY,
@@ -57,10 +60,6 @@ _V1_FIELDS = frozenset(
 # Version 2: signed by the owner, whose public key it names.
 _V2_FIELDS = _V1_FIELDS | {"owner_public", "signature"}
 _SIGNATURE_HEX = re.compile(r"[0-9a-f]{128}")
-# P2 tables address tensors by escaped key (``_graph.tensor_address``); P1, written by 0.1,
-# joined path and name with "/" unescaped (read as such, for files that worked then).
-_PAYLOAD_MAGIC = b"SELENCP2"
-_LEGACY_PAYLOAD_MAGIC = b"SELENCP1"
 _DOMAIN = b"onnx-selenc/v1/blob/"
 
 
@@ -84,17 +83,6 @@ class Manifest:
 
     def as_dict(self) -> dict[str, object]:
         return json.loads(self.raw)
-
-
-@dataclass(frozen=True)
-class TensorPatch:
-    """Originals of one tensor's kernels, as sealed for one level."""
-
-    address: str
-    dtype: str
-    shape: tuple[int, ...]
-    kernels: np.ndarray
-    values: np.ndarray
 
 
 def canonical_json(obj: object) -> bytes:
@@ -297,146 +285,3 @@ def _level_weights(value: object, levels: int) -> tuple[int, ...]:
     if weights[0] != 0 or list(weights) != sorted(weights):
         raise FormatError("the manifest's level_weights must start at 0 and never decrease")
     return weights
-
-
-def encode_payload(patches: Sequence[TensorPatch]) -> bytes:
-    """Serialise one level's originals: magic, u64 JSON length, JSON table, raw arrays."""
-    table = []
-    chunks: list[bytes] = []
-    offset = 0
-    for p in patches:
-        idx = np.ascontiguousarray(p.kernels, dtype="<i8").tobytes()
-        val = np.ascontiguousarray(p.values, dtype=np.dtype(p.dtype).newbyteorder("<")).tobytes()
-        table.append(
-            {
-                "key": p.address,
-                "dtype": p.dtype,
-                "shape": list(p.shape),
-                "count": len(p.kernels),
-                "offset": offset,
-            }
-        )
-        chunks += [idx, val]
-        offset += len(idx) + len(val)
-    head = canonical_json(table)
-    return _PAYLOAD_MAGIC + struct.pack("<Q", len(head)) + head + b"".join(chunks)
-
-
-# Fixed-size numeric dtypes a payload may hold, with their sizes: anything else in a
-# table is refused before numpy sees it (np.dtype parses far more than dtype names).
-_PAYLOAD_DTYPES = {
-    "float16": 2, "float32": 4, "float64": 8, "int8": 1, "uint8": 1, "int16": 2,
-    "uint16": 2, "int32": 4, "uint32": 4, "int64": 8, "uint64": 8,
-}  # fmt: skip
-_ENTRY_FIELDS = frozenset({"key", "dtype", "shape", "count", "offset"})
-_MAX_RANK = 16
-_ENTRY = "a sealed payload entry"
-
-
-def _payload_table(raw: bytes | memoryview) -> list[object]:
-    """The JSON table of a payload, strictly parsed: a list (entries checked one by one)."""
-    # No walk over the whole table: _payload_entry checks every value of every entry.
-    table = _strict.load(raw, "the sealed payload table", walk=False)
-    return _strict.array(table, "the sealed payload table")
-
-
-def _payload_entry(entry: object) -> tuple[str, str, tuple[int, ...], int, int]:
-    """``(key, dtype, shape, count, offset)`` of a table entry, type- and range-checked.
-
-    The payload is authenticated, so only a key holder can write a bad one; decoding
-    it must still raise nothing but FormatError. One expression checks the usual case
-    (hundreds of entries per load); the field readers word what is wrong otherwise.
-    """
-    if type(entry) is dict and entry.keys() == _ENTRY_FIELDS:
-        key, dtype, dims = entry["key"], entry["dtype"], entry["shape"]
-        count, offset = entry["count"], entry["offset"]
-        if (
-            type(key) is str
-            and type(dtype) is str
-            and dtype in _PAYLOAD_DTYPES
-            and type(dims) is list
-            and 2 <= len(dims) <= _MAX_RANK
-            and all(type(d) is int and d >= 0 for d in dims)
-            and type(count) is int
-            and count >= 0
-            and type(offset) is int
-            and offset >= 0
-        ):
-            shape = tuple(dims)
-            if math.prod(shape) * _PAYLOAD_DTYPES[dtype] <= _strict.INT64_MAX:
-                return key, dtype, shape, count, offset
-    raise FormatError(_entry_problem(entry))
-
-
-def _entry_problem(entry: object) -> str:
-    """What is wrong with a table entry :func:`_payload_entry` refused."""
-    try:
-        fields = _strict.mapping(entry, _ENTRY, _ENTRY_FIELDS)
-        _strict.string(fields["key"], f"{_ENTRY}'s key")
-        dtype = _strict.string(fields["dtype"], f"{_ENTRY}'s dtype")
-        if dtype not in _PAYLOAD_DTYPES:
-            return f"{_ENTRY} has the unknown dtype {_strict.show(dtype)}"
-        dims = _strict.array(fields["shape"], f"{_ENTRY}'s shape")
-        if not 2 <= len(dims) <= _MAX_RANK:
-            return f"{_ENTRY}'s shape must have 2 to {_MAX_RANK} dimensions, not {len(dims)}"
-        for d in dims:
-            _strict.integer(d, f"a dimension of {_ENTRY}'s shape")
-        _strict.integer(fields["count"], f"{_ENTRY}'s count")
-        _strict.integer(fields["offset"], f"{_ENTRY}'s offset")
-    except FormatError as exc:
-        return str(exc)
-    return f"{_ENTRY}'s shape {dims} is too large"
-
-
-def decode_payload(data: bytes) -> list[TensorPatch]:
-    """Inverse of :func:`encode_payload`, bounds-checked (it is authenticated already)."""
-    if data[:8] not in (_PAYLOAD_MAGIC, _LEGACY_PAYLOAD_MAGIC) or len(data) < 16:
-        raise FormatError("sealed payload has an unknown layout")
-    legacy = data[:8] == _LEGACY_PAYLOAD_MAGIC
-    (n,) = struct.unpack("<Q", data[8:16])
-    if n > len(data) - 16:
-        raise FormatError("sealed payload table is out of range")
-    table = _payload_table(data[16 : 16 + n])
-    body = memoryview(data)[16 + n :]
-    size = len(body)
-    patches = []
-    # Per dtype code: (dtype, its name, the stored little-endian dtype, whether they
-    # differ). numpy's dtype.name and astype are slow next to hundreds of small entries.
-    dtypes: dict[str, tuple[np.dtype, str, np.dtype, bool]] = {}
-    index_dtype = np.dtype("<i8")
-    native_index = index_dtype == np.dtype(np.int64)
-    for entry in table:
-        key, code, shape, count, offset = _payload_entry(entry)
-        if code not in dtypes:
-            dt = np.dtype(code)
-            stored_dt = dt.newbyteorder("<")
-            dtypes[code] = (dt, dt.name, stored_dt, stored_dt != dt)
-        dtype, dtype_name, stored, swap = dtypes[code]
-        ksize = math.prod(shape[2:])
-        end_idx = offset + 8 * count
-        end = end_idx + count * ksize * dtype.itemsize
-        if offset < 0 or count < 0 or end > size:
-            raise FormatError("sealed payload entry is out of range")
-        # Views of the payload where the byte order allows (no copy per entry).
-        kernels = np.frombuffer(body, index_dtype, count, offset)
-        if not native_index:
-            kernels = kernels.astype(np.int64)
-        values = np.frombuffer(body, stored, count * ksize, end_idx)
-        if swap:
-            values = values.astype(dtype)
-        patches.append(
-            TensorPatch(
-                _legacy_key(key) if legacy else key,
-                dtype_name,
-                shape,
-                kernels,
-                values.reshape(count, ksize),
-            )
-        )
-    return patches
-
-
-def _legacy_key(key: str) -> str:
-    """A 0.1 payload key (``"<step>/.../<name>"``, unescaped) as a :func:`tensor_address`."""
-    *path, name = key.split("/")
-    return tensor_address(tuple(path), name)

@@ -257,7 +257,9 @@ def hash_model(
     sink.update(skeleton)
     with _Feeder(sink, overlap) as feed:
         for src in sources:
-            if isinstance(src, onnx.TensorProto):
+            if type(src) is bytes:  # the many small tensors first: one call each
+                feed.with_length(src)
+            elif isinstance(src, onnx.TensorProto):
                 if base_dir is None:
                     raise ValueError(
                         f"tensor '{src.name}' is external but no model folder was given"
@@ -363,6 +365,18 @@ class _Feeder:
         """Wait until everything fed so far is hashed."""
         self._push_small()
         self._wait()
+
+    def with_length(self, data: bytes) -> None:
+        """Feed ``len(data)`` (8 bytes, little-endian), then ``data``."""
+        if len(data) < _SMALL_PIECE:
+            small = self._small
+            small += len(data).to_bytes(8, "little")
+            small += data
+            if len(small) >= _SMALL_BATCH:
+                self._push_small()
+            return
+        self(len(data).to_bytes(8, "little"))
+        self(data)
 
     def __call__(self, data: bytes | memoryview) -> None:
         if len(data) < _SMALL_PIECE:

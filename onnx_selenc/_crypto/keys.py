@@ -21,6 +21,7 @@ from pathlib import Path
 from onnx_selenc._crypto import seal as _seal
 from onnx_selenc._crypto import sign as _sign
 from onnx_selenc._crypto import strict as _strict
+from onnx_selenc._crypto.secret_text import secret_hex, shown_path
 from onnx_selenc._onnx.files import (
     Staging,
     refuse_existing,
@@ -197,7 +198,7 @@ def refuse_replacing_key_file(path: str | os.PathLike[str]) -> None:
     if os.path.isfile(path) and key_file_levels(path) is not None:
         raise FileExistsError(
             f"{path} is an onnx-selenc key file; refusing to replace it, even with "
-            "--overwrite (losing a key loses access): choose another output path"
+            "overwrite=True (losing a key loses access): choose another output path"
         )
 
 
@@ -242,9 +243,11 @@ def parse_key_file(
         secret = _seal.unwrap_with_passphrase(protected, passphrase, _canonical(header))
         material, signing = secret[: _seal.KEY_BYTES], secret[_seal.KEY_BYTES :] or None
     else:
-        material = _hex(doc["key"], f"the 'key' of {source}")
+        # Never echoed in errors (secret_hex): these are the secrets themselves.
+        material = secret_hex(doc["key"], f"the 'key' of {source}", 2 * _seal.KEY_BYTES)
         if "signing_key" in doc:
-            signing = _hex(doc["signing_key"], f"the 'signing_key' of {source}")
+            what = f"the 'signing_key' of {source}"
+            signing = secret_hex(doc["signing_key"], what, 2 * _sign.PRIVATE_BYTES)
     if len(material) != _seal.KEY_BYTES or (
         signing is not None and len(signing) != _sign.PRIVATE_BYTES
     ):
@@ -282,7 +285,7 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _SALT = re.compile(r"(?:[0-9a-f]{2}){16,64}")
 _NONCE = re.compile(r"[0-9a-f]{24}")
 # A 32-byte key (and, in an owner key, the 32-byte signing key) and the 16-byte GCM tag.
-_WRAPPED = re.compile(r"[0-9a-f]{96}|[0-9a-f]{160}")
+_WRAPPED_DIGITS = (96, 160)
 
 
 def _header_fields(doc: dict[str, object], source: str) -> tuple[str, int, int]:
@@ -321,8 +324,10 @@ def _protected_fields(value: object, source: str) -> dict[str, object]:
             f"scrypt {bad} in {what} is out of range (n={n}, r={r}, p={p}; this tool reads "
             f"{limits}, n a power of two): refused before any work is spent on it"
         )
-    for name, pattern in (("salt", _SALT), ("nonce", _NONCE), ("wrapped", _WRAPPED)):
+    for name, pattern in (("salt", _SALT), ("nonce", _NONCE)):
         _strict.string(fields[name], f"the {name} in {what}", pattern, error=KeyFileError)
+    # The wrapped key (the key and signing key, encrypted, and the GCM tag): not echoed.
+    secret_hex(fields["wrapped"], f"the wrapped key in {what}", _WRAPPED_DIGITS)
     return fields
 
 
@@ -367,6 +372,8 @@ def key_from_env(variable: str, *, passphrase: str | None = None) -> LevelKey:
     Raises:
         KeyError: the variable is not set.
         KeyFileError: the content is not a valid key file.
+        FileNotFoundError: the variable names no existing file (the message shows the
+            value only if it cannot be key material).
     """
     try:
         value = os.environ[variable]
@@ -377,4 +384,12 @@ def key_from_env(variable: str, *, passphrase: str | None = None) -> LevelKey:
         # are refused as not UTF-8) instead of raising UnicodeEncodeError here.
         content = value.encode("utf-8", "surrogateescape")
         return parse_key_file(content, source=f"${variable}", passphrase=passphrase)
-    return read_key_file(value, passphrase=passphrase)
+    try:
+        return read_key_file(value, passphrase=passphrase)
+    except FileNotFoundError:
+        # Python's message would repeat the value: a key pasted in place of its path.
+        error = FileNotFoundError(
+            f"environment variable {variable} names no existing key file: {shown_path(value)}"
+        )
+        error.filename = shown_path(value)
+        raise error from None

@@ -149,6 +149,29 @@ def open_sealed(level_key: bytes, blob: bytes, aad: bytes) -> bytes:
         raise InvalidBundle("sealed data failed authentication") from None
 
 
+def open_sealed_into(level_key: bytes, blob: bytes, aad: bytes) -> bytearray:
+    """:func:`open_sealed` into a new ``bytearray``, which the caller can zero when done
+    (a ``bytes`` result cannot be). With a cryptography that lacks ``decrypt_into``, a
+    copy: the ``bytes`` it is made from stays in freed memory.
+
+    Raises:
+        InvalidBundle: as :func:`open_sealed`.
+    """
+    if len(blob) < SEAL_OVERHEAD:
+        raise InvalidBundle("sealed data failed authentication")
+    aead = AESGCM(_hkdf(level_key, b"seal"))
+    decrypt_into = getattr(aead, "decrypt_into", None)
+    if decrypt_into is None:
+        return bytearray(open_sealed(level_key, blob, aad))
+    plain = bytearray(len(blob) - SEAL_OVERHEAD)
+    try:
+        decrypt_into(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad, plain)
+    except InvalidTag:
+        plain[:] = bytes(len(plain))
+        raise InvalidBundle("sealed data failed authentication") from None
+    return plain
+
+
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

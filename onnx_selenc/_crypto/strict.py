@@ -106,7 +106,9 @@ def _check_tree(doc: object, what: str, error: _ErrorType) -> None:
         value, depth = stack.pop()
         if type(value) is int:
             if not INT64_MIN <= value <= INT64_MAX:
-                raise error(f"{what} is malformed: the integer {show(value)} is too large")
+                # Its size, not its digits: in a key file it may be a key written in decimal.
+                digits = len(str(abs(value)))
+                raise error(f"{what} is malformed: an integer of {digits} digits is too large")
         elif isinstance(value, str):
             if not value.isascii():
                 _check_text(value, what, error)

@@ -64,18 +64,18 @@ def export_key(
         if not overwrite:
             raise FileExistsError(
                 f"key file {out} already exists; refusing to replace it (move it away "
-                "first, or pass --overwrite / overwrite=True to replace a tier key file)"
+                "first, or pass overwrite=True to replace a tier key file)"
             )
         levels = key_file_levels(out)
         if levels is None:
             raise FileExistsError(
                 f"{out} exists and is not an onnx-selenc key file; refusing to replace it "
-                "(--overwrite replaces only a tier key file)"
+                "(overwrite=True replaces only a tier key file)"
             )
         if levels[0] == levels[1]:
             raise FileExistsError(
                 f"{out} holds a top-level (owner) key; refusing to replace it, even with "
-                "--overwrite (losing an owner key loses access to its model)"
+                "overwrite=True (losing an owner key loses access to its model)"
             )
     # A tier key never signs, the top tier's included: only the owner can vouch for a model.
     lower = dataclasses.replace(

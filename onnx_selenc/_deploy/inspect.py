@@ -123,6 +123,7 @@ def format_report(report: ModelReport) -> str:
     targets = shown.pop("level_targets", None)
     quality = shown.pop("level_quality", None)
     objective = shown.pop("objective", None)
+    wiring = shown.pop("wiring", None)
     for name in ("importance", "masking"):
         if name in shown:
             lines.append(f"  {name}: {shown.pop(name)}")
@@ -136,6 +137,7 @@ def format_report(report: ModelReport) -> str:
             f"  levels split: {split or 'fixed'}"
             + (f" ({str(order).replace('-', ' ')})" if order else "")
         )
+    lines += _wiring_lines(wiring)
     for name, value in shown.items():  # what older manifests (format 1) stated besides
         text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
         lines.append(f"  {name.replace('_', ' ')}: {text}")
@@ -147,3 +149,13 @@ def format_report(report: ModelReport) -> str:
             line += f", quality {float(quality[level]):.3f} on calibration inputs"
         lines.append(line)
     return "\n".join(lines)
+
+
+def _wiring_lines(wiring: object) -> list[str]:
+    """Which layers are wired (never how: the order is sealed with level 1)."""
+    if not isinstance(wiring, list):
+        return []
+    names = ": " + ", ".join(map(str, wiring)) if wiring else ""
+    return [
+        f"  wiring: {len(wiring)} convs' output channels in a secret order until level 1{names}"
+    ]

@@ -9,6 +9,7 @@
       preprocessor_config.json     the preprocessing the owner states, if any
       manifest.json                the public manifest (no secrets)
       README.md                    model card: tiers, key id, how to load
+      .onnx-selenc-files.json      the files above (what ``overwrite`` may replace)
 
 The folder is built next to ``DIR`` and renamed into place, so a reader sees either
 no folder or a complete one. Key files are never copied: only the model, the external
@@ -42,6 +43,7 @@ from onnx_selenc._deploy.package_files import (
     read_user_json,
     set_location,
     staging_folder,
+    write_file_list,
 )
 from onnx_selenc._load.loader import resolve_model_path
 from onnx_selenc._onnx.files import atomic_write
@@ -136,7 +138,9 @@ def package(
             folder already packaged.
         output_dir: the folder to create. It must not exist or be empty, unless
             ``overwrite`` is true.
-        overwrite: replace an existing non-empty ``output_dir`` (atomically).
+        overwrite: replace a non-empty ``output_dir`` that an earlier ``package`` (or
+            ``save_model``) wrote, atomically, if it holds nothing else: never a folder
+            holding a key file or a file onnx-selenc did not write there.
         title: heading of the README model card; default the model file's stem.
         preprocess: a JSON file (an object) of the preprocessing the model expects,
             copied byte for byte as ``preprocessor_config.json``.
@@ -151,7 +155,8 @@ def package(
         FormatError: malformed model or manifest; external data outside the model's
             folder, missing, or out of range.
         FileExistsError: ``output_dir`` is a file, or a non-empty folder and
-            ``overwrite`` is false.
+            ``overwrite`` is false, or (with ``overwrite``) it holds a key file, lacks
+            the file list a package writes, or holds a file that list does not name.
         FileNotFoundError: ``preprocess`` or an ``id2label`` file does not exist.
         ValueError: ``output_dir`` holds the input model; the model names a key file
             as its external data; ``preprocess`` or ``id2label`` is a key file, holds
@@ -199,6 +204,7 @@ def package(
             manifest_doc, config, title=title or _default_title(encrypted_model_path), files=files
         )
         atomic_write(tmp / README_NAME, card.encode("utf-8"))
+        write_file_list(tmp)  # what a later overwrite may replace, and nothing else
         move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -3,6 +3,11 @@ files, external data renaming, and building the folder beside its destination.
 
 Key files are recognised by their format marker wherever they would enter a package
 or a registry (a data "file", a preprocessor config, a label file, an artifact).
+
+Every folder ``package`` or ``save_model`` builds lists its files in
+:data:`FILE_LIST_NAME`; with ``overwrite`` only such a folder is replaced, and only
+while it holds nothing else and no key file: an owner key dropped into a package
+folder must not go with it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import onnx
 
 from onnx_selenc._crypto.digest import iter_tensors
 from onnx_selenc._crypto.keys import MAX_KEY_FILE_BYTES
+from onnx_selenc._crypto.secret_text import holds_key_text
+from onnx_selenc._onnx.files import atomic_write
 from onnx_selenc._onnx.tensors import external_info
 from onnx_selenc.exceptions import FormatError
 
@@ -28,6 +35,9 @@ KEY_FILE_MARKER = b'"onnx-selenc-key"'
 # A preprocessor config or a label list is small; past this it is not what was meant.
 MAX_JSON_BYTES = 16 << 20
 _CHUNK = 1 << 20
+# The list of the files a package (or saved MLflow model) folder was written with.
+FILE_LIST_NAME = ".onnx-selenc-files.json"
+_FILE_LIST_FORMAT = "onnx-selenc-files"
 
 
 def is_key_file(path: str | os.PathLike[str]) -> bool:
@@ -72,7 +82,8 @@ def read_user_json(path: str | os.PathLike[str], *, what: str) -> tuple[bytes, o
     Raises:
         FileNotFoundError: ``path`` is not a file.
         ValueError: a key file, key material inside (a key file's text embedded, even
-            JSON-escaped), not UTF-8 JSON, or over :data:`MAX_JSON_BYTES`.
+            JSON-escaped; a key in hex or base64: :func:`holds_key_text`), not UTF-8
+            JSON, or over :data:`MAX_JSON_BYTES`.
     """
     p = Path(path)
     if not p.is_file():
@@ -86,13 +97,18 @@ def read_user_json(path: str | os.PathLike[str], *, what: str) -> tuple[bytes, o
             f"the {what} {p} is over {MAX_JSON_BYTES >> 20} MiB; expected a small JSON file"
         )
     data = p.read_bytes()
-    # Unquoted: also catches a key file pasted into a JSON string (its quotes escaped).
-    if KEY_FILE_MARKER.strip(b'"') in data:
-        raise ValueError(f"the {what} {p} holds onnx-selenc key material; refusing to package it")
+    refused = ValueError(f"the {what} {p} holds onnx-selenc key material; refusing to package it")
+    # The check MLflow metadata goes through: a key file's text (even JSON-escaped), a
+    # raw key in hex or base64; on the bytes, then on the parsed strings (\u escapes).
+    if holds_key_text(data.decode("utf-8", "replace")):
+        raise refused
     try:
-        return data, json.loads(data.decode("utf-8"))
+        doc = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"the {what} {p} is not a JSON file: {exc}") from None
+    if holds_key_text(json.dumps(doc, ensure_ascii=False)):
+        raise refused
+    return data, doc
 
 
 def external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
@@ -152,10 +168,83 @@ def check_destination(out: Path, inputs: list[Path], *, overwrite: bool) -> None
                 f"{out} holds the input {item}; package into another folder "
                 "(the input is never overwritten)"
             )
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"{out} exists and is not empty; pass overwrite=True to "
+                "replace a folder onnx-selenc wrote"
+            )
+        check_replaceable(out)
+
+
+def write_file_list(folder: Path) -> None:
+    """List every file under ``folder`` in :data:`FILE_LIST_NAME` (the last file written)."""
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir())
+    doc = {"format": _FILE_LIST_FORMAT, "files": files}
+    atomic_write(folder / FILE_LIST_NAME, json.dumps(doc, indent=2).encode() + b"\n")
+
+
+def check_replaceable(out: Path, *, shown: Path | None = None) -> None:
+    """Refuse to replace ``out`` unless it holds only the files its own list names.
+
+    ``shown``: the name to give ``out`` in errors (it may have been moved aside).
+
+    Raises:
+        FileExistsError: ``out`` holds a key file, has no valid file list (not written
+            by ``package`` or ``save_model``, or by an older onnx-selenc), or holds
+            anything the list does not name.
+    """
+    name = shown or out
+    # Parsed, not just the marker: a saved MLflow model carries this package's source,
+    # which names the marker too.
+    keys = sorted(p for p in out.rglob("*") if _is_key_document(p))
+    if keys:
         raise FileExistsError(
-            f"{out} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it"
+            f"{name} holds the key file {keys[0].relative_to(out)}; refusing to replace the "
+            "folder, even with overwrite (losing a key loses access): move the key out first"
         )
+    listed = _listed_files(out, name)
+    for root, dirs, names in os.walk(out):
+        for entry in names + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            rel = Path(root, entry).relative_to(out).as_posix()
+            if rel != FILE_LIST_NAME and rel not in listed:
+                raise FileExistsError(
+                    f"{name} holds {rel}, which onnx-selenc did not write there; refusing to "
+                    "replace the folder (nothing was removed): move it out or choose "
+                    "another folder"
+                )
+
+
+def _is_key_document(path: Path) -> bool:
+    """Whether ``path`` is a small JSON object whose format is a key file's."""
+    if not is_key_file(path):
+        return False
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == KEY_FILE_MARKER.decode().strip('"')
+
+
+def _listed_files(out: Path, name: Path) -> set[str]:
+    """The names in ``out``'s file list (refused if there is none or it is not one)."""
+    path = out / FILE_LIST_NAME
+    try:
+        if path.is_symlink() or path.stat().st_size > MAX_JSON_BYTES:
+            raise ValueError
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+        if not isinstance(doc, dict) or doc.get("format") != _FILE_LIST_FORMAT:
+            raise ValueError
+        files = doc["files"]
+        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+            raise ValueError
+    except (OSError, ValueError, KeyError):
+        raise FileExistsError(
+            f"{name} is not empty and has no onnx-selenc file list ({FILE_LIST_NAME}): it was "
+            "not written by `package` (or by an onnx-selenc before 0.3); refusing to replace "
+            "it (nothing was removed): empty it yourself or choose another folder"
+        ) from None
+    return set(files)
 
 
 def copy_file(src: Path, dst: Path) -> None:
@@ -177,7 +266,8 @@ def staging_folder(out: Path) -> Path:
 
 
 def move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished folder to ``out``; an old ``out`` is moved aside, then removed."""
+    """Rename the finished folder to ``out``; an old ``out`` is moved aside, checked
+    again (:func:`check_replaceable`: a file may have appeared since), then removed."""
     if not out.exists():
         os.rename(tmp, out)
         return
@@ -188,6 +278,7 @@ def move_into_place(tmp: Path, out: Path) -> None:
     old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
     os.rename(out, old / out.name)
     try:
+        check_replaceable(old / out.name, shown=out)
         os.rename(tmp, out)
     except BaseException:
         os.rename(old / out.name, out)  # put the previous package back

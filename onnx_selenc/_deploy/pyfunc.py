@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
-from mlflow.pyfunc import PythonModel
+from mlflow.pyfunc import PythonModel, PythonModelContext
 
 from onnx_selenc import __version__
 from onnx_selenc._deploy.feeds import InputSpec, input_specs, to_feeds
@@ -25,13 +25,15 @@ from onnx_selenc._load.loader import default_providers, load_session
 if TYPE_CHECKING:
     import onnxruntime as ort
     import pandas as pd
-    from mlflow.pyfunc import PythonModelContext
 
-    # Only for type checkers: MLflow reads ``predict``'s annotations to validate
-    # inputs and would reject (or mis-infer a signature from) this union. Left
-    # unresolvable at run time, MLflow skips type-hint inference.
     ModelInput: TypeAlias = np.ndarray | Mapping[str, Any] | pd.DataFrame
     ModelOutput: TypeAlias = np.ndarray | dict[str, np.ndarray]
+else:
+    # MLflow reads ``predict``'s hints at run time: it would reject (or infer a signature
+    # from) the union above, and logs "Unsupported type hint" for a name it cannot
+    # resolve. numpy arrays are a hint it takes as is, with no inference (the signature
+    # is recorded from the graph).
+    ModelInput = ModelOutput = np.ndarray
 
 ARTIFACT = "encrypted_model"
 CUDA = "CUDAExecutionProvider"
@@ -123,17 +125,25 @@ class EncryptedOnnxModel(PythonModel):
         )
         level = None if config.get("level") is None else int(config["level"])
         providers = provider_specs(config.get("providers"))
-        self._session = load_session(
-            context.artifacts[ARTIFACT],
-            key=key,
-            level=level,
-            providers=providers,
-            allow_options=tuple(config.get("allow_options") or ()),
-        )
+        runtime = str(config.get("runtime") or "")
+        if providers is None and "gpu" in runtime:
+            # Logged for onnxruntime-gpu: CUDA is what is meant, so it is what is asked
+            # for (ONNX Runtime falls back to the CPU, and the warning below says so).
+            providers = [CUDA, "CPUExecutionProvider"]
+        with warnings.catch_warnings():
+            # ONNX Runtime's own "Specified provider ... is not in available provider
+            # names": _report says it once, with what to install.
+            warnings.filterwarnings("ignore", message="Specified provider", category=UserWarning)
+            self._session = load_session(
+                context.artifacts[ARTIFACT],
+                key=key,
+                level=level,
+                providers=providers,
+                allow_options=tuple(config.get("allow_options") or ()),
+            )
         self._inputs = input_specs(self._session)
         requested = [p if isinstance(p, str) else p[0] for p in providers or default_providers()]
         running = list(self._session.get_providers())
-        runtime = str(config.get("runtime") or "")
         self._facts = ServingFacts(
             title=config.get("title"),
             key_id=key.key_id,
@@ -141,7 +151,7 @@ class EncryptedOnnxModel(PythonModel):
             levels=key.levels,
             providers=running,
             requested_providers=requested,
-            cuda_requested=CUDA in requested or (providers is None and "gpu" in runtime),
+            cuda_requested=CUDA in requested,
             cuda_running=CUDA in running,
             inputs=_io(self._session.get_inputs()),
             outputs=_io(self._session.get_outputs()),

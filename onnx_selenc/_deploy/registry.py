@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from onnx_selenc._crypto import bundle as _bundle
+from onnx_selenc._crypto.secret_text import holds_key_text
 from onnx_selenc._deploy.package import (
-    KEY_FILE_MARKER,
     contains_key_material,
     is_key_file,
     key_files_in,
@@ -21,7 +21,6 @@ from onnx_selenc._onnx.modelio import load_model as _load_onnx
 
 TAG_PREFIX = "onnx_selenc."
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")  # a level key, as key files write it
 
 
 def registry_tags(encrypted_model_path: str | os.PathLike[str]) -> dict[str, str]:
@@ -115,7 +114,7 @@ def refuse_keys(source: Path, extra: Mapping[str, str | os.PathLike[str]]) -> No
 def refuse_key_text(values: Mapping[str, Any]) -> None:
     for name, value in values.items():
         text = value if isinstance(value, str) else json.dumps(value, default=str)
-        if KEY_FILE_MARKER.decode().strip('"') in text or _HEX_KEY.search(text):
+        if holds_key_text(text):  # the check a package's JSON files go through
             raise ValueError(
                 f"{name!r} looks like onnx-selenc key material; keys are never logged "
                 "(give the serving environment the key, and the model only its variable name)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +20,11 @@ import mlflow
 from mlflow.models import ModelSignature
 
 from onnx_selenc._crypto import bundle as _bundle
+from onnx_selenc._deploy import model_code
 from onnx_selenc._deploy.environment import serving_requirements, stage_package
 from onnx_selenc._deploy.model_config import Id2Label
 from onnx_selenc._deploy.package import package
-from onnx_selenc._deploy.pyfunc import ARTIFACT, EncryptedOnnxModel, provider_specs
+from onnx_selenc._deploy.pyfunc import ARTIFACT, provider_specs
 from onnx_selenc._deploy.registry import (
     TAG_PREFIX,
     check_env_name,
@@ -122,28 +124,36 @@ def prepared(spec: Spec) -> Iterator[Prepared]:
             id2label=spec.id2label,
         ).output_dir
         code = stage_package(Path(tmp) / "code")
-        yield Prepared(
-            kwargs=dict(
-                python_model=EncryptedOnnxModel(),
-                artifacts={
-                    ARTIFACT: str(packaged),
-                    **{k: os.fspath(v) for k, v in spec.extra_artifacts.items()},
-                },
-                code_paths=[str(code)],
-                model_config=config,
-                signature=spec.signature if spec.signature is not None else graph_signature(model),
-                input_example=spec.input_example,
-                # Explicit requirements: MLflow would otherwise infer them by loading the
-                # model in a subprocess, which needs the key (and takes seconds).
-                pip_requirements=requirements,
-                metadata={
-                    **spec.metadata,
-                    "onnx_selenc": public_metadata(manifest, spec.key_env),
-                },
-            ),
-            tags=tags,
-            manifest=manifest,
-        )
+        with warnings.catch_warnings():
+            # The signature is recorded from the graph: MLflow's advice to give an input
+            # example, at every save without one, is not for this model (and a predict
+            # on it would need a key).
+            warnings.filterwarnings("ignore", message=".*An input example was not provided")
+            yield Prepared(
+                kwargs=dict(
+                    # Models-from-code: the folder holds this file, not a pickle.
+                    python_model=model_code.__file__,
+                    artifacts={
+                        ARTIFACT: str(packaged),
+                        **{k: os.fspath(v) for k, v in spec.extra_artifacts.items()},
+                    },
+                    code_paths=[str(code)],
+                    model_config=config,
+                    signature=spec.signature
+                    if spec.signature is not None
+                    else graph_signature(model),
+                    input_example=spec.input_example,
+                    # Explicit requirements: MLflow would otherwise infer them by loading the
+                    # model in a subprocess, which needs the key (and takes seconds).
+                    pip_requirements=requirements,
+                    metadata={
+                        **spec.metadata,
+                        "onnx_selenc": public_metadata(manifest, spec.key_env),
+                    },
+                ),
+                tags=tags,
+                manifest=manifest,
+            )
 
 
 def _default_title(source: Path) -> str:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from onnx_selenc._crypto.keys import LevelKey, key_from_env, read_key_file
+from onnx_selenc._crypto.secret_text import shown_path
 from onnx_selenc.exceptions import KeyFileError, KeyNotConfigured
 
 DEFAULT_KEY_ENV = "ONNX_SELENC_KEY"
@@ -44,7 +45,7 @@ def serving_key(
             key = key_from_env(key_env, passphrase=passphrase)
         except FileNotFoundError:
             raise KeyNotConfigured(
-                f"{source} names the key file {value}, which does not exist"
+                f"{source} names the key file {shown_path(value)}, which does not exist"
             ) from None
         except KeyFileError:
             raw = value.encode("utf-8", "surrogateescape") if content else _read_small(value)

@@ -163,8 +163,15 @@ def sweep(  # noqa: C901
 
     Raises:
         TypeError: an unknown keyword, or ``options`` together with 0.1's keywords.
+        ValueError: ``options.base`` is set (a base encrypts every kernel unlike its own:
+            there is no budget to sweep).
     """
     options = _sweep_options(options, deprecated)
+    if options.base is not None:
+        raise ValueError(
+            "the sweep compares budgets and strategies; a base encrypts every kernel that "
+            "differs from it, whatever the budget: encrypt with the base instead"
+        )
     masking, show_progress = options.masking, options.show_progress
     seed = 0 if options.seed is None else options.seed
     split = options.split

@@ -8,6 +8,7 @@ key, model and external data together (``_io.staged_outputs``).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,11 @@ from onnx_selenc._encrypt.pipeline import (
     CountProvider,
     EncryptedModel,
     ScoreProvider,
-    _inline_conv_functions,
     encrypt_model,
 )
+from onnx_selenc._encrypt.stale import clear_stale_staging
 from onnx_selenc._encrypt.verify import verify_encrypted, verify_written
+from onnx_selenc._onnx.channels import WiringPlan
 from onnx_selenc._onnx.files import (
     refuse_existing,
     refuse_existing_outputs,
@@ -39,13 +41,18 @@ from onnx_selenc._onnx.files import (
 from onnx_selenc._onnx.graph import (
     ConvInventory,
     UnsupportedConv,
+    conv_functions,
 )
 from onnx_selenc._onnx.modelio import external_files, load_external_data, load_model, save_model
+from onnx_selenc._onnx.modelio import with_conv_functions_inlined as _inline_conv_functions
+from onnx_selenc._onnx.original import attach_record, record_original
+from onnx_selenc._select.base import BaseReport
 from onnx_selenc._select.calibration import Calibration
 from onnx_selenc._select.levels import LevelReport
 from onnx_selenc._select.selection import (
     Selection,
 )
+from onnx_selenc.exceptions import ByteIdentityWarning
 
 # The pipeline's names stay importable from here, where 0.1 had them.
 __all__ = [
@@ -85,9 +92,17 @@ class EncryptResult:
     layers: tuple[LayerReport, ...]
     unsupported: tuple[UnsupportedConv, ...]
     level_report: LevelReport | None = None
+    # Whether decrypt with the owner key gives back the plain file byte for byte, and
+    # if not why (its weights come back bit for bit either way).
+    byte_identical: bool = True
+    byte_identity_problem: str | None = None
     # What chose the kernels (defaults resolved); kept out of the public manifest.
     importance: str = ""
     allocation: str = ""
+    # With EncryptOptions(wiring=True): the layers wired, and why the others are not.
+    wiring: WiringPlan | None = None
+    # With EncryptOptions(base=...): the weights whose level 0 holds the base's kernels.
+    base: BaseReport | None = None
 
     @property
     def fraction(self) -> float:
@@ -139,6 +154,8 @@ def encrypt(
     Warns:
         LevelTargetWarning: a level missed its target on the held-out inputs by more
             than the tolerance plus their sampling error.
+        LeftoverWarning: a temporary folder of a killed earlier run for these outputs
+            was kept (one provably dead, from SIGKILL before its commit, is removed).
 
     Raises:
         UnsupportedModel: no conv weight can be encrypted.
@@ -157,7 +174,8 @@ def encrypt(
     data_path = output_path.with_name(output_path.name + ".data")
     refuse_existing(key_file, "key file")
     model = load_model(model_path, load_external=False)
-    inputs = [model_path, *external_files(model, model_path.parent)]
+    model_files = [model_path, *external_files(model, model_path.parent)]
+    inputs = [*model_files, *_base_files(options.base)]
     for out in (output_path, data_path, key_file):
         refuse_overwrite_of_input(out, inputs)
     if same_file(output_path, key_file) or same_file(data_path, key_file):
@@ -168,16 +186,32 @@ def encrypt(
     refuse_existing_outputs(
         [output_path, data_path],
         overwrite=overwrite,
-        how="pass --overwrite (overwrite=True) to replace it; "
-        "the tier keys handed out for it stop working",
+        how="pass overwrite=True to replace it; the tier keys handed out for it stop working",
     )
     for out in (output_path, data_path):
         refuse_replacing_key_file(out)
+    # A run killed by SIGKILL before its commit left its staging folder (a complete owner
+    # key, a partial model): removed when provably dead, else named in a warning.
+    clear_stale_staging([key_file, output_path, data_path])
     external_data = options.external_data
     if external_data is None:
-        external_data = len(inputs) > 1
+        external_data = len(model_files) > 1
+    # How the plain file stores its tensors, for decrypt to give it back byte for byte
+    # (read before its external data is loaded, which forgets that).
+    restructured = None
+    if conv_functions(model):
+        restructured = "its convolutions in model-local functions are inlined"
+    original = record_original(model, model_path, restructured=restructured)
+    if not original.byte_identical:
+        warnings.warn(
+            f"decrypt will not give back {model_path.name} byte for byte: {original.problem} "
+            "(the owner key still restores every weight bit for bit)",
+            ByteIdentityWarning,
+            stacklevel=2,
+        )
     # Parsed once, above; its external data is read only now the outputs are checked.
     load_external_data(model, model_path)
+    attach_record(model, original)
     enc = encrypt_model(model, options=options, calibration=calibration)
     checked = (
         verify_encrypted(
@@ -229,9 +263,21 @@ def encrypt(
         layers=_layer_reports(enc.selection, enc.inventory, options.levels),
         unsupported=enc.inventory.unsupported,
         level_report=enc.level_report,
+        byte_identical=original.byte_identical,
+        byte_identity_problem=original.problem,
         importance=enc.importance,
         allocation=enc.allocation,
+        wiring=enc.wiring,
+        base=enc.base,
     )
+
+
+def _base_files(base: str | os.PathLike[str] | None) -> list[Path]:
+    """The base model's files (never to be overwritten by an output)."""
+    if base is None:
+        return []
+    header = load_model(base, load_external=False)
+    return [Path(base), *external_files(header, Path(base).parent)]
 
 
 def _layer_reports(

@@ -8,6 +8,7 @@ split of the encrypted kernels, checked to change the outputs at every level) or
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -78,11 +79,22 @@ class EncryptOptions:
         split: :class:`FixedLevels` (default) or :class:`CalibratedLevels`.
         objective: ``"auto"``, ``"kl"`` (classifiers) or ``"mse"``.
         layers: glob patterns on weight names / conv node names; empty: every conv.
-        masking: ``"empirical"`` (default) or ``"gaussian"`` DPRM.
+        masking: ``"empirical"`` (default: whole kernels from the public kernels' joint
+            distribution) or ``"gaussian"`` (the paper's per-position DPRM, kept to
+            reproduce it; a covariance test tells its kernels apart).
         seed: makes selection and masking reproducible (keys and nonces stay random).
         external_data: write weights to ``<output>.data``; None: as the input did.
         verify: the self-check before anything is written (see ``_verify``).
         show_progress: progress bars on stderr.
+        allow_budget_growth: where the fixed levels change the outputs only with more
+            kernels than the budget chose (kernels that feed unused channels), encrypt
+            those; False (default): refuse with ``BudgetTooSmall``, which says how many.
+        wiring: also give each wirable conv's output channels a secret order in the
+            public file (level 0); level 1 puts them back (see ``_onnx.channels``).
+        base: the public model these weights were fine-tuned from (a path): every
+            kernel that differs from the base's is encrypted, and level 0 holds the
+            base's kernel in its place, so it carries nothing the base lacks in those
+            weights (``_select.base``); a conv weight the base lacks is masked whole.
 
     Raises:
         ValueError: an option out of range, or a split that does not fit ``levels``.
@@ -100,9 +112,19 @@ class EncryptOptions:
     external_data: bool | None = None
     verify: bool = True
     show_progress: bool = False
+    allow_budget_growth: bool = False
+    wiring: bool = False
+    base: str | os.PathLike[str] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
+        if self.base is not None and not isinstance(self.base, str | os.PathLike):
+            raise TypeError(f"base must be a path to an ONNX model, not {self.base!r}")
+        if self.base is not None and self.wiring:
+            raise ValueError(
+                "wiring adds nothing to a base: level 0's kernels are the base's own, in "
+                "the base's order, so matching them to the base undoes any wiring; use one"
+            )
         if isinstance(self.split, FixedLevels):
             check_fractions(self.levels, self.split.fractions)  # also checks the level count
         elif isinstance(self.split, CalibratedLevels):
@@ -110,6 +132,8 @@ class EncryptOptions:
             check_targets(self.levels, self.split.targets)
         else:
             raise TypeError("split must be FixedLevels or CalibratedLevels")
+        if not isinstance(self.wiring, bool):
+            raise TypeError(f"wiring must be True or False, not {self.wiring!r}")
         if not 0.0 < self.budget <= 1.0:
             raise ValueError(f"budget must be in (0, 1], got {self.budget}")
         if self.masking not in MASKINGS:

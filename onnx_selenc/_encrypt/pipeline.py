@@ -21,23 +21,35 @@ from onnx_selenc._encrypt.options import (
     check_options,
     options_of,
 )
-from onnx_selenc._encrypt.sealing import seal_levels
+from onnx_selenc._encrypt.sealing import seal_levels, selection_params
 from onnx_selenc._encrypt.verify import keep_originals
+from onnx_selenc._encrypt.wiring import rescore_level_zero, wire_model
+from onnx_selenc._onnx.channels import WiringPlan
 from onnx_selenc._onnx.graph import (
     ConvInventory,
     ConvWeight,
-    conv_functions,
-    inline_conv_functions,
     walk_conv_weights,
 )
-from onnx_selenc._onnx.modelio import PROTO_LIMIT
-from onnx_selenc._onnx.tensors import read_array, weight_tensor, write_array
+from onnx_selenc._onnx.modelio import with_conv_functions_inlined
+from onnx_selenc._onnx.tensors import read_array, weight_tensor
 from onnx_selenc._select.activation import activation_scorer
 from onnx_selenc._select.allocation import cap_layer_shares
+from onnx_selenc._select.base import (
+    BaseReport,
+    TakenTensor,
+    base_counts,
+    load_base,
+    take_from_base,
+)
 from onnx_selenc._select.calibration import Calibration
 from onnx_selenc._select.importance import score_kernels
-from onnx_selenc._select.levels import TOLERANCE, LevelReport, calibrate_levels
-from onnx_selenc._select.liveness import live_levels
+from onnx_selenc._select.levels import (
+    TOLERANCE,
+    LevelReport,
+    break_level_zero,
+    calibrate_levels,
+)
+from onnx_selenc._select.liveness import select_live
 from onnx_selenc._select.masking import (
     MaskedLayer,
     kernel_matrix,
@@ -50,12 +62,10 @@ from onnx_selenc._select.selection import (
     allocate_uniform,
     at_least_one_per_level,
     filter_layers,
-    grow_counts,
     select,
 )
 from onnx_selenc._select.sensitivity import SensitivityAllocator
 from onnx_selenc.exceptions import (
-    LevelCountWarning,
     LevelTargetWarning,
     SelencError,
     UnsupportedModel,
@@ -79,8 +89,6 @@ CountProvider = Callable[
 # Up to this many bytes of encrypted weights the fixed level split is checked with
 # forward passes (``_liveness``); past it a probe session's copy costs too much.
 LIVENESS_BYTES = 512 << 20
-LIVENESS_ATTEMPTS = 6  # at most 32x the budget's kernels before giving up with a warning
-LIVENESS_GROW = 32  # ... and only while the levels hold fewer kernels than this each
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,8 @@ class EncryptedModel:
     # What the encrypted weights were before masking, by key, for the self-check: the
     # arrays themselves, or past ORIGINALS_IN_MEMORY bytes a checksum of each (_seal).
     originals: Mapping[str, np.ndarray | bytes] = field(default_factory=dict)
+    wiring: WiringPlan | None = None  # with EncryptOptions(wiring=True)
+    base: BaseReport | None = None  # with EncryptOptions(base=...)
 
 
 def encrypt_model(
@@ -123,18 +133,29 @@ def encrypt_model(
     options = options_of(options, keywords, deprecated=False)
     plan = _plan(options, calibration, scores, counts)
     walked = _walk(model, options.layers)
+    base = None if options.base is None else load_base(options.base, walked.chosen)
+    differing = base.differing(walked.arrays) if base is not None else {}
     rng = np.random.default_rng(options.seed)
     sub_seed = int(rng.integers(2**31))
     layer_scores = _score(walked, plan, calibration, options, sub_seed, scores, rng)
+    # With a base, every kernel unlike the base's is encrypted, most important first.
+    by_address = walked.inventory.by_address()
+    missing = {a: by_address[a].n_kernels for a, _ in base.missing} if base is not None else {}
+    fixed = base_counts(layer_scores, differing, missing)
     layer_counts, sensitivity = _allocate(
-        walked, plan, calibration, options, sub_seed, counts, layer_scores
+        walked, plan, calibration, options, sub_seed, counts, layer_scores, fixed
     )
     selection, masked = _select_and_mask(
-        walked, options, layer_scores, layer_counts, calibration, rng
-    )
+        walked, options, layer_scores, layer_counts, calibration, rng,
+        base.counterparts if base is not None else None,
+    )  # fmt: skip
     level_report = None
     if isinstance(options.split, CalibratedLevels):
         assert calibration is not None
+        if base is None:  # with a base, level 0 is the base's kernels: no draw to redo
+            masked = _break_level_zero(
+                walked, selection, masked, options, options.split, calibration, sub_seed, rng
+            )
         selection, level_report = _calibrate(
             walked, selection, masked, options.split, options.objective, calibration,
             sensitivity, sub_seed,
@@ -142,6 +163,27 @@ def encrypt_model(
     owner = owner_key or new_owner_key(options.levels)
     if owner.level != options.levels or owner.levels != options.levels:
         raise ValueError("the owner key must be a top-level key for the same number of levels")
+    # Wired, or a base's other tensors taken, last: the levels above are measured and
+    # sealed as the model is; both change level 0 only (and come back at level 1).
+    wiring: WiringPlan | None = None
+    level_one: list[_bundle.TensorPatch] = []
+    originals = walked.originals
+    taken: list[TakenTensor] = []
+    if options.wiring:
+        wiring, level_one, originals = wire_model(
+            walked.model, walked.inventory, walked.originals, sub_seed
+        )
+    elif base is not None:
+        taken = take_from_base(walked.model, set(by_address), base, rng)
+        level_one = [_taken_patch(t) for t in taken]
+        originals = {**originals, **{t.address: t.original for t in taken}}
+    if level_report is not None and (wiring is not None or taken):
+        assert calibration is not None and isinstance(options.split, CalibratedLevels)
+        level_report = rescore_level_zero(
+            walked.model, walked.inventory, originals, level_report,
+            *_calibration_parts(calibration, sub_seed), options.split.metric,
+        )  # fmt: skip
+    params = selection_params(plan.importance, options, level_report, wiring)
     manifest_raw, blobs, signature = seal_levels(
         walked.model,
         selection,
@@ -149,7 +191,8 @@ def encrypt_model(
         walked.inventory.by_address(),
         walked.inventory,
         owner,
-        _selection_params(plan, options, level_report),
+        params,
+        level_one,
     )
     _bundle.attach(walked.model, manifest_raw, blobs, signature)
     return EncryptedModel(
@@ -161,7 +204,17 @@ def encrypt_model(
         level_report,
         importance=plan.importance,
         allocation=plan.allocation,
-        originals=walked.originals,
+        originals=originals,
+        wiring=wiring,
+        base=base.report(differing, taken) if base is not None else None,
+    )
+
+
+def _taken_patch(taken: TakenTensor) -> _bundle.TensorPatch:
+    """Level 1's patch of a tensor whose level-0 values a base gave."""
+    values = kernel_matrix(taken.original)[taken.kernels]
+    return _bundle.TensorPatch(
+        taken.address, taken.original.dtype.name, taken.original.shape, taken.kernels, values
     )
 
 
@@ -200,7 +253,7 @@ def _plan(
 
 def _walk(model: onnx.ModelProto, layers: Sequence[str]) -> _Walked:
     """Graph walk: every conv weight, the chosen ones read, the unmaskable left out."""
-    model = _inline_conv_functions(model)
+    model = with_conv_functions_inlined(model)
     inventory = walk_conv_weights(model)
     if not inventory.weights:
         detail = "; ".join(f"{u.node}: {u.reason}" for u in inventory.unsupported)
@@ -252,8 +305,10 @@ def _allocate(
     sub_seed: int,
     counts: CountProvider | None,
     layer_scores: Mapping[str, np.ndarray],
+    fixed: Mapping[str, int],
 ) -> tuple[dict[str, int], SensitivityAllocator | None]:
-    """Budget allocation: how many kernels each chosen weight gives up."""
+    """Budget allocation: how many kernels each chosen weight gives up (``fixed``: the
+    counts a base decides, kept as they are)."""
     sensitivity = None
     budget_weights = max(1, round(options.budget * walked.inventory.total_weights))
     if counts is None and plan.allocation == "sensitivity":
@@ -277,6 +332,7 @@ def _allocate(
         # The jitter's own generator: the public shapes and total must not replay it.
         jitter = np.random.default_rng([sub_seed, 1])
         layer_counts = allocate_balanced(chosen, budget_weights, jitter)
+    layer_counts.update(fixed)
     return at_least_one_per_level(layer_counts, chosen, options.levels), sensitivity
 
 
@@ -287,9 +343,11 @@ def _select_and_mask(
     layer_counts: dict[str, int],
     calibration: Calibration | None,
     rng: np.random.Generator,
+    base: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[Selection, list[MaskedLayer]]:
     """Selection and masking; a fixed split is checked to change the outputs at every
-    level (``_liveness``), with more kernels where the chosen ones cannot."""
+    level (``_liveness``), with more kernels where the chosen ones cannot if the options
+    allow it (else ``BudgetTooSmall``)."""
     model, chosen, arrays = walked.model, walked.chosen, walked.arrays
     by_address = walked.inventory.by_address()
     split = options.split
@@ -297,10 +355,11 @@ def _select_and_mask(
         sum(a.nbytes for a in arrays.values()) <= LIVENESS_BYTES
     )
     feeds = next(calibration.batches(16)) if calibration is not None and check_live else None
-    for attempt in range(LIVENESS_ATTEMPTS):
+
+    def attempt(counts: Mapping[str, int]) -> tuple[Selection, list[MaskedLayer]]:
         selection = select(
             layer_scores,
-            layer_counts,
+            counts,
             levels=options.levels,
             fractions=options.fractions,
             order=split.order if isinstance(split, FixedLevels) else "most-important-first",
@@ -308,39 +367,37 @@ def _select_and_mask(
             kernel_sizes={w.address: w.kernel_size for w in chosen},
         )
         masked = mask_selection(
-            model, selection, arrays, by_address, rng, options.masking, options.show_progress
-        )
-        if not check_live:
-            break
-        selection, stuck = live_levels(model, by_address, selection, masked, feeds)
-        if not stuck:
-            break
-        chosen_kernels = sum(len(layer.kernels) for layer in selection.layers)
-        # Past LIVENESS_GROW kernels a level, a level whose kernels all change nothing is
-        # the probe's limit (saturated outputs on random inputs), not dead channels.
-        if (
-            attempt == LIVENESS_ATTEMPTS - 1
-            or chosen_kernels >= LIVENESS_GROW * options.levels
-            or not grow_counts(layer_counts, chosen)
-        ):
-            warnings.warn(
-                f"levels {', '.join(map(str, stuck))} give the same outputs as the level "
-                "below on the probe inputs: their kernels feed channels nothing downstream "
-                "uses; calibrated levels (CalibratedLevels with calibration inputs) measure "
-                "each level",
-                UserWarning,
-                stacklevel=4,
-            )
-            break
-        for layer in selection.layers:  # undo the masking, then try with more kernels
-            write_array(weight_tensor(model, by_address[layer.address]), arrays[layer.address])
-        warnings.warn(
-            f"levels {', '.join(map(str, stuck))} changed nothing on the probe inputs "
-            "(their kernels feed unused channels): encrypting twice as many kernels",
-            LevelCountWarning,
-            stacklevel=4,
-        )
-    return selection, masked
+            model, selection, arrays, by_address, rng, options.masking, options.show_progress,
+            base,
+        )  # fmt: skip
+        return selection, masked
+
+    if not check_live:
+        return attempt(layer_counts)
+    return select_live(
+        model, by_address, arrays, layer_counts, attempt, feeds,
+        levels=options.levels, allow_growth=options.allow_budget_growth,
+    )  # fmt: skip
+
+
+def _break_level_zero(
+    walked: _Walked,
+    selection: Selection,
+    masked: list[MaskedLayer],
+    options: EncryptOptions,
+    split: CalibratedLevels,
+    calibration: Calibration,
+    sub_seed: int,
+    rng: np.random.Generator,
+) -> list[MaskedLayer]:
+    """A masking draw (same kernels) that leaves level 0 below the first target
+    (``levels.break_level_zero``), measured on the inputs the level search uses."""
+    search, _ = _calibration_parts(calibration, sub_seed)
+    return break_level_zero(
+        walked.model, walked.inventory.by_address(), walked.arrays, selection, masked,
+        search, split.targets[0], rng, masking=options.masking,
+        objective=options.objective, metric=split.metric,
+    )  # fmt: skip
 
 
 def _calibrate(
@@ -354,9 +411,7 @@ def _calibrate(
     sub_seed: int,
 ) -> tuple[Selection, LevelReport]:
     """Levels calibrated to targets: cuts searched on 75%, reported on the other 25%."""
-    search, held_out = (
-        calibration.split(0.25, seed=sub_seed) if calibration.n >= 8 else (calibration, None)
-    )
+    search, held_out = _calibration_parts(calibration, sub_seed)
     selection, report = calibrate_levels(
         walked.model,
         walked.inventory.by_address(),
@@ -371,54 +426,19 @@ def _calibrate(
         else None,
         metric=split.metric,
     )
-    misses, held = report.misses(), report.held_out
-    # Warn only past what the held-out sample's own noise explains.
-    if misses is not None and held is not None and report.clearly_missed(TOLERANCE):
-        worst = max(range(len(misses)), key=lambda m: abs(misses[m]))
-        warnings.warn(
-            f"level {worst + 1} reached {held[worst + 1]:.2f} on "
-            f"{report.held_out_samples} held-out calibration inputs for a "
-            f"target of {report.targets[worst]:.2f} (tolerance {TOLERANCE:.2f}, "
-            f"sampling error {report.sampling_error():.2f}); more calibration "
-            "samples (a few hundred) make the levels more reliable",
-            LevelTargetWarning,
-            stacklevel=4,
-        )
+    # Misses only past what the held-out sample's own noise explains; flat levels always.
+    for message in report.problems(TOLERANCE):
+        warnings.warn(message, LevelTargetWarning, stacklevel=4)
     return selection, report
 
 
-def _selection_params(
-    plan: _Plan, options: EncryptOptions, level_report: LevelReport | None
-) -> dict[str, object]:
-    """The manifest's public ``selection`` entry: how the tiers were made, nothing that
-    lets the per-layer counts be replayed from the public shapes (no allocation, budget
-    or layer patterns) and never the seed (with the random scorer it would reveal which
-    kernels are encrypted)."""
-    split = options.split
-    levels: dict[str, object]
-    if level_report is not None:
-        levels = {
-            "split": "calibrated",
-            "level_targets": list(level_report.targets),
-            "level_quality": [round(q, 4) for q in level_report.calibration],
-            "objective": level_report.objective,
-        }
-    else:
-        order = split.order if isinstance(split, FixedLevels) else "most-important-first"
-        levels = {"split": "fixed", "level_order": order}
-    return {"importance": plan.importance, "masking": options.masking, **levels}
-
-
-def _inline_conv_functions(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Inline the model-local functions that hold convolutions (see ``_graph``)."""
-    if not conv_functions(model):
-        return model
-    if model.ByteSize() >= PROTO_LIMIT:
-        raise UnsupportedModel(
-            "convolutions inside model-local functions of a model over 2 GB: inline them "
-            "first (onnx.inliner.inline_local_functions) with external data"
-        )
-    return inline_conv_functions(model)
+def _calibration_parts(
+    calibration: Calibration, sub_seed: int
+) -> tuple[Calibration, Calibration | None]:
+    """The calibration inputs the cuts are searched on, and the quarter held out."""
+    if calibration.n < 8:
+        return calibration, None
+    return calibration.split(0.25, seed=sub_seed)
 
 
 def _data_driven_scorer(

@@ -5,7 +5,9 @@ tier keys and publishes the new file. The public weights stay byte for byte what
 were (a registry stores a new small artifact, or the same weights), the sealed
 originals are the same bytes under the new key chain, the key id is new, and the
 manifest is signed by the new owner. A format-1 model (no owner signature) comes out
-as format 2: this is also how an old model gets its signature.
+as format 2: this is also how an old model gets its signature. Nothing proves an
+unsigned file unchanged (any top-tier key holder could have re-sealed it), so the
+result carries its model digest for the owner to compare with their records.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from onnx_selenc._crypto.keys import (
 )
 from onnx_selenc._crypto.owner import check_owner
 from onnx_selenc._encrypt.sealing import seal_manifest
+from onnx_selenc._encrypt.stale import clear_stale_staging
 from onnx_selenc._load.loader import restore_model
 from onnx_selenc._load.opened import unseal_levels
 from onnx_selenc._onnx.files import (
@@ -51,6 +54,7 @@ _SELECTION_V2 = (
     "level_targets",
     "level_quality",
     "objective",
+    "wiring",
 )
 
 
@@ -63,6 +67,11 @@ class RekeyResult:
     key_id: str
     old_key_id: str
     levels: int
+    model_digest: str
+    """The digest of the public bytes (``sha256:<hex>``, unchanged by rekey): the owner
+    compares it with the one ``encrypt`` reported, since a format-1 input is unsigned."""
+    signed_input: bool
+    """Whether the input carried the owner's signature (format 2)."""
 
 
 def rekey(
@@ -92,7 +101,9 @@ def rekey(
     Raises:
         KeyMismatch: ``key_file`` belongs to another model.
         ValueError: ``key_file`` is not the owner key, or paths collide.
-        InvalidBundle: the model does not authenticate under the owner key.
+        InvalidBundle: the model does not authenticate under the owner key, or it is a
+            format-1 (unsigned) file carrying a format-2 key id (a downgrade: only a
+            format-1 owner key re-keys a format-1 file).
         FileExistsError: ``new_key_file`` exists, or an output does (unless ``overwrite``).
         SelfCheckFailed: the rekeyed model did not restore to the same originals (a bug).
 
@@ -110,10 +121,11 @@ def rekey(
     if same_file(output_path, new_key_file) or same_file(data_path, new_key_file):
         raise ValueError("the new owner key file and the rekeyed model need different paths")
     refuse_existing_outputs(
-        [output_path, data_path], overwrite=overwrite, how="pass --overwrite to replace it"
+        [output_path, data_path], overwrite=overwrite, how="pass overwrite=True to replace it"
     )
     for out in (output_path, data_path):
         refuse_replacing_key_file(out)
+    clear_stale_staging([new_key_file, output_path, data_path])  # see encrypt
     old = _owner(read_key_file(key_file, passphrase=passphrase))
     external = len(inputs) > 2
     # One read of every byte: what is authenticated below is what gets re-sealed.
@@ -133,7 +145,15 @@ def rekey(
             stage=stage,
         )
         _check(stage.path(output_path), new, manifest, payloads)
-    return RekeyResult(tuple(written), key_path, new.key_id, old.key_id, manifest.levels)
+    return RekeyResult(
+        tuple(written),
+        key_path,
+        new.key_id,
+        old.key_id,
+        manifest.levels,
+        manifest.model_digest,
+        manifest.version >= 2,
+    )
 
 
 def _owner(key: LevelKey) -> LevelKey:
@@ -159,6 +179,14 @@ def _authenticated(
         )
     if manifest.version >= 2:
         check_owner(manifest, owner)
+    elif owner.owner_public is not None:
+        # A format-2 key id is bound to an owner public key, so its model was signed:
+        # an unsigned copy is a downgrade (a top-tier holder re-sealing an edited file).
+        raise InvalidBundle(
+            "this model is unsigned (format 1) but its key id belongs to a signed model "
+            "(format 2): its signature was removed, so it may have been edited by a key "
+            "holder; refusing to sign it. Rekey the signed original instead"
+        )
     keys = [owner.derive(m) for m in range(manifest.levels + 1)]
     _seal.open_sealed(keys[0].material, blobs[0], _bundle.blob_aad(manifest.raw, 0))
     top = manifest.levels
@@ -222,5 +250,7 @@ def _same(a: list[_bundle.TensorPatch], b: list[_bundle.TensorPatch]) -> bool:
         and x.shape == y.shape
         and x.kernels.tobytes() == y.kernels.tobytes()
         and x.values.tobytes() == y.values.tobytes()
+        and (x.order is None) == (y.order is None)
+        and (x.order is None or y.order is None or x.order.tobytes() == y.order.tobytes())
         for x, y in zip(a, b, strict=True)
     )

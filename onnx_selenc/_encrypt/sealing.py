@@ -12,7 +12,10 @@ from onnx_selenc._crypto import seal as _seal
 from onnx_selenc._crypto import sign as _sign
 from onnx_selenc._crypto.digest import model_digest
 from onnx_selenc._crypto.keys import LevelKey
+from onnx_selenc._encrypt.options import EncryptOptions, FixedLevels
+from onnx_selenc._onnx.channels import WiringPlan
 from onnx_selenc._onnx.graph import ConvInventory, ConvWeight
+from onnx_selenc._select.levels import LevelReport
 from onnx_selenc._select.masking import MaskedLayer
 from onnx_selenc._select.selection import Selection
 
@@ -25,8 +28,12 @@ def seal_levels(
     inventory: ConvInventory,
     owner: LevelKey,
     selection_params: dict[str, object],
+    wiring: Sequence[_bundle.TensorPatch] = (),
 ) -> tuple[bytes, list[bytes], bytes]:
     """Build the manifest, seal each level's increment of originals, and sign the manifest.
+
+    ``wiring`` (the true channel order of each wired tensor) is sealed with level 1,
+    ahead of its kernels: the loader undoes the wiring before it puts kernels back.
 
     Returns:
         The manifest bytes, the sealed blobs of levels 0..M, the owner's signature.
@@ -41,7 +48,11 @@ def seal_levels(
         )
     levels = selection.levels
     payloads = [
-        _bundle.pad_payload(_bundle.encode_payload(level_patches(selection, masked, by_address, m)))
+        _bundle.pad_payload(
+            _bundle.encode_payload(
+                [*(wiring if m == 1 else ()), *level_patches(selection, masked, by_address, m)]
+            )
+        )
         for m in range(1, levels + 1)
     ]
     weights_per_level = [
@@ -134,3 +145,31 @@ def tool_name() -> str:
     from onnx_selenc import __version__
 
     return f"onnx-selenc {__version__}"
+
+
+def selection_params(
+    importance: str,
+    options: EncryptOptions,
+    level_report: LevelReport | None,
+    wiring: WiringPlan | None = None,
+) -> dict[str, object]:
+    """The manifest's public ``selection`` entry: how the tiers were made, nothing that
+    lets the per-layer counts be replayed from the public shapes (no allocation, budget
+    or layer patterns) and never the seed (with the random scorer it would reveal which
+    kernels are encrypted). With wiring: which convs are wired, never how."""
+    split = options.split
+    levels: dict[str, object]
+    if level_report is not None:
+        levels = {
+            "split": "calibrated",
+            "level_targets": list(level_report.targets),
+            "level_quality": [round(q, 4) for q in level_report.calibration],
+            "objective": level_report.objective,
+        }
+    else:
+        order = split.order if isinstance(split, FixedLevels) else "most-important-first"
+        levels = {"split": "fixed", "level_order": order}
+    params: dict[str, object] = {"importance": importance, "masking": options.masking, **levels}
+    if wiring is not None:
+        params["wiring"] = [layer.node for layer in wiring.wired]
+    return params

@@ -10,7 +10,7 @@ A failure is a bug in onnx-selenc, reported as :class:`SelfCheckFailed`.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ from onnx_selenc._crypto.bundle import TensorPatch
 from onnx_selenc._crypto.keys import LevelKey
 from onnx_selenc._load.loader import _Locator, _open, _reads_files, open_bytes, restore_opened
 from onnx_selenc._load.opened import unseal_levels
-from onnx_selenc._onnx.graph import ConvWeight
+from onnx_selenc._onnx.graph import ConvWeight, split_address
 from onnx_selenc._onnx.modelio import serialise_if_small
 from onnx_selenc._onnx.tensors import read_array
 from onnx_selenc._select.masking import MaskedLayer, kernel_matrix
@@ -95,7 +95,7 @@ def verify_encrypted(
     if data is None:
         # Past protobuf's limit no serialised copy can exist in memory: check the sealed
         # data against the model itself (the tag and session checks need the file).
-        return _verify_large(model, owner_key, selection, masked, weights, originals, fail)
+        return _verify_large(model, owner_key, selection, masked, originals, fail)
     # ONNX Runtime builds the public session on a worker while the restore runs here:
     # both spend most of their time outside the GIL (session init, AES, GMAC, memcmp).
     with ThreadPoolExecutor(1) as pool:
@@ -106,7 +106,7 @@ def verify_encrypted(
             restored = restore_opened(opened, payloads).model
         except SelencError as exc:
             raise fail(f"the owner key does not restore it: {type(exc).__name__}: {exc}") from exc
-        _check_levels(payloads, selection, fail)
+        _check_levels(payloads, selection, fail, originals.keys() - weights.keys())
         compared = _compare(restored, model, weights, originals, fail)
         problem = session.result()
     _raise_or_warn(problem, fail)
@@ -120,7 +120,8 @@ def _compare(
     originals: Mapping[str, np.ndarray | bytes],
     fail: Fail,
 ) -> int:
-    """Every restored conv weight is its original, bit for bit; returns how many."""
+    """Every restored conv weight, and every other tensor with an original kept (a
+    wired bias or BatchNormalization), is its original, bit for bit; returns how many."""
     in_restored, in_public = _Locator(restored), _Locator(model)
     for key, w in weights.items():
         values = read_array(in_restored(w.graph_path, w.name), None)
@@ -129,17 +130,32 @@ def _compare(
             original = read_array(in_public(w.graph_path, w.name), None)
         if not _same(values, original):
             raise fail("a restored weight differs from the original", key)
-    return len(weights)
+    others = [key for key in originals if key not in weights]
+    for key in others:
+        if not _same(read_array(in_restored(*split_address(key)), None), originals[key]):
+            raise fail("a restored tensor differs from the original", key)
+    return len(weights) + len(others)
 
 
 def _check_levels(
-    payloads: Sequence[Sequence[TensorPatch]], selection: Selection, fail: Fail
+    payloads: Sequence[Sequence[TensorPatch]],
+    selection: Selection,
+    fail: Fail,
+    others: Collection[str] = (),
 ) -> None:
-    """Level m's sealed kernels are exactly those the selection gives it, and some."""
+    """Level m's sealed kernels are exactly those the selection gives it, and some;
+    ``others`` (tensors outside the selection with originals kept: wired, or taken from
+    a base) are sealed at level 1 only."""
     if len(payloads) != selection.levels:
         raise fail(f"{len(payloads)} sealed levels for {selection.levels}")
     for m, patches in enumerate(payloads, start=1):
-        got = {p.address: np.sort(p.kernels) for p in patches}
+        if m > 1 and any(p.order is not None or p.address in others for p in patches):
+            raise fail(f"level {m} seals a channel order or a tensor only level 1 may")
+        got = {
+            p.address: np.sort(p.kernels)
+            for p in patches
+            if p.order is None and p.address not in others
+        }
         want = {
             layer.address: np.sort(layer.kernels[layer.restore_level == m])
             for layer in selection.layers
@@ -202,26 +218,37 @@ def _verify_large(
     owner_key: LevelKey,
     selection: Selection,
     masked: Sequence[MaskedLayer],
-    weights: Mapping[str, ConvWeight],
     originals: Mapping[str, np.ndarray | bytes],
     fail: Fail,
 ) -> SelfCheck:
     """The self-check of a model over 2 GB: sealed originals against the model's tensors."""
     from onnx_selenc._crypto import bundle as _bundle
-    from onnx_selenc._onnx.graph import split_address
 
     manifest, blobs = _bundle.read_bundle(model)
     keys = [owner_key.derive(m) for m in range(owner_key.level + 1)]
     _seal.open_sealed(keys[0].material, blobs[0], _bundle.blob_aad(manifest.raw, 0))
     payloads = unseal_levels(manifest, blobs, keys)
-    _check_levels(payloads, selection, fail)
-    locate = _Locator(model)
     records = {r.address: r for r in masked}
+    _check_levels(payloads, selection, fail, originals.keys() - records.keys())
+    locate = _Locator(model)
+    orders = {p.address: p.order for patches in payloads for p in patches if p.order is not None}
+
+    def true_order(address: str) -> np.ndarray:
+        """The public values of a tensor with any wiring undone (a fresh array)."""
+        values = read_array(locate(*split_address(address)), None)
+        order = orders.get(address)
+        return values.copy() if order is None else values[order]
+
     compared = 0
+    taken: dict[str, list[TensorPatch]] = {}  # tensors a base gave level 0 (not masked)
     for patches in payloads:
         for p in patches:
-            path, name = split_address(p.address)
-            public = kernel_matrix(read_array(locate(path, name), None))
+            if p.order is not None:
+                continue
+            if p.address not in records:
+                taken.setdefault(p.address, []).append(p)
+                continue
+            public = kernel_matrix(true_order(p.address))
             record = records[p.address]
             # Rows of the record that hold p's kernels (its kernels are distinct).
             by_kernel = np.argsort(record.kernels)
@@ -233,11 +260,21 @@ def _verify_large(
                 raise fail("an encrypted kernel equals its original", p.address)
     # The model's tensors with every level's originals put back must be the plain ones.
     for key, record in records.items():
-        w = weights[key]
-        values = read_array(locate(w.graph_path, w.name), None).copy()
+        values = true_order(key)
         kernel_matrix(values)[record.kernels] = record.originals
         if not _same(values, originals[key]):
             raise fail("a weight with its originals put back differs from the plain one", key)
+        compared += 1
+    for key in orders.keys() - records.keys():  # wired, not masked
+        if not _same(true_order(key), originals[key]):
+            raise fail("a wired tensor put back in order differs from the plain one", key)
+        compared += 1
+    for key, patches in taken.items():
+        values = true_order(key)
+        for p in patches:
+            kernel_matrix(values)[p.kernels] = p.values
+        if key not in originals or not _same(values, originals[key]):
+            raise fail("a tensor taken from the base, put back, differs from the plain one", key)
         compared += 1
     return SelfCheck(compared, len(payloads), False)
 

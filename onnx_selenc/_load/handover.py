@@ -8,6 +8,8 @@ would be read again, after the loader authenticated its own copy of them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import onnx
 
 from onnx_selenc._onnx.graph import ONNX_DOMAINS, subgraphs
@@ -18,6 +20,13 @@ from onnx_selenc.exceptions import FormatError
 # file exists (':' cannot even be in a Windows file name): were ONNX Runtime ever to
 # read the location instead of using the value, it would fail, never run masked weights.
 IN_MEMORY = "onnx-selenc:in-memory"
+
+
+# TensorProto.data_location (field 14, varint) = EXTERNAL as serialised: the key byte
+# 14 << 3 = 0x70, then 1. Absent from a message's bytes, no tensor in it is external.
+_EXTERNAL_RECORD = bytes(
+    [onnx.TensorProto.DESCRIPTOR.fields_by_name["data_location"].number << 3, 1]
+)
 
 
 # The standard operators with graph attributes (see _may_hold_subgraphs).
@@ -33,10 +42,25 @@ def mark_in_memory(tensor: onnx.TensorProto, nbytes: int) -> None:
         tensor.external_data.add(key=k, value=v)
 
 
-def file_references(model: onnx.ModelProto) -> list[str]:
-    """Names of the tensors whose data the model says is in a file (not in memory)."""
+def file_references(
+    model: onnx.ModelProto,
+    listed: Sequence[onnx.TensorProto] | None = None,
+    skeleton: bytes | None = None,
+) -> list[str]:
+    """Names of the tensors whose data the model says is in a file (not in memory).
+
+    ``listed`` (``iter_tensors(model.graph)``, as the graph is now) and ``skeleton``
+    (the digest's, of the same graph) spare the walk over every node's attributes:
+    the skeleton keeps every tensor outside ``listed`` whole, so with no
+    ``data_location: EXTERNAL`` record in it, only ``listed`` can name a file.
+    """
+    if listed is not None and skeleton is not None and _EXTERNAL_RECORD not in skeleton:
+        tensors: Iterable[onnx.TensorProto] = listed
+    else:
+        # Local functions too, and the graphs inside their nodes (an If branch's
+        # initializers), which all_tensors does not open.
+        tensors = [*iter_tensors(model.graph), *all_tensors(model), *_function_graphs(model)]
     found = []
-    tensors = [*iter_tensors(model.graph), *all_tensors(model)]  # local functions too
     for t in tensors:
         if t.data_location == onnx.TensorProto.EXTERNAL:
             location = {e.key: e.value for e in t.external_data}.get("location")
@@ -45,17 +69,30 @@ def file_references(model: onnx.ModelProto) -> list[str]:
     return found
 
 
-def refuse_file_references(model: onnx.ModelProto) -> None:
+def _function_graphs(model: onnx.ModelProto) -> Iterable[onnx.TensorProto]:
+    """Every tensor of the subgraphs held by the nodes of the model's local functions."""
+    for function in model.functions:
+        for node in function.node:
+            for _, graph in subgraphs(node):
+                yield from iter_tensors(graph)
+
+
+def refuse_file_references(
+    model: onnx.ModelProto,
+    listed: Sequence[onnx.TensorProto] | None = None,
+    skeleton: bytes | None = None,
+) -> None:
     """Refuse a model that would make ONNX Runtime read tensor data from a file.
 
     The loader reads external data once, into memory, and authenticates that copy; a
     tensor left pointing at a file (external data in a local function, outside the
-    digest) would be read unchecked.
+    digest) would be read unchecked. ``listed`` and ``skeleton``: see
+    :func:`file_references`.
 
     Raises:
         FormatError: such a tensor.
     """
-    names = file_references(model)
+    names = file_references(model, listed, skeleton)
     if names:
         raise FormatError(
             f"tensor '{names[0]}' keeps its data in an external file where the loader "
@@ -71,16 +108,19 @@ def _memory_candidates(model: onnx.ModelProto) -> dict[int, tuple[onnx.TensorPro
     replacement and would be an error. A name given twice is left alone.
     """
     graph = model.graph
+    nodes = graph.node[:]  # slices: upb iterates repeated fields slowly (see iter_tensors)
     # One pass over the nodes (this runs on every load; Paddle exports hold hundreds).
-    read: set[str] = set()
+    read: set[str] = {name for node in nodes for name in node.input[:]}
     candidates: list[tuple[onnx.TensorProto, str]] = [(t, t.name) for t in graph.initializer]
-    for node in graph.node:
-        read.update(node.input)
-        if node.op_type == "Constant" and node.domain in ONNX_DOMAINS and node.output:
-            for attr in node.attribute:
-                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
-                    candidates.append((attr.t, node.output[0]))
-        elif _may_hold_subgraphs(node):
+    for node in nodes:
+        op = node.op_type
+        if op == "Constant" and node.domain in ONNX_DOMAINS:
+            if node.output:
+                for attr in node.attribute[:]:
+                    if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                        candidates.append((attr.t, node.output[0]))
+            continue
+        if (op in _SUBGRAPH_OPS or node.domain not in ONNX_DOMAINS) and node.attribute:
             for _, sub in subgraphs(node):
                 _inputs_read(sub, read)
     seen: dict[str, int] = {}

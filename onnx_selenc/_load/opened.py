@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import onnx
@@ -29,7 +29,7 @@ from onnx_selenc._crypto.owner import check_owner
 from onnx_selenc._load.external import read_external
 from onnx_selenc._onnx.modelio import PROTO_LIMIT, external_files
 from onnx_selenc._onnx.stripped import StrippedModel, read_stripped
-from onnx_selenc.exceptions import InvalidBundle, KeyMismatch, LevelNotGranted
+from onnx_selenc.exceptions import InvalidArgument, InvalidBundle, KeyMismatch, LevelNotGranted
 
 if TYPE_CHECKING:
     pass
@@ -187,21 +187,33 @@ class _Opened:
         """The recomputed tag equals the manifest's (constant-time comparison)."""
         return hmac.compare_digest(tag, self.manifest.model_tags[self.target])
 
-    def payloads(self) -> list[list[_bundle.TensorPatch]]:
-        """Open and decode the sealed originals of levels 1..target."""
-        return unseal_levels(self.manifest, self.blobs, self.keys[: self.target + 1])
+    def payloads(self, buffers: list[bytearray] | None = None) -> list[list[_bundle.TensorPatch]]:
+        """Open and decode the sealed originals of levels 1..target (see
+        :func:`unseal_levels` for ``buffers``)."""
+        return unseal_levels(self.manifest, self.blobs, self.keys[: self.target + 1], buffers)
 
 
 def unseal_levels(
-    manifest: _bundle.Manifest, blobs: Sequence[bytes], keys: Sequence[LevelKey]
+    manifest: _bundle.Manifest,
+    blobs: Sequence[bytes],
+    keys: Sequence[LevelKey],
+    buffers: list[bytearray] | None = None,
 ) -> list[list[_bundle.TensorPatch]]:
-    """The decoded originals of levels 1..len(keys)-1 (``keys[m]``: the level-m key)."""
-    return [
-        _bundle.decode_payload(
-            _seal.open_sealed(keys[m].material, blobs[m], _bundle.blob_aad(manifest.raw, m))
+    """The decoded originals of levels 1..len(keys)-1 (``keys[m]``: the level-m key).
+
+    The patches are views of the decrypted bytes; ``buffers`` receives those, for a
+    caller that zeroes them once the originals have been handed on.
+    """
+    patches = []
+    for m in range(1, len(keys)):
+        plain = _seal.open_sealed_into(
+            keys[m].material, blobs[m], _bundle.blob_aad(manifest.raw, m)
         )
-        for m in range(1, len(keys))
-    ]
+        if buffers is not None:
+            buffers.append(plain)
+        # decode_payload only slices it and makes views (writable ones: zeroable).
+        patches.append(_bundle.decode_payload(cast(bytes, plain)))
+    return patches
 
 
 def _open(
@@ -229,7 +241,7 @@ def _open(
         raise KeyMismatch("the key's level count does not match the model's")
     target = level_key.level if level is None else int(level)
     if not 0 <= target <= manifest.levels:
-        raise ValueError(f"level must be between 0 and {manifest.levels}, got {target}")
+        raise InvalidArgument(f"level must be between 0 and {manifest.levels}, got {target}")
     if target > level_key.level:
         # Checked here: deriving levels 0..target would fail at level key+1 and name that.
         raise LevelNotGranted(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -14,12 +15,21 @@ from onnx_selenc._crypto.digest import (
     PatchGate,
 )
 from onnx_selenc._onnx.graph import split_address
+from onnx_selenc._onnx.original import drop_record
 from onnx_selenc._onnx.stripped import StrippedModel
-from onnx_selenc._onnx.tensors import kernel_matrix, owning_graph, read_array, write_array
+from onnx_selenc._onnx.tensors import (
+    PLAIN_DTYPES,
+    graph_constants,
+    kernel_matrix,
+    owning_graph,
+    read_array,
+    write_array,
+)
 from onnx_selenc.exceptions import FormatError, InvalidBundle
 
 if TYPE_CHECKING:
     pass
+from onnx_selenc._load.arguments import check_load_arguments
 from onnx_selenc._load.handover import (
     _memory_candidates,
     mark_in_memory,
@@ -33,6 +43,7 @@ from onnx_selenc._load.opened import (
     _Opened,
     _reads_files,
 )
+from onnx_selenc._load.wipe import wipe
 
 
 def _group(
@@ -58,15 +69,29 @@ def _patched(
     """
     locate = _Locator(model)
     names: dict[np.dtype, str] = {}  # numpy's dtype.name is slow; hundreds of tensors
+    spans = stripped.spans if gate is not None and stripped is not None else {}  # by id()
     for key, patches in _group(payloads).items():
         graph_path, name = split_address(key)
         tensor = locate(graph_path, name)
         values, owned = _values(tensor, stripped)
-        if values.dtype not in names:
-            names[values.dtype] = values.dtype.name
-        if names[values.dtype] != patches[0].dtype or tuple(values.shape) != patches[0].shape:
+        dtype = values.dtype
+        if dtype not in names:
+            names[dtype] = dtype.name
+        first = patches[0]
+        if names[dtype] != first.dtype or values.shape != first.shape:
             raise InvalidBundle("sealed data does not fit the model's tensors")
-        span = stripped.span(tensor) if gate is not None and stripped is not None else None
+        orders = [p.order for p in patches if p.order is not None]
+        if orders:
+            # Wired: the channels go back in order first (a fresh array, never in
+            # place); the kernels of every level are sealed in that true order.
+            if len(orders) > 1 or len(orders[0]) != values.shape[0]:
+                raise InvalidBundle("sealed data does not fit the model's tensors")
+            values, owned = values[orders[0]], True
+            patches = [p for p in patches if p.order is None]
+            if not patches:
+                yield graph_path, name, tensor, values
+                continue
+        span = spans.get(id(tensor))
         in_place = span is not None and not owned and values.flags.writeable
         # A fresh array read from an external file is ours to patch: no second copy.
         restored = values if owned or in_place else np.array(values, copy=True)
@@ -97,6 +122,18 @@ def _values(tensor: onnx.TensorProto, stripped: StrippedModel | None) -> tuple[n
         raw = stripped.raw(tensor)
         if raw is not None:  # an odd size or dtype: let onnx read it as usual
             tensor.raw_data = bytes(raw)
+    # What onnx's to_array reads from plain raw data, without its per-call dispatch
+    # (tens of small restored tensors per load); anything else goes to it.
+    dtype = PLAIN_DTYPES.get(tensor.data_type)
+    if (
+        dtype is not None
+        and tensor.data_location != onnx.TensorProto.EXTERNAL
+        and tensor.HasField("raw_data")
+        and not tensor.HasField("segment")
+    ):
+        data, shape = tensor.raw_data, tuple(tensor.dims)
+        if len(data) == math.prod(shape) * dtype.itemsize:
+            return np.frombuffer(data, dtype=dtype).reshape(shape), False
     return read_array(tensor, None), False  # external here: FormatError, never a read
 
 
@@ -158,7 +195,7 @@ class _Locator:
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self._model = model
-        self._graphs: dict[tuple[str, ...], tuple[dict[str, Any], dict[str, Any]] | None] = {}
+        self._graphs: dict[tuple[str, ...], dict[str, onnx.TensorProto] | None] = {}
 
     def __call__(self, graph_path: tuple[str, ...], name: str) -> onnx.TensorProto:
         if graph_path not in self._graphs:
@@ -167,23 +204,9 @@ class _Locator:
             except FormatError:
                 self._graphs[graph_path] = None
             else:
-                initializers: dict[str, Any] = {}
-                constants: dict[str, Any] = {}
-                for t in graph.initializer:
-                    initializers.setdefault(t.name, t)
-                for node in graph.node:
-                    if node.op_type == "Constant" and node.output:
-                        for attr in node.attribute:
-                            if attr.name == "value":
-                                constants.setdefault(node.output[0], attr.t)
-                                break
-                self._graphs[graph_path] = (initializers, constants)
+                self._graphs[graph_path] = graph_constants(graph)
         found = self._graphs[graph_path]
-        tensor = None
-        if found is not None:
-            tensor = found[0].get(name)
-            if tensor is None:
-                tensor = found[1].get(name)
+        tensor = None if found is None else found.get(name)
         if tensor is None:
             raise InvalidBundle("sealed data does not fit the model's tensors")
         return tensor
@@ -213,7 +236,10 @@ def restore_model(
         LevelNotGranted: ``level`` is above the key's level.
         InvalidBundle: the model, its sealed data or the key failed authentication.
         FormatError, KeyFileError: malformed or truncated files.
+        InvalidArgument: an argument of the wrong type or out of range (``level=-1``,
+            ``level=1.9``, ``key={...}``).
     """
+    check_load_arguments(model_path, key=key, level=level, passphrase=passphrase)
     return restore_opened(_open(model_path, key, level, passphrase))
 
 
@@ -227,20 +253,24 @@ def restore_opened(
     skeleton, sources = opened.digest_inputs()
     if not opened.matches(opened.model_tag(skeleton, sources, overlap=_reads_files(sources))):
         raise InvalidBundle(_TAG_MISMATCH)
+    plain: list[bytearray] = []  # decrypted here: zeroed once copied into the model
     if payloads is None:
-        payloads = opened.payloads()
+        payloads = opened.payloads(plain)
     _bundle.strip(model)
+    drop_record(model)  # how the plain file was stored: decrypt's business, not the model's
     levels, key_id = opened.manifest.levels, opened.manifest.key_id
     if opened.files and not opened.inline:
         restored, unchanged = _apply_apart(model, payloads, opened.stripped, opened.external)
-        refuse_file_references(model)
+        wipe(plain)
+        refuse_file_references(model, opened.tensors, skeleton)
         return RestoredModel(
             model, opened.target, levels, key_id, opened.path.parent, restored, unchanged
         )
     _apply(model, payloads, opened.stripped)
+    wipe(plain)
     # Large tensors were parsed (or read) without their bytes: put back those not rewritten.
     opened.stripped.restore_raw_data(
         skip=frozenset(id(t) for t in opened.stripped.tensors if t.HasField("raw_data"))
     )
-    refuse_file_references(model)
+    refuse_file_references(model, opened.tensors, skeleton)
     return RestoredModel(model, opened.target, levels, key_id, None)

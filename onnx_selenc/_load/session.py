@@ -33,6 +33,7 @@ from onnx_selenc._onnx.tensors import write_array
 
 if TYPE_CHECKING:
     import onnxruntime as ort
+from onnx_selenc._load.arguments import check_load_arguments, check_session_arguments
 from onnx_selenc._load.handover import (
     _memory_candidates,
     file_references,
@@ -42,6 +43,7 @@ from onnx_selenc._load.handover import (
 from onnx_selenc._load.opened import KeySource, RestoredModel, _open, _TagCheck
 from onnx_selenc._load.restore import _patched, restore_model
 from onnx_selenc._load.safety import check_session_options
+from onnx_selenc._load.wipe import wipe
 
 _DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -49,6 +51,11 @@ _DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 # Smaller tensors go to ONNX Runtime inside the serialised model: per tensor, an
 # in-memory initializer costs more than copying a few KiB.
 _MEMORY_THRESHOLD = 1 << 16
+
+# ONNX Runtime (1.29 and later) writes a telemetry database and a device id under
+# ~/.cache/Microsoft/DeveloperTools when it is imported, unless told not to first; it is
+# imported lazily, after this. ORT_DISABLE_TELEMETRY=0 in the environment opts in.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
 def default_providers() -> list[str]:
@@ -73,6 +80,7 @@ def build_session(
     """
     import onnxruntime as ort
 
+    check_session_arguments(providers, sess_options, allow_options)
     chosen = list(providers) if providers is not None else default_providers()
     check_session_options(sess_options, chosen, allow_options=allow_options)
     options = sess_options if sess_options is not None else ort.SessionOptions()
@@ -87,6 +95,7 @@ def build_session(
         names = list(handed)
         keep_alive = [ort.OrtValue.ortvalue_from_numpy(handed[n]) for n in names]
         options.add_external_initializers(names, keep_alive)
+    _no_telemetry(ort)
     session = ort.InferenceSession(restored.model.SerializeToString(), options, providers=chosen)
     del keep_alive
     return session
@@ -124,12 +133,23 @@ def load_session(
         KeyMismatch, LevelNotGranted, InvalidBundle, NotEncrypted, FormatError,
         KeyFileError: see :func:`restore_model`.
         UnsafeSessionOptions: options that would write restored weights to disk.
+        InvalidArgument: an argument of the wrong type or out of range (``level=-1``,
+            ``level=1.9``, ``key={...}``, provider options that are not a mapping).
 
     Example:
         >>> sess = load_session("model.enc.onnx", key="tier2.key")  # doctest: +SKIP
         >>> sess.get_providers()  # doctest: +SKIP
         ['CPUExecutionProvider']
     """
+    check_load_arguments(
+        model_path,
+        key=key,
+        level=level,
+        passphrase=passphrase,
+        providers=providers,
+        sess_options=sess_options,
+        allow_options=allow_options,
+    )
     chosen = list(providers) if providers is not None else None
     # Check the options before any decryption happens.
     check_session_options(sess_options, chosen or default_providers(), allow_options=allow_options)
@@ -138,9 +158,12 @@ def load_session(
         # would keep the restored weights alive (and apply them to its next session).
         return _load_in_memory(model_path, key, level, passphrase, chosen, allow_options)
     restored = restore_model(model_path, key=key, level=level, passphrase=passphrase)
-    return build_session(
-        restored, providers=chosen, sess_options=sess_options, allow_options=allow_options
-    )
+    try:
+        return build_session(
+            restored, providers=chosen, sess_options=sess_options, allow_options=allow_options
+        )
+    finally:
+        wipe(restored.external_initializers.values())  # ONNX Runtime has its own copy
 
 
 def _load_in_memory(
@@ -166,11 +189,13 @@ def _load_in_memory(
         check.start()
     else:
         check.verify()  # cheap: no tampered model ever reaches ONNX Runtime
+    plain: list[bytearray] = []  # the decrypted payloads, zeroed below
+    values: list[np.ndarray] = []
     try:
-        payloads = opened.payloads()
+        payloads = opened.payloads(plain)
         _bundle.strip(model)
         names, values = _hand_over(model, payloads, opened.stripped, gate)
-        refuse_file_references(model)
+        refuse_file_references(model, opened.tensors, skeleton)
         options = ort.SessionOptions()
         # ONNX Runtime copies these while it builds the session: keep them alive till then.
         keep_alive = [ort.OrtValue.ortvalue_from_numpy(v) for v in values]
@@ -179,8 +204,9 @@ def _load_in_memory(
         serialised = model.SerializeToString()
         chosen = list(providers) if providers is not None else default_providers()
         try:
+            _no_telemetry(ort)
             session = ort.InferenceSession(serialised, options, providers=chosen)
-            del keep_alive, values, options
+            del keep_alive, options
         except Exception as exc:
             if not names or not type(exc).__module__.startswith("onnxruntime"):
                 raise
@@ -188,11 +214,20 @@ def _load_in_memory(
             # ordinary way (one serialised model), after the check.
             check.verify()
             restored = restore_model(opened.path, key=opened.keys[-1], level=opened.target)
-            return build_session(restored, providers=providers, allow_options=allow_options)
+            session = build_session(restored, providers=providers, allow_options=allow_options)
+            wipe([*restored.external_initializers.values()])
+            return session
+        check.verify()
     except BaseException:
         check.verify()  # a modified model is reported as that, before anything else
         raise
-    check.verify()
+    finally:
+        # ONNX Runtime holds its own copy now (or failed), and the tag check is done
+        # with the file buffer (verify waits for it): the plaintext we hold can go.
+        # Values that are views of the buffer go with it (zeroing them too doubled
+        # the cost: tens of MB on a VGG).
+        data = opened.stripped.data
+        wipe([data, *(v for v in values if not np.may_share_memory(v, data)), *plain])
     return session
 
 
@@ -240,3 +275,13 @@ def _hand_over(
             assert raw is not None
             tensor.raw_data = bytes(raw)
     return names, values
+
+
+def _no_telemetry(ort: Any) -> None:
+    """Turn ONNX Runtime's telemetry events off unless the caller opted in.
+
+    The package sets ``ORT_DISABLE_TELEMETRY`` when imported, which stops the telemetry
+    files only if onnxruntime was not imported before it; this stops later events.
+    """
+    if os.environ.get("ORT_DISABLE_TELEMETRY", "1") != "0":
+        ort.disable_telemetry_events()

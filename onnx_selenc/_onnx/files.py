@@ -89,7 +89,8 @@ def refuse_existing_outputs(
 ) -> None:
     """Refuse output paths that hold something, unless ``overwrite``; never a folder.
 
-    ``how`` says how to ask for replacement (e.g. ``"pass --overwrite"``).
+    ``how`` says how to ask for replacement (e.g. ``"pass overwrite=True"``; the CLI
+    words it as its flag).
 
     Raises:
         FileExistsError: an output exists and ``overwrite`` is false, or is a folder.
@@ -230,7 +231,7 @@ class Staging:
     """Output files written under temporary names, then moved into place together.
 
     :meth:`path` says where to write a destination's content: the same name in a
-    hidden folder ``.<name>.XXXXXXXX.tmp`` created in the destination's folder, so
+    hidden folder ``.<name>.<pid>.XXXXXXXX.tmp`` created in the destination's folder, so
     that moving it into place is a rename within one file system. :meth:`place` and
     :meth:`drop` list, in order, what :meth:`commit` does; :meth:`rollback` undoes a
     commit that failed part way (a replaced file comes back from a hard link kept of
@@ -252,7 +253,10 @@ class Staging:
             missing = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
             dest.parent.mkdir(parents=True, exist_ok=True)
             self._made.extend(reversed(missing))
-            folder = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+            # The pid in the name lets a later run tell a folder left by a killed
+            # process (SIGKILL) from one in use (_encrypt/stale.py).
+            prefix = f".{dest.name}.{os.getpid()}."
+            folder = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=dest.parent))
             self._folders[dest.parent] = folder
         return folder / dest.name
 

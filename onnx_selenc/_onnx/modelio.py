@@ -26,6 +26,7 @@ from onnx_selenc._onnx.files import (
     staged_outputs,
     write_new_file,
 )
+from onnx_selenc._onnx.graph import conv_functions, inline_conv_functions
 from onnx_selenc._onnx.tensors import (
     all_tensors,
     external_info,
@@ -33,7 +34,7 @@ from onnx_selenc._onnx.tensors import (
     initializer_tensors,
     iter_tensors,
 )
-from onnx_selenc.exceptions import FormatError
+from onnx_selenc.exceptions import FormatError, UnsupportedModel
 
 # Protobuf cannot serialise a message of 2 GiB or more; leave headroom for metadata.
 PROTO_LIMIT = 2**31 - 2**26
@@ -167,6 +168,23 @@ def undecodable_text(message: object) -> str | None:
 def _is_repeated(fd: Any) -> bool:
     flag = getattr(fd, "is_repeated", None)
     return bool(flag) if flag is not None else fd.label == fd.LABEL_REPEATED  # older protobuf
+
+
+def with_conv_functions_inlined(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its model-local functions that hold convolutions inlined (the
+    walk finds weights only in graphs; see ``_onnx.graph``), or itself if none do.
+
+    Raises:
+        UnsupportedModel: such functions in a model over protobuf's 2 GB.
+    """
+    if not conv_functions(model):
+        return model
+    if model.ByteSize() >= PROTO_LIMIT:
+        raise UnsupportedModel(
+            "convolutions inside model-local functions of a model over 2 GB: inline them "
+            "first (onnx.inliner.inline_local_functions) with external data"
+        )
+    return inline_conv_functions(model)
 
 
 def load_external_data(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:

@@ -24,7 +24,7 @@ from onnx_selenc._onnx.modelio import (
     parse_model,
     read_model_buffer,
 )
-from onnx_selenc._onnx.tensors import Region
+from onnx_selenc._onnx.tensors import PLAIN_DTYPES, Region, encode_varint
 
 # Tensors whose raw data is at least this long are cut out by read_stripped (smaller
 # ones cost less to copy through protobuf, in C, than to track in Python).
@@ -90,14 +90,11 @@ class StrippedModel:
         raw = self.raw(tensor)
         if raw is None:
             return None
-        try:
-            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
-        except (KeyError, ValueError, TypeError):
-            return None
+        dtype = PLAIN_DTYPES.get(tensor.data_type)
         shape = tuple(tensor.dims)
-        if dtype.kind not in "fiub" or len(raw) != math.prod(shape) * dtype.itemsize:
+        if dtype is None or len(raw) != math.prod(shape) * dtype.itemsize:
             return None
-        return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
     def adopt(self, data: Buffer, spans: Sequence[tuple[onnx.TensorProto, Span]]) -> None:
         """Move to a larger buffer holding more tensors' raw data after the model's bytes.
@@ -180,27 +177,28 @@ def _varint(buf: Buffer, pos: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _records(buf: Buffer, pos: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
     """Yield ``(field, wire type, record start, value start, value end)`` of a message."""
     while pos < end:
         start = pos
-        key, pos = _varint(buf, pos, end)
+        # One-byte varints (most keys and short lengths) inline: this walks every
+        # record of the graph on each load, and a call per varint doubles its cost.
+        key = buf[pos]
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _varint(buf, pos, end)
         number, wire = key >> 3, key & 7
         if wire == 0:
             _, stop = _varint(buf, pos, end)
         elif wire == 1:
             stop = pos + 8
         elif wire == _WIRE_LEN:
-            length, pos = _varint(buf, pos, end)
+            length = buf[pos] if pos < end else 0x80
+            if length < 0x80:
+                pos += 1
+            else:
+                length, pos = _varint(buf, pos, end)
             stop = pos + length
         elif wire == 5:
             stop = pos + 4
@@ -213,25 +211,31 @@ def _records(buf: Buffer, pos: int, end: int) -> Iterator[tuple[int, int, int, i
 
 
 class _Pieces:
-    """Builds a message from runs of the original bytes and replaced records."""
+    """Builds a message from runs of the original bytes and replaced records.
+
+    A message is a list of pieces (views of the buffer, new headers), joined once for
+    the whole model: joining each level would copy the graph's bytes twice more.
+    """
 
     def __init__(self, buf: Buffer, start: int) -> None:
-        self.buf, self.run, self.parts = buf, start, []  # type: ignore[var-annotated]
+        self.buf, self.run = buf, start
+        self.parts: list[Buffer] = []
         self.changed = False
 
-    def replace(self, start: int, stop: int, number: int, content: bytes) -> None:
+    def replace(self, start: int, stop: int, number: int, content: list[Buffer]) -> None:
+        size = sum(map(len, content))  # bytes: the views are of unsigned bytes
         self.parts.append(self.buf[self.run : start])
-        self.parts.append(_encode_varint(number << 3 | _WIRE_LEN) + _encode_varint(len(content)))
-        self.parts.append(content)
+        self.parts.append(encode_varint(number << 3 | _WIRE_LEN) + encode_varint(size))
+        self.parts += content
         self.run, self.changed = stop, True
 
     def drop(self, start: int, stop: int) -> None:
         self.parts.append(self.buf[self.run : start])
         self.run, self.changed = stop, True
 
-    def finish(self, end: int) -> bytes:
+    def finish(self, end: int) -> list[Buffer]:
         self.parts.append(self.buf[self.run : end])
-        return b"".join(self.parts)
+        return self.parts
 
 
 def _strip(buf: Buffer) -> tuple[Buffer, dict[int, Span], dict[tuple[int, int], Span]]:
@@ -251,7 +255,7 @@ def _strip(buf: Buffer) -> tuple[Buffer, dict[int, Span], dict[tuple[int, int], 
             out.replace(start, vstop, _MODEL_GRAPH, graph)
     if not init_spans and not attr_spans:
         return buf, {}, {}
-    return out.finish(len(buf)), init_spans, attr_spans
+    return b"".join(out.finish(len(buf))), init_spans, attr_spans
 
 
 def _strip_graph(
@@ -260,7 +264,7 @@ def _strip_graph(
     end: int,
     init_spans: dict[int, Span],
     attr_spans: dict[tuple[int, int], Span],
-) -> bytes | None:
+) -> list[Buffer] | None:
     out = _Pieces(buf, start)
     n_init = n_node = 0
     for number, wire, rstart, vstart, vstop in _records(buf, start, end):
@@ -286,7 +290,7 @@ def _strip_graph(
 
 def _strip_node(
     buf: Buffer, start: int, end: int, node_index: int, attr_spans: dict[tuple[int, int], Span]
-) -> bytes | None:
+) -> list[Buffer] | None:
     out = _Pieces(buf, start)
     n_attr = 0
     for number, wire, rstart, vstart, vstop in _records(buf, start, end):
@@ -303,7 +307,7 @@ def _strip_node(
     return out.finish(end) if out.changed else None
 
 
-def _strip_attribute(buf: Buffer, start: int, end: int) -> tuple[bytes, Span] | None:
+def _strip_attribute(buf: Buffer, start: int, end: int) -> tuple[list[Buffer], Span] | None:
     found = None
     kind = None
     for number, wire, rstart, vstart, vstop in _records(buf, start, end):
@@ -324,7 +328,7 @@ def _strip_attribute(buf: Buffer, start: int, end: int) -> tuple[bytes, Span] | 
     return out.finish(end), cut[1]
 
 
-def _strip_tensor(buf: Buffer, start: int, end: int) -> tuple[bytes, Span] | None:
+def _strip_tensor(buf: Buffer, start: int, end: int) -> tuple[list[Buffer], Span] | None:
     """The tensor without its raw_data record, and where the data was; ``None`` if none."""
     found = None
     for number, wire, rstart, vstart, vstop in _records(buf, start, end):

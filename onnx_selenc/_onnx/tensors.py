@@ -6,9 +6,10 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import onnx
@@ -51,6 +52,23 @@ def find_tensor(
     raise FormatError(f"tensor '{name}' ({storage}) not found in the model")
 
 
+def graph_constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """A graph's constant tensors by name, as :func:`find_tensor` chooses: the first
+    initializer of that name, else the first Constant node with a ``value`` that
+    outputs it."""
+    found: dict[str, onnx.TensorProto] = {}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute[:]:  # a slice: see iter_tensors
+                if attr.name == "value":
+                    found.setdefault(node.output[0], attr.t)
+                    break
+    initializers: dict[str, onnx.TensorProto] = {}
+    for t in graph.initializer:
+        initializers.setdefault(t.name, t)
+    return {**found, **initializers}
+
+
 def weight_tensor(model: onnx.ModelProto, weight: ConvWeight) -> onnx.TensorProto:
     return find_tensor(model, weight.graph_path, weight.storage, weight.name)
 
@@ -86,6 +104,23 @@ def read_array(tensor: onnx.TensorProto, base_dir: str | os.PathLike[str] | None
         raise FormatError(f"tensor '{tensor.name}' is malformed: {exc}") from None
 
 
+def _plain_dtypes() -> dict[int, np.dtype]:
+    found = {}
+    for code in onnx.TensorProto.DataType.values():
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(code))
+        except (KeyError, ValueError, TypeError):
+            continue
+        if dtype.kind in "fiub":
+            found[code] = dtype.newbyteorder("<")
+    return found
+
+
+# ONNX data types whose raw data numpy reads as it is, with the little-endian dtype it
+# reads them as: looked up per tensor on every load (onnx's helpers cost microseconds).
+PLAIN_DTYPES: Mapping[int, np.dtype] = MappingProxyType(_plain_dtypes())
+
+
 # Plain numeric dtypes: from_array stores them as little-endian raw_data, nothing else.
 _RAW_KINDS = "fiub"
 _RAW_DTYPES = frozenset(
@@ -93,27 +128,139 @@ _RAW_DTYPES = frozenset(
     for t in (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,
               np.uint8, np.uint16, np.uint32, np.uint64, np.bool_)
 )  # fmt: skip
+_T = onnx.TensorProto
+# Where ONNX's typed fields keep each data type (onnx.proto's comments on each field).
+_TYPED_FIELD: dict[int, str] = {
+    _T.FLOAT: "float_data", _T.DOUBLE: "double_data", _T.INT64: "int64_data",
+    _T.UINT32: "uint64_data", _T.UINT64: "uint64_data", _T.INT32: "int32_data",
+    _T.INT16: "int32_data", _T.INT8: "int32_data", _T.UINT16: "int32_data",
+    _T.UINT8: "int32_data", _T.BOOL: "int32_data", _T.FLOAT16: "int32_data",
+    _T.BFLOAT16: "int32_data",
+}  # fmt: skip
+_VALUE_FIELDS = (
+    "raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data",
+    "uint64_data",
+)  # fmt: skip
 
 
 def write_array(tensor: onnx.TensorProto, values: np.ndarray) -> None:
-    """Replace a tensor's values in place (stored inline, as raw data)."""
+    """Replace a tensor's values in place, in the field that holds them now.
+
+    A tensor stored in a typed field (``float_data``, fp16 bits in ``int32_data``...)
+    keeps it, so that restoring the originals gives the file's bytes back; anything
+    else becomes inline ``raw_data``. Every other field (name, ``doc_string``, an
+    explicit ``data_location``, metadata) is kept; an external tensor becomes inline.
+    """
     if tuple(values.shape) != tuple(tensor.dims):
         raise ValueError(f"shape {values.shape} does not fit tensor '{tensor.name}'")
     values = np.ascontiguousarray(values)
-    if values.dtype.kind not in _RAW_KINDS or values.dtype not in _RAW_DTYPES:
-        tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
+    if tensor.data_location == _T.EXTERNAL:
+        del tensor.external_data[:]
+        tensor.ClearField("data_location")
+    field = _typed_field(tensor, values)
+    if field is not None:
+        _write_typed(tensor, field, values)
         return
-    # What CopyFrom(from_array(values, name)) gives, without building the tensor
-    # twice: from_array's bytes, a new TensorProto, then CopyFrom's copy of it.
-    name = tensor.name
-    tensor.Clear()
-    tensor.dims.extend(values.shape)
-    if name:
-        tensor.name = name
+    if values.dtype.kind not in _RAW_KINDS or values.dtype not in _RAW_DTYPES:
+        made = numpy_helper.from_array(values, tensor.name)  # bfloat16, strings...
+        _clear_values(tensor)
+        tensor.data_type = made.data_type
+        if made.HasField("raw_data"):
+            tensor.raw_data = made.raw_data
+        tensor.string_data.extend(made.string_data)
+        return
+    # from_array's bytes, without building a second tensor to copy them from.
+    _clear_values(tensor)
     tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(values.dtype)
     if sys.byteorder == "big":
         values = values.astype(values.dtype.newbyteorder("<"))
     tensor.raw_data = values.tobytes()
+
+
+def _clear_values(tensor: onnx.TensorProto) -> None:
+    for name in _VALUE_FIELDS:
+        tensor.ClearField(name)
+
+
+def _typed_field(tensor: onnx.TensorProto, values: np.ndarray) -> str | None:
+    """The typed field holding the tensor's values, if it is the one for the values'
+    type (a tensor with raw data, or none, or of another type, gets raw data)."""
+    field = _TYPED_FIELD.get(tensor.data_type)
+    if field is None or tensor.HasField("raw_data") or not len(getattr(tensor, field)):
+        return None
+    try:
+        same_type = onnx.helper.np_dtype_to_tensor_dtype(values.dtype) == tensor.data_type
+    except (KeyError, TypeError, ValueError):
+        return None
+    return field if same_type else None
+
+
+# Packed fixed-width fields, written as protobuf's wire bytes (parsed in C): ten times
+# faster than a list of Python floats for a float_data weight of millions of values.
+_PACKED_FIXED = {"float_data": (4, "<f4"), "double_data": (10, "<f8")}
+
+
+def _write_typed(tensor: onnx.TensorProto, field: str, values: np.ndarray) -> None:
+    flat = values.reshape(-1)
+    container = getattr(tensor, field)
+    if field in _PACKED_FIXED:
+        number, dtype = _PACKED_FIXED[field]
+        raw = flat.astype(dtype).tobytes()
+        tensor.ClearField(field)
+        tensor.MergeFromString(encode_varint(number << 3 | 2) + encode_varint(len(raw)) + raw)
+        return
+    if tensor.data_type in (_T.FLOAT16, _T.BFLOAT16):
+        stored = flat.view(np.uint16).astype(np.int32)  # the bits, as ONNX keeps them
+    else:
+        wide = {"int64_data": np.int64, "uint64_data": np.uint64, "int32_data": np.int32}[field]
+        stored = flat.astype(wide)
+    del container[:]
+    container.extend(stored.tolist())
+
+
+def encode_varint(value: int) -> bytes:
+    """Protobuf's base-128 varint of a non-negative integer."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def every_tensor(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto of a model, sparse ones' values and indices included: graphs
+    (initializers, then each node's attributes and subgraphs, depth first), then the
+    local functions' nodes. The same order for the same structure, whatever the values."""
+    yield from _graph_tensors(model.graph)
+    for function in model.functions:
+        yield from _node_tensors(function.node)
+
+
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:
+    for node in nodes:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sparse in (
+                *([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []),
+                *attr.sparse_tensors,
+            ):
+                yield sparse.values
+                yield sparse.indices
+            if attr.HasField("g"):
+                yield from _graph_tensors(attr.g)
+            for g in attr.graphs:
+                yield from _graph_tensors(g)
 
 
 class ExternalInfo:
@@ -247,11 +394,15 @@ class Region:
 
 
 def kernel_matrix(weight: np.ndarray) -> np.ndarray:
-    """View a conv weight as ``(n_kernels, kernel_size)`` (first two axes index kernels)."""
+    """View a conv weight as ``(n_kernels, kernel_size)`` (first two axes index kernels);
+    a rank-1 tensor (a bias, a batch norm's scale) as one value per kernel."""
+    if weight.ndim < 2:
+        return weight.reshape(-1, 1)
     return weight.reshape(weight.shape[0] * weight.shape[1], -1)
 
 
 _A = onnx.AttributeProto
+_HOLDERS = frozenset({_A.TENSOR, _A.TENSORS, _A.GRAPH, _A.GRAPHS})
 
 
 def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -267,16 +418,19 @@ def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
         yield sparse.indices
     for node in graph.node:
         subs: list[onnx.GraphProto] | None = None
-        for attr in node.attribute:
+        # A slice, not the container: upb iterates a repeated field several times
+        # slower than it copies it out (hundreds of nodes, on every load).
+        for attr in node.attribute[:]:
             kind = attr.type
-            if kind == _A.TENSOR:
-                yield attr.t
-            elif kind == _A.TENSORS:
-                yield from attr.tensors
-            elif kind == _A.GRAPH:
-                subs = [*(subs or ()), attr.g]
-            elif kind == _A.GRAPHS:
-                subs = [*(subs or ()), *attr.graphs]
+            if kind in _HOLDERS:
+                if kind == _A.TENSOR:
+                    yield attr.t
+                elif kind == _A.TENSORS:
+                    yield from attr.tensors
+                elif kind == _A.GRAPH:
+                    subs = [*(subs or ()), attr.g]
+                else:
+                    subs = [*(subs or ()), *attr.graphs]
         if subs:
             for sub in subs:
                 yield from iter_tensors(sub)

@@ -57,24 +57,38 @@ class Calibration:
     def from_npz(
         path: str | os.PathLike[str], input_names: Sequence[str] | None = None
     ) -> Calibration:
-        """Read an ``.npz`` of input name -> array (a lone array may be unnamed).
+        """Read an ``.npz`` of input name -> array (a lone array may be unnamed, or a
+        ``.npy`` file for a model with one input).
 
         Raises:
             FormatError: not a readable npz, or names that match no model input.
         """
         try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: np.asarray(data[k]) for k in data.files}
+            loaded = np.load(path, allow_pickle=False)
+            if isinstance(loaded, np.ndarray):  # a .npy file: one unnamed array
+                arrays = {"arr_0": loaded}
+            else:
+                with loaded as data:
+                    arrays = {k: np.asarray(data[k]) for k in data.files}
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
-            raise FormatError(f"cannot read calibration file {path}: {exc}") from None
+            # numpy's advice to unpickle an unknown file is nobody's to follow here.
+            why = "not a .npz or .npy file of arrays" if "pickle" in str(exc) else exc
+            raise FormatError(f"cannot read calibration file {path}: {why}") from None
         if input_names is not None:
             names = list(input_names)
-            if len(arrays) == 1 and len(names) == 1 and names[0] not in arrays:
-                arrays = {names[0]: next(iter(arrays.values()))}
+            # np.savez(path, array) names a lone array arr_0: it is the one input's.
+            if list(arrays) == ["arr_0"] and len(names) == 1:
+                arrays = {names[0]: arrays["arr_0"]}
             unknown = set(arrays) - set(names)
             if unknown:
                 raise FormatError(
-                    f"calibration arrays {sorted(unknown)} match no model input (inputs: {names})"
+                    f"calibration arrays {sorted(unknown)} of {path} match no model input "
+                    f"(inputs: {names}): name each array after the input it feeds"
+                )
+            missing = [n for n in names if n not in arrays]
+            if missing:
+                raise FormatError(
+                    f"calibration file {path} has no array for the model's input(s) {missing}"
                 )
         return Calibration(arrays)
 

@@ -19,8 +19,9 @@ Stated tolerance (:data:`TOLERANCE`): every level within 0.10 of its target on
 held-out inputs, given a few hundred calibration samples (measured on the real
 rotation classifier in ``tests/integration/test_real_models.py``; with fewer samples the
 sampling error of the search alone is about ``0.5 / sqrt(n)``). ``encrypt`` reports
-the held-out figures and warns about any level outside the tolerance by more than
-the held-out sample's own sampling error.
+the held-out figures and warns (:meth:`LevelReport.problems`) about any level outside
+the tolerance by more than the held-out sample's own sampling error, and about levels
+that are not strictly above the level below them.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ import numpy as np
 import onnx
 
 from onnx_selenc._onnx.graph import ConvWeight
+from onnx_selenc._onnx.tensors import weight_tensor, write_array
 from onnx_selenc._select.calibration import Calibration
-from onnx_selenc._select.masking import MaskedLayer, kernel_matrix
+from onnx_selenc._select.masking import MaskedLayer, kernel_matrix, mask_layer
 from onnx_selenc._select.objective import choose_objective, distance, quality
 from onnx_selenc._select.probe import Probe
 from onnx_selenc._select.selection import LayerSelection, Selection, distinct_cuts
@@ -46,6 +48,8 @@ Order = tuple[np.ndarray, np.ndarray]  # (layer index, kernel position) per rest
 LevelMetric = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], float]
 # At most this many kernels are deferred per level (each costs one more bisection).
 MAX_DEFERRED = 8
+# Masking draws tried for a public file (level 0) below the first level's target.
+LEVEL_ZERO_DRAWS = 4
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,41 @@ class LevelReport:
     def clearly_missed(self, tolerance: float = TOLERANCE) -> bool:
         """Some level misses by more than the tolerance plus the sampling error."""
         return not self.within(tolerance + self.sampling_error())
+
+    def not_increasing(self) -> tuple[int, ...]:
+        """Levels m (1..M) whose quality is not above level m-1's: on the held-out inputs
+        where there are some, else on the calibration inputs. A level that gives no more
+        than the one below it (level 1 below the public file, level 4 already whole)
+        sells nothing, whatever its target said."""
+        q = self.held_out if self.held_out is not None else self.calibration
+        return tuple(m for m in range(1, len(q)) if q[m] <= q[m - 1])
+
+    def problems(self, tolerance: float = TOLERANCE) -> list[str]:
+        """What ``encrypt`` warns about (``LevelTargetWarning``), one message each: the
+        level furthest from its target when some level misses by more than ``tolerance``
+        plus the held-out sampling error, and levels not above the level below them."""
+        out = []
+        misses, held = self.misses(), self.held_out
+        if misses is not None and held is not None and self.clearly_missed(tolerance):
+            worst = max(range(len(misses)), key=lambda m: abs(misses[m]))
+            out.append(
+                f"level {worst + 1} reached {held[worst + 1]:.2f} on "
+                f"{self.held_out_samples} held-out calibration inputs for a "
+                f"target of {self.targets[worst]:.2f} (tolerance {tolerance:.2f}, "
+                f"sampling error {self.sampling_error():.2f}); more calibration "
+                "samples (a few hundred) make the levels more reliable"
+            )
+        flat = self.not_increasing()
+        if flat:
+            q = held if held is not None else self.calibration
+            where = f"{self.held_out_samples} held-out" if held is not None else "the calibration"
+            pairs = ", ".join(f"level {m} {q[m]:.2f} vs level {m - 1} {q[m - 1]:.2f}" for m in flat)
+            out.append(
+                f"levels not strictly increasing on {where} inputs ({pairs}): such a level "
+                "gives no more than the one below it; a larger budget (level 0 further "
+                "from the plain model) or more calibration inputs separate the levels"
+            )
+        return out
 
 
 def check_targets(levels: int, targets: Sequence[float]) -> tuple[float, ...]:
@@ -203,6 +242,98 @@ def calibrate_levels(
     return Selection(
         tuple(new_layers), selection.levels, selection.selected_weights, selection.total_weights
     ), report
+
+
+def break_level_zero(
+    model: onnx.ModelProto,
+    weights: Mapping[str, ConvWeight],
+    arrays: Mapping[str, np.ndarray],
+    selection: Selection,
+    masked: Sequence[MaskedLayer],
+    calibration: Calibration,
+    first_target: float,
+    rng: np.random.Generator,
+    *,
+    masking: str = "empirical",
+    objective: str = "auto",
+    metric: LevelMetric | None = None,
+) -> list[MaskedLayer]:
+    """The masking draw (same kernels) that leaves level 0 below ``first_target``.
+
+    A draw can leave the public file half working (the demo's once agreed 0.51 with the
+    plain model on its search inputs, for a level-1 target of 0.4): no level then fits
+    between it and the target, and the search, which assumes quality rises with the
+    kernels restored, cut level 1 below level 0. Up to :data:`LEVEL_ZERO_DRAWS` draws
+    are tried and the most damaging is kept, written into ``model``; a level 0 still
+    above the target shows as levels not strictly increasing (:meth:`LevelReport.problems`).
+
+    Args:
+        model: the masked model (the kept draw is written into it).
+        weights: conv weights by address.
+        arrays: each selected weight's original values, by address.
+        selection: the chosen kernels.
+        masked: the current draw, aligned with ``selection.layers``.
+        calibration: the inputs level 0 is measured on (the level search's).
+        first_target: level 1's target.
+        rng: draws the replacement values.
+        masking: the DPRM method.
+        objective: as in :func:`calibrate_levels`.
+        metric: as in :func:`calibrate_levels`.
+    """
+    score = level_zero_scorer(
+        model, weights, selection, masked, calibration, objective=objective, metric=metric
+    )
+    if score is None:  # the output-error share is 0 at level 0 whatever the draw
+        return list(masked)
+    best, best_q, chosen = list(masked), score(masked), None
+    for _ in range(LEVEL_ZERO_DRAWS - 1):
+        if best_q < first_target:
+            break
+        drawn = [mask_layer(r.address, arrays[r.address], r.kernels, rng, masking) for r in masked]
+        q = score([rec for _, rec in drawn])
+        if q < best_q:
+            best, best_q, chosen = [rec for _, rec in drawn], q, drawn
+    for values, rec in chosen or ():
+        write_array(weight_tensor(model, weights[rec.address]), values)
+    return best
+
+
+def level_zero_scorer(
+    model: onnx.ModelProto,
+    weights: Mapping[str, ConvWeight],
+    selection: Selection,
+    masked: Sequence[MaskedLayer],
+    calibration: Calibration,
+    *,
+    objective: str = "auto",
+    metric: LevelMetric | None = None,
+    max_samples: int = 256,
+) -> Callable[[Sequence[MaskedLayer]], float] | None:
+    """How close a masking draw leaves level 0 to the plain model, in the quality the
+    targets are stated in: a function of the draw's records (same kernels as
+    ``masked``), or None for the output-error share, which is 0 at level 0 whatever
+    the draw."""
+    if calibration.n > max_samples:
+        calibration = calibration.take(np.linspace(0, calibration.n - 1, max_samples).astype(int))
+    layers = selection.layers
+    probe = Probe(model, [weights[layer.address] for layer in layers])
+    full = _interleaved(layers)
+    total = sum(len(layer.kernels) for layer in layers)
+    plain = probe.run_all(calibration, prefix_restored(probe.base, layers, masked, full, total))
+    obj = "custom" if metric is not None else choose_objective(plain, objective)
+    if obj not in ("kl", "custom"):
+        return None
+
+    def score(draw: Sequence[MaskedLayer]) -> float:
+        feeds = {}
+        for layer, rec in zip(layers, draw, strict=True):
+            mat = kernel_matrix(probe.base[layer.address]).copy()
+            mat[rec.kernels] = rec.replacements
+            feeds[layer.address] = mat.reshape(probe.base[layer.address].shape)
+        level0 = probe.run_all(calibration, feeds)
+        return float(metric(plain, level0)) if metric is not None else quality(plain, level0, obj)
+
+    return score
 
 
 def prefix_restored(

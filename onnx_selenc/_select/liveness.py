@@ -5,28 +5,145 @@ downstream uses (an STFT bin that a mel filterbank weights with zeros, a channel
 ReLU always zeroes), and a level made only of such kernels gives its customer exactly
 the level below, or the owner's model. Data-free scores cannot see that, so the fixed
 split is checked with forward passes on probe inputs (the calibration inputs, or
-random ones of the model's declared shapes) and a level cut that changes nothing moves
-to the next kernel that does. The cuts stay in the same global order (``_selection``).
+random ones of the model's declared shapes, integer inputs valued as the graph reads
+them: ``_probe_inputs``) and a level cut that changes nothing moves to the next kernel
+that does. The cuts stay in the same global order (``_selection``).
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from onnx_selenc._onnx.graph import ConvWeight
-from onnx_selenc._onnx.ort_types import FLOAT_TYPES, ort_dtype
-from onnx_selenc._select.levels import prefix_restored
+from onnx_selenc._onnx.tensors import kernel_matrix, weight_tensor, write_array
 from onnx_selenc._select.masking import MaskedLayer
+from onnx_selenc._select.prefix_feeds import PrefixFeeds
 from onnx_selenc._select.probe import Probe
-from onnx_selenc._select.selection import LayerSelection, Selection
+from onnx_selenc._select.probe_inputs import IntegerRange, integer_ranges, probe_feeds
+from onnx_selenc._select.selection import LayerSelection, Selection, grow_counts
+from onnx_selenc.exceptions import BudgetTooSmall, LevelCountWarning
 
 # Unknown dimensions of a probe input are tried at these sizes, smallest that runs.
 _DYNAMIC_SIZES = (1, 64, 256, 1024, 16000)
 _ELEMENTS_CAP = 1 << 22  # per input: keep each forward pass cheap
+GROW_ATTEMPTS = 6  # at most 32x the budget's kernels before giving up with a warning
+GROW_LIMIT = 32  # ... and only while the levels hold fewer kernels than this each
+# An attempt: the selection of these kernel counts per weight, masked into the model.
+Attempt = Callable[[Mapping[str, int]], tuple[Selection, list[MaskedLayer]]]
+
+
+def select_live(
+    model: onnx.ModelProto,
+    weights: Mapping[str, ConvWeight],
+    arrays: Mapping[str, np.ndarray],
+    counts: dict[str, int],
+    attempt: Attempt,
+    feeds: Mapping[str, np.ndarray] | None,
+    *,
+    levels: int,
+    allow_growth: bool,
+) -> tuple[Selection, list[MaskedLayer]]:
+    """The selection of ``counts`` kernels, its level cuts where they change the outputs
+    (:func:`live_levels`); where no cut can, twice the kernels, and again, until every
+    level changes them (a dead-channel model): taken only with ``allow_growth``.
+
+    Args:
+        model: the model, masked in place by ``attempt``.
+        weights: conv weights by address.
+        arrays: the original values of the chosen weights (to undo a masking).
+        counts: kernels per weight, as the budget allocated them.
+        attempt: selects and masks the given counts.
+        feeds: one batch of probe inputs; None: made up (``_probe_inputs``).
+        levels: the number of levels.
+        allow_growth: encrypt more kernels than the budget chose where the levels need it.
+
+    Raises:
+        BudgetTooSmall: the levels change the outputs only with more kernels, and
+            ``allow_growth`` is False (the message says how many).
+    """
+    chosen = [weights[a] for a in arrays]
+    first = last = None
+    grown = dict(counts)
+    for n in range(GROW_ATTEMPTS):
+        if last is not None:  # undo the masking, then try with more kernels
+            _write(model, weights, last[0], arrays)
+        selection, masked = attempt(grown)
+        selection, stuck = live_levels(model, weights, selection, masked, feeds)
+        last = (selection, masked)
+        first = first or (selection, masked, stuck)
+        if not stuck:
+            break
+        # Past GROW_LIMIT kernels a level, a level whose kernels all change nothing is
+        # the probe's limit (saturated outputs on random inputs), not dead channels.
+        if n == GROW_ATTEMPTS - 1 or _kernels(selection) >= GROW_LIMIT * levels:
+            break
+        if not grow_counts(grown, chosen):
+            break
+    assert first is not None and last is not None
+    if stuck or last[0] is first[0]:
+        if last[0] is not first[0]:  # more kernels did not help: the budget's, as asked
+            _write(model, weights, last[0], arrays, first[1])
+        if first[2]:
+            warnings.warn(
+                f"{_names(first[2])} nothing on the probe inputs (the same outputs as "
+                "the level below): their kernels feed channels nothing downstream uses; "
+                "calibrated levels (CalibratedLevels with calibration inputs) measure "
+                "each level",
+                UserWarning,
+                stacklevel=5,
+            )
+        return first[0], first[1]
+    asked, needed = first[0], last[0]
+    share = needed.selected_weights / needed.total_weights
+    detail = (
+        f"{_names(first[2])} nothing on the probe inputs with the "
+        f"{_kernels(asked)} kernels the budget chose ({_percent(asked)} of the conv "
+        "weights): their kernels feed channels nothing downstream uses; every level "
+        f"changes the outputs with {_kernels(needed)} kernels ({_percent(needed)})"
+    )
+    if not allow_growth:
+        _write(model, weights, needed, arrays)
+        raise BudgetTooSmall(detail, _kernels(needed), share)
+    warnings.warn(
+        f"{detail}: encrypting {_kernels(needed)} kernels", LevelCountWarning, stacklevel=5
+    )
+    return last
+
+
+def _write(
+    model: onnx.ModelProto,
+    weights: Mapping[str, ConvWeight],
+    selection: Selection,
+    arrays: Mapping[str, np.ndarray],
+    masked: Sequence[MaskedLayer] = (),
+) -> None:
+    """Put the originals back into the selection's weights, then apply ``masked``."""
+    for layer in selection.layers:
+        write_array(weight_tensor(model, weights[layer.address]), arrays[layer.address])
+    for rec in masked:
+        values = arrays[rec.address].copy()
+        kernel_matrix(values)[rec.kernels] = rec.replacements
+        write_array(weight_tensor(model, weights[rec.address]), values)
+
+
+def _kernels(selection: Selection) -> int:
+    return sum(len(layer.kernels) for layer in selection.layers)
+
+
+def _percent(selection: Selection) -> str:
+    return f"{100 * selection.selected_weights / selection.total_weights:.3g}%"
+
+
+def _names(levels: Sequence[int]) -> str:
+    """``level 2 changes`` or ``levels 1, 2 change``: the subject and verb of a message."""
+    if len(levels) == 1:
+        return f"level {levels[0]} changes"
+    return f"levels {', '.join(map(str, levels))} change"
 
 
 def global_order(layers: Sequence[LayerSelection]) -> tuple[np.ndarray, np.ndarray]:
@@ -64,15 +181,18 @@ def live_levels(
     layers = selection.layers
     try:
         probe = Probe(model, [weights[layer.address] for layer in layers])
-        batch = dict(feeds) if feeds is not None else _random_feeds(probe)
+        ranges = integer_ranges(model) if feeds is None else {}
+        batch = dict(feeds) if feeds is not None else _random_feeds(probe, ranges)
         if batch is None:
             return selection, []
         order = global_order(layers)
         cache: dict[int, list[np.ndarray]] = {}
+        feeds_at = PrefixFeeds(probe.base, layers, masked, order).at  # no copy per run
 
         def outputs(k: int) -> list[np.ndarray]:
             if k not in cache:
-                cache[k] = probe.run(batch, prefix_restored(probe.base, layers, masked, order, k))
+                with feeds_at(k) as restored:
+                    cache[k] = probe.run(batch, restored)
             return cache[k]
 
         total = len(order[0])
@@ -171,36 +291,33 @@ def _differ(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
     )
 
 
-def _random_feeds(probe: Probe) -> dict[str, np.ndarray] | None:
+def _random_feeds(probe: Probe, ranges: Mapping[str, IntegerRange]) -> dict[str, np.ndarray] | None:
     """Seeded random inputs of the declared shapes: unknown dimensions at the smallest
-    size in ``_DYNAMIC_SIZES`` that the model runs with, or None if none does."""
+    size in ``_DYNAMIC_SIZES`` that the model runs with, or None if none does. Integer
+    inputs take the values the graph reads (``ranges``) where the model runs with them,
+    else zeros."""
     inputs = [i for i in probe.session.get_inputs() if i.name in probe.data_inputs]
     rng = np.random.default_rng(0)
     for size in _DYNAMIC_SIZES:
-        feeds = {}
+        shapes = []
         for meta in inputs:
             shape = [d if isinstance(d, int) and d > 0 else size for d in meta.shape]
             if meta.shape and not (isinstance(meta.shape[0], int) and meta.shape[0] > 0):
                 shape[0] = 1  # a batch dimension
             if int(np.prod(shape)) > _ELEMENTS_CAP:
                 return None
-            feeds[meta.name] = _random(meta.type, shape, rng)
-            if feeds[meta.name] is None:
+            shapes.append((meta.name, meta.type, shape))
+        for informed in (ranges, None) if ranges or _has_bool(shapes) else (None,):
+            feeds = probe_feeds(shapes, informed, rng)
+            if feeds is None:
                 return None
-        try:
-            probe.run(feeds, quiet=True)  # type: ignore[arg-type]
-        except Exception:  # too small for its kernels, or an input it needs otherwise
-            continue
-        return feeds  # type: ignore[return-value]
+            try:
+                probe.run(feeds, quiet=True)
+            except Exception:  # too small for its kernels, or an input it needs otherwise
+                continue
+            return feeds
     return None
 
 
-def _random(kind: str, shape: list[int], rng: np.random.Generator) -> np.ndarray | None:
-    dtype = ort_dtype(kind)
-    if kind in FLOAT_TYPES:
-        return rng.standard_normal(shape).astype(dtype)
-    if kind in ("tensor(int64)", "tensor(int32)", "tensor(bool)"):
-        return np.zeros(shape, dtype=dtype)
-    if kind == "tensor(uint8)":
-        return rng.integers(0, 256, size=shape, dtype=np.uint8)
-    return None
+def _has_bool(inputs: list[tuple[str, str, list[int]]]) -> bool:
+    return any(kind == "tensor(bool)" for _, kind, _ in inputs)

@@ -1,15 +1,17 @@
 """DPRM: distribution-preserving random values for the selected kernels.
 
 A selected kernel ``w`` becomes a fresh draw ``w'`` that matches the layer's
-statistics at each kernel position and carries no information about ``w``: the
-originals are not transformed, they are replaced, so decryption needs the sealed
-originals themselves (like a one-time pad).
+statistics and carries no information about ``w``: the originals are not transformed,
+they are replaced, so decryption needs the sealed originals themselves (like a
+one-time pad).
 
-``gaussian`` draws ``mu_p + sigma_p * eps`` (the paper). ``empirical`` (default)
-draws from the layer's own distribution at each position, taken from the kernels
-that stay public, smoothed with a small Gaussian kernel, then rescaled to the exact
-per-position mean and spread. Real weights have heavier tails than a Gaussian, so
-this is harder to tell apart.
+``gaussian`` draws ``mu_p + sigma_p * eps`` at each position apart (the paper).
+``empirical`` (default) draws whole kernels from the joint distribution of the kernels
+that stay public (issue 25.1: real kernels correlate across positions and share their
+filter's scale, and a per-layer covariance test found kernels drawn position by
+position): a smoothed bootstrap of a public donor kernel, most often of the same
+output filter, with full-covariance noise, keeping the public mean and covariance and
+the layer's heavy tails (:func:`_joint`).
 
 Either way the draws then take the layer's numeric form, so that the stored bits do
 not point at them (``value_grid``, ``replacements``):
@@ -19,9 +21,9 @@ not point at them (``value_grid``, ``replacements``):
   up to 16-bit levels per tensor, 12-bit per channel), so is every replacement, bit
   for bit the value the layer stores for that step; quantised draws stay inside the
   layer's levels.
-- **Zeros.** A replacement takes the zero pattern of a random public kernel, so exact
-  zeros appear at the public kernels' rate per position, with their spread of zero
-  counts per kernel; nonzero draws never fall in the gap a pruning threshold leaves.
+- **Zeros.** A replacement takes the zero pattern of its public donor kernel, so exact
+  zeros appear as in the public kernels, with their spread of zero counts per kernel;
+  nonzero draws never fall in the gap a pruning threshold leaves.
 - **Exact copies.** Values recur at a position as often as the public ones do in the
   masked layer: on a coarse grid most do, in float32 a few, in float64 none (the
   smoothing would otherwise make replacements recur more or less often).
@@ -29,7 +31,10 @@ not point at them (``value_grid``, ``replacements``):
 What the public can learn from the values: the layer's grid and its public kernels'
 statistics (the replacements are drawn from them). What it cannot: which kernels were
 replaced, from zero counts, mantissa bits or exact copies (tested at chance on
-bf16, fp16 and 50%-pruned copies of a real model). Not covered: a per-channel grid
+bf16, fp16 and 50%-pruned copies of a real model), nor from the kernels' shape (a
+full-vs-diagonal covariance ratio, Mahalanobis and nearest-neighbour distances and the
+norm's rank in its filter stay at or below 0.60 AUC on float32, fp16, bf16 and pruned
+copies of real models, ``samples.paper.kernel_detectors``). Not covered: a per-channel grid
 with fewer than 8 weights per channel (drawn as full precision); a layer with no
 public kernel left, whose zeros are drawn per position at the whole layer's rate; and
 a layer whose every grid value is taken (say 16 weights holding 0..15), where no
@@ -47,13 +52,12 @@ import onnx
 from onnx_selenc._onnx.graph import ConvWeight, UnsupportedConv
 from onnx_selenc._onnx.progress import progress
 from onnx_selenc._onnx.tensors import kernel_matrix, weight_tensor, write_array
+from onnx_selenc._select.base import replacements_from_base
 from onnx_selenc._select.replacements import (
-    _donor_zeros,
     _fit,
     _match_copies,
     _mend_off_grid,
     _next_value,
-    _nonzero_donors,
     _random_zeros,
 )
 from onnx_selenc._select.selection import Selection
@@ -126,9 +130,7 @@ def dprm_values(
         draw = layer.shift + mu + sigma * rng.standard_normal((n_sel, width))
         zeros = _random_zeros(1.0 - layer.count / n, n_sel, rng)
     else:
-        draw, p_count = _empirical(kernels, selected, public_rows, layer, layer_sigma, rng)
-        has_zeros = int(p_count.sum()) < n_pub * width
-        zeros = _donor_zeros(kernels, public_rows, n_sel, rng) if has_zeros else None
+        draw, zeros = _joint(kernels, selected, public, public_rows, layer, axes, rng)
     draw = _fit(draw, selected, grid, layer.gap)
     if zeros is not None:
         draw[zeros] = 0.0
@@ -154,47 +156,103 @@ def _layer_spread(layer: _Moments, mu: np.ndarray, sigma: np.ndarray) -> float:
     return float(np.sqrt(np.mean(sigma[live] ** 2) + np.var((layer.shift + mu)[live])))
 
 
-def _empirical(
+_IN_FILTER = 0.7  # share of donors from the replaced kernel's own filter (see _joint)
+_FILTER_TRIES = 8  # rounds of drawing a donor in the replaced kernel's own filter
+
+
+def _joint(
     kernels: np.ndarray,
     selected: np.ndarray,
+    public: np.ndarray,
     public_rows: np.ndarray,
     layer: _Moments,
-    layer_sigma: float,
+    axes: tuple[int, int] | None,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Nonzero values drawn from the public kernels at each position, smoothed.
+    """Whole replacement kernels with the public kernels' joint structure over positions.
 
-    Each value is a public kernel's nonzero value at that position plus Gaussian jitter
-    (Silverman's bandwidth: no exact copy of a weight), rescaled to the public nonzero
-    values' exact per-position mean and spread.
+    Each replacement starts from a donor: a random public kernel, of the same output
+    filter for ``_IN_FILTER`` of them (times the squared share of nonzero weights: see
+    below) (a filter's kernels share a scale: the norm's rank in the filter stays
+    uniform), of the whole layer for the rest (the selected kernels
+    crowd into large filters: donors from those alone would raise the layer-wide
+    Mahalanobis distances). It keeps ``sqrt(1 - h**2)`` of the donor's deviation from the
+    public mean and adds ``h`` times full-covariance Gaussian noise scaled to the donor's
+    own Mahalanobis radius: the public mean and covariance are kept, a heavy-tailed layer
+    stays heavy-tailed, and with Silverman's bandwidth ``h`` a replacement lies about as
+    far from its donor as kernels lie from their neighbours. Positions where the donor
+    is zero stay zero (its whole zero pattern).
 
     Returns:
-        The draws and the public kernels' count of nonzero values per position.
+        The draws and where they are zero.
     """
     n_sel, width = len(selected), kernels.shape[1]
-    shift = layer.shift
-    chosen = kernels[selected].astype(np.float64) - shift
-    live = kernels[selected] != 0
-    chosen = np.where(live, chosen, 0.0)
-    p_count = layer.count - live.sum(axis=0)
-    p_mu, p_sigma = _mean_std(
-        p_count,
-        layer.total - chosen.sum(axis=0),
-        layer.squares - np.einsum("ij,ij->j", chosen, chosen),
-    )
-    rows = public_rows[rng.integers(0, len(public_rows), size=(n_sel, width))]
-    rows = _nonzero_donors(kernels, public_rows, rows, p_count, rng)
-    picked = kernels[rows, np.arange(width)].astype(np.float64) - shift
-    h = 1.06 * p_sigma * np.maximum(p_count, 1) ** (-0.2)
-    smoothed = picked + h * rng.standard_normal((n_sel, width))
-    scale = np.divide(
-        p_sigma, np.sqrt(p_sigma**2 + h**2), where=p_sigma > 0, out=np.ones_like(p_sigma)
-    )
-    draw = shift + p_mu + (smoothed - p_mu) * scale
-    flat = p_sigma == 0
-    if flat.any():
-        draw[:, flat] += layer_sigma * rng.standard_normal((n_sel, int(flat.sum())))
-    return draw, p_count
+    mean, cov = _public_moments(kernels, selected, layer, len(public_rows))
+    # In a pruned layer a kernel's zero count follows its filter's scale, and zero counts
+    # are read layer-wide (issue 13.3): fewer donors come from the own filter there.
+    live = float(layer.count.sum()) / max(kernels.size, 1)
+    donors = _filter_donors(selected, public, public_rows, axes, _IN_FILTER * live**2, rng)
+    donor = kernels[donors]
+    deviation = donor.astype(np.float64) - mean
+    # Eigenvectors, not Cholesky: fewer public kernels than positions, or a constant
+    # position, make the covariance singular; the radius is taken in the directions it spans.
+    lam, vec = np.linalg.eigh(cov)
+    lam = np.maximum(lam, 0.0)
+    spans = lam > 1e-12 * max(float(lam.max()), 1e-300)
+    white = deviation @ (vec[:, spans] / np.sqrt(lam[spans]))
+    radius = np.sqrt(np.mean(white * white, axis=1, keepdims=True)) if spans.any() else 0.0
+    noise = (rng.standard_normal((n_sel, width)) @ (vec * np.sqrt(lam)).T) * radius
+    # Noise on a pruned kernel's few nonzero values would drown their joint structure
+    # (the covariance is diluted by zeros), too little leaves it near its donor: it
+    # shrinks with the eighth root of the layer's share of nonzeros (0.92 at half).
+    share = _bandwidth(len(public_rows), int(spans.sum())) * live**0.125
+    draw = mean + np.sqrt(1.0 - share**2) * deviation + share * noise
+    return draw, donor == 0
+
+
+def _bandwidth(n: int, dims: int) -> float:
+    """Silverman's rule in ``dims`` dimensions for ``n`` kernels, at most 0.9: the fewer
+    the kernels, the farther apart they are, and the farther a replacement moves."""
+    dims = max(dims, 1)
+    return min(0.9, (4.0 / (dims + 2)) ** (1.0 / (dims + 4)) * max(n, 1) ** (-1.0 / (dims + 4)))
+
+
+def _filter_donors(
+    selected: np.ndarray,
+    public: np.ndarray,
+    public_rows: np.ndarray,
+    axes: tuple[int, int] | None,
+    in_filter: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """A public kernel of the selected kernel's output filter for a share ``in_filter``
+    of them (a few vectorised rounds of drawing), else of the layer."""
+    donors = public_rows[rng.integers(0, len(public_rows), size=len(selected))]
+    if axes is None or axes[1] < 2 or axes[0] * axes[1] != len(public):
+        return donors
+    first = (selected // axes[1]) * axes[1]
+    todo = np.flatnonzero(rng.random(len(selected)) < in_filter)
+    for _ in range(_FILTER_TRIES):
+        pick = first[todo] + rng.integers(0, axes[1], size=todo.size)
+        ok = public[pick]
+        donors[todo[ok]] = pick[ok]
+        todo = todo[~ok]
+        if not todo.size:
+            break
+    return donors
+
+
+def _public_moments(
+    kernels: np.ndarray, selected: np.ndarray, layer: _Moments, n_pub: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The public kernels' mean and covariance, zeros included: the layer's sums less
+    the selected rows'."""
+    chosen = kernels[selected].astype(np.float64) - layer.shift
+    total = layer.full_total - chosen.sum(axis=0)
+    cross = layer.cross - chosen.T @ chosen
+    centre = total / n_pub
+    cov = cross / n_pub - np.outer(centre, centre)
+    return layer.shift + centre, (cov + cov.T) / 2
 
 
 def _differ(
@@ -255,6 +313,8 @@ class _Moments:
         squares: their sum of squares, less ``shift``.
         shift: a rough per-position mean (keeps the sum of squares free of cancellation).
         gap: the smallest nonzero magnitude of the layer (0.0 if it has none).
+        full_total: the sum of all values less ``shift``, zeros included.
+        cross: ``(width, width)`` sums of products of all values less ``shift``.
     """
 
     count: np.ndarray
@@ -262,6 +322,8 @@ class _Moments:
     squares: np.ndarray
     shift: np.ndarray
     gap: float
+    full_total: np.ndarray
+    cross: np.ndarray
 
 
 def _moments(kernels: np.ndarray) -> _Moments:
@@ -273,17 +335,28 @@ def _moments(kernels: np.ndarray) -> _Moments:
     count = np.zeros(kernels.shape[1])
     total = np.zeros(kernels.shape[1])
     squares = np.zeros(kernels.shape[1])
+    full_total = np.zeros(kernels.shape[1])
+    cross = np.zeros((kernels.shape[1], kernels.shape[1]))
     gap = np.inf
     for start in range(0, kernels.shape[0], _MOMENT_ROWS):
         rows = kernels[start : start + _MOMENT_ROWS]
         live = rows != 0
-        chunk = np.where(live, rows.astype(np.float64) - shift, 0.0)
+        full = rows.astype(np.float64) - shift
+        dense = bool(live.size and live.all())  # no zeros: the nonzero sums are the full ones
+        chunk = full if dense else np.where(live, full, 0.0)
         count += live.sum(axis=0)
-        total += chunk.sum(axis=0)
+        sums = full.sum(axis=0)
+        total += sums if dense else chunk.sum(axis=0)
         squares += np.einsum("ij,ij->j", chunk, chunk)
-        if live.any():
+        full_total += sums
+        # (a matrix product of one column is slow in BLAS: a sum of squares instead)
+        cross += full.T @ full if full.shape[1] > 1 else np.einsum("ij,ij->", full, full)
+        if dense:
+            gap = min(gap, float(np.abs(rows).min()))
+        elif live.any():
             gap = min(gap, float(np.abs(rows[live]).min()))
-    return _Moments(count, total, squares, shift, gap if np.isfinite(gap) else 0.0)
+    gap = gap if np.isfinite(gap) else 0.0
+    return _Moments(count, total, squares, shift, gap, full_total, cross)
 
 
 def _mean_std(
@@ -318,6 +391,17 @@ def mask_layer(
     return masked.reshape(weight.shape), MaskedLayer(address, selected, originals, replacements)
 
 
+def _from_base(
+    address: str, weight: np.ndarray, selected: np.ndarray, base: Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, MaskedLayer]:
+    kernels = kernel_matrix(weight)
+    replacements = replacements_from_base(base[address], selected)
+    masked = kernels.copy()
+    masked[selected] = replacements
+    record = MaskedLayer(address, selected, kernels[selected].copy(), replacements)
+    return masked.reshape(weight.shape), record
+
+
 def unmaskable_weights(
     chosen: Sequence[ConvWeight], arrays: Mapping[str, np.ndarray]
 ) -> tuple[list[ConvWeight], list[UnsupportedConv]]:
@@ -348,14 +432,18 @@ def mask_selection(
     rng: np.random.Generator,
     masking: str,
     show_progress: bool,
+    base: Mapping[str, np.ndarray] | None = None,
 ) -> list[MaskedLayer]:
-    """Replace the selected kernels in ``model`` by DPRM draws; return what was replaced."""
+    """Replace the selected kernels in ``model`` by DPRM draws, or by the kernels of
+    ``base`` where it has the weight (:mod:`_select.base`); return what was replaced."""
     masked = []
     for layer in progress(selection.layers, desc="masking", enabled=show_progress):
+        weight = arrays[layer.address]
         try:
-            new_values, record = mask_layer(
-                layer.address, arrays[layer.address], layer.kernels, rng, masking
-            )
+            if base is not None and layer.address in base:
+                new_values, record = _from_base(layer.address, weight, layer.kernels, base)
+            else:
+                new_values, record = mask_layer(layer.address, weight, layer.kernels, rng, masking)
         except UnmaskableLayer as exc:  # all-equal weights are left out above: say which
             raise UnsupportedModel(f"weight {layer.address!r} cannot be masked: {exc}") from None
         write_array(weight_tensor(model, by_address[layer.address]), new_values)

@@ -26,6 +26,7 @@ _ROWS = 1 << 14  # rows per chunk for the whole-layer checks (bounded temporarie
 _PROBE_GROUPS = 4  # channels tried before all of them: a full-precision layer fails fast
 _DIVISORS = (1, 2, 3, 4)  # the smallest gap between two values may span a few steps
 _MIN_VALUES = 8  # values per group, at least, before a step is believed
+_HEAD = 256  # values of a group checked before the rest (most layers fail there)
 
 
 def round_bf16(values: np.ndarray) -> np.ndarray:
@@ -223,9 +224,9 @@ def _find_steps(
 
 
 def _grouped(kernels: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
-    """``(n_groups, values per group)``: each group's values in one row."""
+    """``(n_groups, values per group)``: each group's values in one row (the kernels' dtype)."""
     order = np.argsort(group, kind="stable")
-    return kernels[order].reshape(n_groups, -1).astype(np.float64)
+    return kernels[order].reshape(n_groups, -1)
 
 
 def _steps_for(
@@ -243,10 +244,11 @@ def _steps_for(
     """
     if not _probe_passes(kernels, group, n_groups, max_level):
         return None
-    values = _grouped(kernels, group, n_groups)
-    step = _group_steps(values, max_level)
+    stored = _grouped(kernels, group, n_groups)
+    step = _group_steps(stored, max_level)
     if step is None:
         return None
+    values = stored.astype(np.float64)
     levels = np.rint(values / step[:, None]).astype(np.int64)
     lo, hi = levels.min(axis=1), levels.max(axis=1)
     base, span = int(lo.min()), int(hi.max() - lo.min()) + 1
@@ -260,7 +262,7 @@ def _steps_for(
 def _probe_passes(kernels: np.ndarray, group: np.ndarray, n_groups: int, max_level: int) -> bool:
     """Whether a part of the layer is on a step grid of this layout (a necessary test)."""
     if n_groups == 1:
-        probe = kernels[:_ROWS].reshape(1, -1).astype(np.float64)
+        probe = kernels[:_ROWS].reshape(1, -1)
     else:
         few = min(_PROBE_GROUPS, n_groups)
         inside = group < few
@@ -268,13 +270,19 @@ def _probe_passes(kernels: np.ndarray, group: np.ndarray, n_groups: int, max_lev
     return _group_steps(probe, max_level) is not None
 
 
-def _group_steps(values: np.ndarray, max_level: int) -> np.ndarray | None:
+def _group_steps(stored: np.ndarray, max_level: int) -> np.ndarray | None:
     """Each row's step: values are integer multiples of it (up to ``max_level``), else None.
 
     The candidate is the smallest gap between two distinct magnitudes (or the smallest
     magnitude), or a small fraction of it; a least-squares fit then refines it.
+
+    Args:
+        stored: ``(groups, values)`` in the layer's own float dtype (sorted as they are,
+            half the work of sorting their float64 copies, which order the same).
+        max_level: the largest level allowed.
     """
-    mags = np.sort(np.abs(values), axis=1)
+    mags = np.sort(np.abs(stored), axis=1).astype(np.float64)
+    values = stored.astype(np.float64)
     gaps = np.diff(mags, axis=1)
     smallest = np.where(mags > 0, mags, np.inf).min(axis=1)
     gap = np.where(gaps > 0, gaps, np.inf).min(axis=1) if gaps.shape[1] else smallest
@@ -285,17 +293,35 @@ def _group_steps(values: np.ndarray, max_level: int) -> np.ndarray | None:
         todo = np.isnan(found)
         if not todo.any():
             break
+        rows = values[todo]
         step = candidate[todo] / divisor
-        levels = np.rint(values[todo] / step[:, None])
-        fit = np.sum(values[todo] * levels, axis=1) / np.maximum(np.sum(levels**2, axis=1), 1)
+        levels = np.rint(rows / step[:, None])
+        fit = np.sum(rows * levels, axis=1) / np.maximum(np.sum(levels**2, axis=1), 1)
         fit = np.where(fit > 0, fit, step)
-        levels = np.rint(values[todo] / fit[:, None])
-        error = np.abs(values[todo] / fit[:, None] - levels)
-        ok = np.all(error <= 1e-6 * np.maximum(np.abs(levels), 1) + 1e-9, axis=1)
-        ok &= np.abs(levels).max(axis=1) <= max_level
+        ok = _on_steps(rows, fit, max_level)
         idx = np.flatnonzero(todo)[ok]
         found[idx] = fit[ok]
     return None if np.isnan(found).any() else found
+
+
+def _on_steps(values: np.ndarray, step: np.ndarray, max_level: int) -> np.ndarray:
+    """Which rows are integer multiples of their step (within rounding), up to ``max_level``.
+
+    The first ``_HEAD`` values of each row are checked first: they rule out nearly every
+    row of a full-precision layer without a pass over the whole row.
+    """
+    ok = np.ones(len(values), dtype=bool)
+    for part in (slice(0, _HEAD), slice(_HEAD, None)):
+        rows = np.flatnonzero(ok)
+        if not rows.size or not values[:, part].size:
+            break
+        chunk, size = values[rows, part], step[rows, None]
+        levels = np.rint(chunk / size)
+        good = np.all(
+            np.abs(chunk / size - levels) <= 1e-6 * np.maximum(np.abs(levels), 1) + 1e-9, axis=1
+        )
+        ok[rows] = good & (np.abs(levels).max(axis=1) <= max_level)
+    return ok
 
 
 def _exact_step(

@@ -15,7 +15,17 @@ arm with the same data and budget:
 - ``scratch``: the same graph with fresh weights;
 - ``fine-tune public``: the encrypted file as distributed;
 - with ``--plain``: ``knows masked, re-inits`` (the masked kernels, found by comparing
-  with the plain file, re-initialised first: the worst case) and ``fine-tune plain``.
+  with the plain file, re-initialised first: the worst case) and ``fine-tune plain``;
+- with ``--reference ref.onnx`` (weights the model descends from: a public checkpoint it
+  was fine-tuned from, or its initial weights): ``fine-tune reference`` (the attacker's
+  best start without the public file), ``reference-matched`` (each conv's filters matched
+  to the reference's by cosine, undoing keyed wiring; :mod:`samples.finetune.reference_match`)
+  and ``matched, kernels from reference`` (also every kernel unlike the reference's
+  replaced by it: masked kernels);
+- with ``--recover sinkhorn rebasin``: ``sinkhorn-recovered`` (learned permutations on
+  the attacker's data) and ``weight-matched`` (Git Re-Basin weight matching to a model the
+  attacker trains from scratch on their data); :mod:`samples.finetune.learned`. Both
+  are computed once per share on the first seed's data, and need a chain of convs.
 
 It prints one table per share, mean ± standard error over seeds, and the difference
 to scratch. The graph is run by :class:`samples.finetune.graph.OnnxModule`: CNN
@@ -65,11 +75,64 @@ def arms(public: Path, plain: Path | None) -> dict[str, harness.Start]:
     return out
 
 
+def recovery_arms(
+    public: Path,
+    reference: Path | None,
+    recover: Sequence[str],
+    data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    cfg: harness.AttackConfig,
+) -> dict[str, harness.Start]:
+    """The recovery arms (see the module notes); ``data``: the attacker's first-seed
+    training and held-out parts (x, y, x_val, y_val)."""
+    from samples.finetune import learned, reference_match, wiring
+
+    out: dict[str, harness.Start] = {}
+    if reference is not None:
+        got = reference_match.match(public, reference)
+        matched = harness.from_onnx(public, wiring.apply(got.perms))
+        restore = reference_match.restore_from_reference(reference)
+
+        def restored(seed: int) -> torch.nn.Module:
+            model = matched(seed)
+            restore(model, seed)  # type: ignore[arg-type]
+            return model
+
+        out["fine-tune reference"] = harness.from_onnx(reference)
+        out["reference-matched"] = matched
+        out["matched, kernels from reference"] = restored
+    x, y, xv, yv = data
+    if "sinkhorn" in recover:
+        perms, _ = learned.sinkhorn(public, np.concatenate([x, xv]), np.concatenate([y, yv]))
+        out["sinkhorn-recovered"] = harness.from_onnx(public, wiring.apply(perms))
+    if "rebasin" in recover:
+        own = _own_model(public, data, cfg)
+        perms = learned.weight_match(public, own)
+        out["weight-matched"] = harness.from_onnx(public, wiring.apply(perms))
+    return out
+
+
+def _own_model(
+    public: Path, data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], cfg: Any
+) -> OnnxModule:
+    """The attacker's own model from scratch, the best of the learning-rate sweep."""
+    best: tuple[float, OnnxModule] | None = None
+    for lr in cfg.lrs:
+        torch.manual_seed(cfg.seeds[0])
+        model = harness.scratch(public)(cfg.seeds[0])
+        stats = harness.train(model, *data, lr=lr, cfg=cfg, seed=cfg.seeds[0])
+        if best is None or stats["val_accuracy"] > best[0]:
+            best = (stats["val_accuracy"], model)  # type: ignore[assignment]
+    assert best is not None
+    return best[1]
+
+
 def run(
     public: Path,
     data: Path,
     *,
     plain: Path | None = None,
+    reference: Path | None = None,
+    recover: Sequence[str] = (),
     shares: Sequence[float] = (0.01, 0.1),
     test_share: float = 0.2,
     cfg: harness.AttackConfig | None = None,
@@ -91,7 +154,10 @@ def run(
                 f"held-out part (at least {cfg.min_val + 2})"
             )
         row: dict[str, Any] = {"share": share, "examples": n, "arms": {}}
-        for name, start in arms(public, plain).items():
+        tr, va = harness.split(len(x_pool), n, cfg, cfg.seeds[0])
+        first = (x_pool[tr], y_pool[tr], x_pool[va], y_pool[va])
+        starts = {**arms(public, plain), **recovery_arms(public, reference, recover, first, cfg)}
+        for name, start in starts.items():
             print(f"{name}, {n} examples", file=sys.stderr, flush=True)
             before = harness.accuracy(start(cfg.seeds[0]), x_test, y_test)
             res = harness.attack_arm(start, x_pool, y_pool, x_test, y_test, n, cfg, log=_to_stderr)
@@ -137,6 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--public", type=Path, required=True, help="the encrypted .onnx")
     p.add_argument("--data", type=Path, required=True, help=".npz with x and y")
     p.add_argument("--plain", type=Path, help="the plain .onnx (adds two arms)")
+    p.add_argument(
+        "--reference", type=Path, help="weights the model descends from (adds three arms)"
+    )
+    p.add_argument(
+        "--recover", nargs="+", choices=("sinkhorn", "rebasin"), default=[], help="recoveries"
+    )
     p.add_argument("--share", type=float, nargs="+", default=[0.01, 0.1])
     p.add_argument("--test-share", type=float, default=0.2)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -153,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.public,
             args.data,
             plain=args.plain,
+            reference=args.reference,
+            recover=args.recover,
             shares=args.share,
             test_share=args.test_share,
             cfg=cfg,

@@ -154,6 +154,8 @@ def _run(node: onnx.NodeProto, a: list[Any], at: dict[str, Any]) -> list[torch.T
         return [y + at.get("beta", 1.0) * a[2] if len(a) > 2 and a[2] is not None else y]
     simple = {
         "Relu": lambda: F.relu(a[0]),
+        "HardSwish": lambda: F.hardswish(a[0]),
+        "HardSigmoid": lambda: torch.clamp(at.get("alpha", 0.2) * a[0] + at.get("beta", 0.5), 0, 1),
         "Sigmoid": lambda: torch.sigmoid(a[0]),
         "Identity": lambda: a[0],
         "Dropout": lambda: a[0],
@@ -172,9 +174,34 @@ def _run(node: onnx.NodeProto, a: list[Any], at: dict[str, Any]) -> list[torch.T
         shape = [int(s) for s in a[1].tolist()]
         shape = [a[0].shape[i] if s == 0 else s for i, s in enumerate(shape)]
         return [a[0].reshape(shape)]
+    if op == "Shape":
+        # Opset 15 adds start/end; the shape is data (int64), not a trainable value.
+        dims = list(a[0].shape)[at.get("start", 0) : at.get("end")]
+        return [torch.tensor(dims, dtype=torch.int64)]
+    if op == "Slice":
+        return [_slice(a)]
+    if op == "ReduceMean":
+        # Axes: an attribute up to opset 17, an optional second input from opset 18.
+        axes = at.get("axes") if len(a) < 2 or a[1] is None else [int(v) for v in a[1].tolist()]
+        dims = tuple(axes) if axes else tuple(range(a[0].dim()))
+        return [a[0].mean(dim=dims, keepdim=bool(at.get("keepdims", 1)))]
     if op == "BatchNormalization":
         return [F.batch_norm(a[0], a[3], a[4], a[1], a[2], False, 0.0, at.get("epsilon", 1e-5))]
     raise NotImplementedError(f"ONNX operator {op} ({node.name}) is not supported by the harness")
+
+
+def _slice(a: list[Any]) -> torch.Tensor:
+    """ONNX Slice (opset 10+: starts, ends, optional axes and steps as inputs)."""
+    data, starts, ends = a[0], a[1].tolist(), a[2].tolist()
+    axes = a[3].tolist() if len(a) > 3 and a[3] is not None else list(range(len(starts)))
+    steps = a[4].tolist() if len(a) > 4 and a[4] is not None else [1] * len(starts)
+    index: list[slice] = [slice(None)] * data.dim()
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        if step < 0:
+            raise NotImplementedError("Slice with a negative step")
+        # Python slicing clamps out-of-range bounds (ONNX's INT64_MAX 'to the end') itself.
+        index[axis % data.dim()] = slice(int(start), int(end), int(step))
+    return data[tuple(index)]
 
 
 def conv_arrays(path: str | Path) -> dict[str, np.ndarray]:

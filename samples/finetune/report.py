@@ -12,22 +12,27 @@ Command line::
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from samples._report import update_section
 from samples.finetune import harness
+from samples.finetune.report_fmt import Found, Selection
+from samples.finetune.report_fmt import delta as _delta
+from samples.finetune.report_fmt import load_arms as _load
+from samples.finetune.report_fmt import lrs as _lrs
+from samples.finetune.report_fmt import pct as _pct
+from samples.finetune.report_fmt import rule as _rule
+from samples.finetune.report_fmt import steps as _steps
+from samples.finetune.report_fmt import train_seconds as _train_seconds
 from samples.paper import _common, vgg19
 
 BEGIN, END = "<!-- finetune:begin -->", "<!-- finetune:end -->"
 ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 PLOT = ROOT / "docs" / "img" / "finetune_curve.png"
-_NAME = re.compile(r"^d(?P<data>[0-9.e-]+)-(?P<cfg>[0-9a-f]{12})-(?P<arm>.+)\.json$")
 
 
 def candidate_configs() -> list[harness.AttackConfig]:
@@ -44,22 +49,9 @@ def command(data: float, part: str, config: harness.AttackConfig) -> str:
     return f"nice -n 10 python -m samples.finetune.study --data {data:g} --part {part}{flags}"
 
 
-Found = dict[tuple[float, str], tuple[harness.AttackConfig, dict[str, Any]]]
-Selection = dict[float, tuple[harness.AttackConfig, dict[str, Any]]]
-
-
 def load_arms(folder: Path) -> Found:
-    """Cached arms: (data share, settings hash) -> (attack settings, arm name -> result)."""
-    by_hash = {_common.config_hash(harness.config_dict(c)): c for c in candidate_configs()}
-    found: Found = {}
-    for path in sorted((folder / "arms").glob("*.json")):
-        m = _NAME.match(path.name)
-        got = _common.read_json(path)
-        if m is None or got is None or m["cfg"] not in by_hash:
-            continue
-        key = (float(m["data"]), m["cfg"])
-        found.setdefault(key, (by_hash[m["cfg"]], {}))[1][m["arm"]] = got
-    return found
+    """Issue 15's cached arms (its user-cache ``arms`` folder), under its two settings."""
+    return _load(folder / "arms", candidate_configs())
 
 
 def pick(found: Found, prefix: str) -> Selection:
@@ -78,38 +70,6 @@ def pick(found: Found, prefix: str) -> Selection:
         if count > old or (count == old and config.sweep_every_seed):
             best[data] = (config, arms)
     return best
-
-
-def _rule(config: harness.AttackConfig) -> str:
-    return "per seed" if config.sweep_every_seed else "first seed"
-
-
-def _pct(mean: float, se: float | None = None) -> str:
-    return f"{100 * mean:.1f}%" if se is None else f"{100 * mean:.1f} ± {100 * se:.1f}"
-
-
-def _delta(arm: Mapping[str, Any], ref: Mapping[str, Any]) -> str:
-    """Difference to the scratch line in points, with the SE of the difference, and
-    whether it is within one SE (the issue's bar for 'no better than scratch')."""
-    d = arm["mean"] - ref["mean"]
-    se = math.hypot(arm["se"], ref["se"])
-    verdict = "within 1 SE" if abs(d) <= se else ("better" if d > 0 else "worse")
-    return f"{100 * d:+.1f} ± {100 * se:.1f} ({verdict})"
-
-
-def _steps(arm: Mapping[str, Any]) -> str:
-    runs = arm["runs"]
-    mean_steps = sum(r["best_step"] for r in runs) / len(runs)
-    return f"{mean_steps:.0f}"
-
-
-def _lrs(arm: Mapping[str, Any]) -> str:
-    return ", ".join(f"{r['lr']:g}" for r in arm["runs"])
-
-
-def _train_seconds(arm: Mapping[str, Any]) -> float:
-    tries = arm.get("sweeps") or [arm["sweep"], *[[r] for r in arm["runs"][1:]]]
-    return sum(t["seconds"] for seed in tries for t in seed)
 
 
 def curve_rows(arms: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -240,150 +200,6 @@ def plot(selection: Selection, plain_acc: float, path: Path) -> None:
     plt.close(fig)
 
 
-def control_lines(selection: Selection) -> list[str]:
-    """The 100%-point controls: which part of a fully encrypted file helps the attacker."""
-    names = {
-        "control-public-1-gemm-reinit": "100% public file, classifier (Gemm) re-initialised",
-        "control-plain-conv-reinit": "plain file, every conv re-initialised (classifier kept)",
-        "control-rescaled-random": "random: every layer Gaussian with the public file's "
-        "per-layer std, zero biases",
-    }
-    rows = [(d, c, a) for d, (c, a) in sorted(selection.items())]
-    if not rows:
-        return []
-    lines = [
-        "Controls for the 100% point (today's method never encrypts the classifier). The "
-        "last row starts from the scratch arm's own random draw (same seed), only rescaled "
-        "to each layer's standard deviation in the public file, which training left close "
-        "to Kaiming's: it carries no learned value or position, so its distance from the "
-        "scratch row is a measure of how far the attacker's learning-rate pick and "
-        "seed-to-seed noise alone move a result.",
-        "",
-        "| attacker data (lr sweep) | arm | before attack | after attack | vs scratch (points) |",
-        "|---|---|---|---|---|",
-    ]
-    for data, config, a in rows:
-        s = a.get("scratch")
-        for key, label in (
-            ("scratch", "from scratch (Kaiming, as above)"),
-            ("public-1", "100% public file"),
-            *names.items(),
-        ):
-            r = a.get(key)
-            if r is None:
-                continue
-            lines.append(
-                f"| {100 * data:g}% ({r['n']} digits; {_rule(config)}) | {label} | "
-                f"{_pct(r['accuracy_before'])} "
-                f"| {_pct(r['mean'], r['se'])} | {_delta(r, s) if s else '–'} |"
-            )
-    return [*lines, ""]
-
-
-def placement_lines(selection: Selection) -> list[str]:
-    """Hypothesis 2's table: mask placements other than scattered kernels."""
-    rows = [
-        (d, c, a, r)
-        for d, (c, a) in sorted(selection.items())
-        for k, r in sorted(a.items(), key=lambda kv: kv[1].get("masked_fraction", 0))
-        if k.startswith("place-")
-    ]
-    if not rows:
-        return ["### Where the masks go (hypothesis 2)", "", "Not measured.", ""]
-    labels = {
-        "filters": lambda r: f"whole filters, {100 * r['amount']:g}% of each layer's (+1)",
-        "early": lambda r: f"every weight of the first {r['amount']:g} convs",
-        "first-last": lambda r: "every weight of each stage's first and last conv",
-    }
-    lines = [
-        "### Where the masks go (hypothesis 2)",
-        "",
-        "Public files made by `samples/finetune/placement.py` directly on the weights (these "
-        "placements are not modes of `onnx_selenc`), masked values drawn from the same "
-        "layer's weights like `masking='empirical'`. Compare with the curve at the same "
-        "measured share.",
-        "",
-        "| attacker data (lr sweep) | placement | masked share of conv weights | before attack "
-        "| after "
-        "attack | vs scratch (points) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for data, config, arms, r in rows:
-        s = arms.get("scratch")
-        lines.append(
-            f"| {100 * data:g}% ({r['n']} digits; {_rule(config)}) | "
-            f"{labels[r['placement']](r)} | "
-            f"{100 * r['masked_fraction']:.2f}% | {_pct(r['accuracy_before'])} | "
-            f"{_pct(r['mean'], r['se'])} | {_delta(r, s) if s else '–'} |"
-        )
-    return [*lines, ""]
-
-
-def wiring_lines(folder: Path, selection: Selection) -> list[str]:
-    """The keyed-wiring table (hypothesis 3), if any of it was measured."""
-    # A list, which _common.read_json (dicts only) would refuse.
-    tiers_path = folder / "wiring-tiers.json"
-    tiers = json.loads(tiers_path.read_text(encoding="utf-8")) if tiers_path.exists() else None
-    rows = [(d, c, a) for d, (c, a) in sorted(selection.items())]
-    if not rows and tiers is None:
-        return ["### Keyed wiring (hypothesis 3)", "", "Not measured yet.", ""]
-    lines = ["### Keyed wiring (hypothesis 3)", ""]
-    lines += [
-        "Public file: every conv's output channels (filters and biases) permuted by a secret "
-        "permutation, the next layer's inputs left as they were, so every kernel keeps its "
-        "true values (`samples/finetune/wiring.py`). Recovery attack: layer by layer from "
-        "the input, match each channel's mean ReLU activation on the attacker's digits to "
-        "the next layer's per-input-slot weight norm (rank matching); gradient recovery: "
-        "per layer, the Hungarian solution of the first-order loss change of moving each "
-        "filter into each slot (one backward pass on the attacker's labelled digits), kept "
-        "when it lowers their loss, 4 rounds over the layers. Both see the first seed's "
-        "attacker digits.",
-        "",
-    ]
-    arms = (
-        ("wired", "wired file as published"),
-        ("wired-recovered", "after activation-rank recovery"),
-        ("wired-recovered-grad", "after gradient (linearised loss) recovery"),
-    )
-    if rows:
-        lines += [
-            "| attacker data (lr sweep) | start | channels recovered | before attack | after "
-            "attack | "
-            "vs scratch (points) |",
-            "|---|---|---|---|---|---|",
-        ]
-        for data, config, a in rows:
-            s = a.get("scratch")
-            for key, label in arms:
-                r = a.get(key)
-                if r is None:
-                    continue
-                rec = r.get("recovered_channels")
-                lines.append(
-                    f"| {100 * data:g}% ({r['n']} digits; {_rule(config)}) | {label} | "
-                    f"{'–' if rec is None else f'{100 * rec:.1f}%'} | "
-                    f"{_pct(r['accuracy_before'])} | {_pct(r['mean'], r['se'])} | "
-                    f"{_delta(r, s) if s else '–'} |"
-                )
-        lines += [
-            "",
-            "'channels recovered': share of all conv output channels whose true position "
-            "the attack found (chance is about one per layer).",
-            "",
-        ]
-    if tiers is not None:
-        lines += [
-            "Tiers by layers restored (the first k convs' permutations undone, the rest "
-            "left wired), held-out accuracy without any training:",
-            "",
-            "| layers restored | " + " | ".join(str(t["layers_restored"]) for t in tiers) + " |",
-            "|---" * (len(tiers) + 1) + "|",
-            "| accuracy | " + " | ".join(_pct(t["accuracy"]) for t in tiers) + " |",
-            "",
-        ]
-    return lines
-
-
 def _other_rule_note(found: Found, data: float, config: harness.AttackConfig) -> list[str]:
     """The same data size's scratch line under the other sweep rule, where measured:
     shows how much the attacker's learning-rate pick alone moves the baseline."""
@@ -407,7 +223,7 @@ def _sweep_text(config: harness.AttackConfig) -> str:
 
 def render(folder: Path) -> str:
     """The whole markdown section (without the markers); also writes the plot."""
-    from samples.finetune import study
+    from samples.finetune import report_parts, study
 
     found = load_arms(folder)
     curve = pick(found, "public-")
@@ -475,9 +291,9 @@ def render(folder: Path) -> str:
         lines += _other_rule_note(found, data, config)
     if curve:
         plot(curve, plain_acc, PLOT)
-    lines += control_lines(parts["control"])
-    lines += placement_lines(parts["placement"])
-    lines += wiring_lines(folder, parts["wiring"])
+    lines += report_parts.control_lines(parts["control"])
+    lines += report_parts.placement_lines(parts["placement"])
+    lines += report_parts.wiring_lines(folder, parts["wiring"])
     seconds = sum(_train_seconds(a) for _, arms in found.values() for a in arms.values())
     lines += [
         f"Training time of every run above together: {seconds / 60:.0f} min (single-threaded "
@@ -494,6 +310,16 @@ def write_section(section: str, path: Path = BENCHMARKS) -> None:
 
 
 def write(folder: Path) -> None:
-    """Render the cached results into BENCHMARKS.md and the plot."""
-    write_section(render(folder))
-    print(f"wrote {BENCHMARKS} and {PLOT}")
+    """Render the cached results into BENCHMARKS.md and the plot.
+
+    Issue 15's section is rewritten only from its own cache of arms; where that cache is
+    gone (its machine was), the committed section stays as it is rather than losing rows.
+    """
+    from samples.finetune import report_issue23
+
+    if any((folder / "arms").glob("*.json")):
+        write_section(render(folder))
+        print(f"wrote {BENCHMARKS} and {PLOT}")
+    else:
+        print(f"issue 15's section left as committed: no arms in {folder / 'arms'}")
+    report_issue23.write()

@@ -34,12 +34,17 @@ def _convs(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     return [n for n in model.graph.node if n.op_type == "Conv" and n.input[1] in inits]
 
 
-def wired_file(plain: Path, out_dir: Path, seed: int) -> tuple[Path, list[list[int]]]:
+def wired_file(
+    plain: Path, out_dir: Path, seed: int, name: str | None = None
+) -> tuple[Path, list[list[int]]]:
     """Write the keyed-wiring public file; return it and the secret permutations.
 
-    ``perm[j] = i``: public output channel ``j`` holds true channel ``i``.
+    ``perm[j] = i``: public output channel ``j`` holds true channel ``i``. Every conv is
+    permuted on its own, also where outputs meet at a residual add (the add then sums
+    mismatched channels, which only the key's un-permutation puts right). ``plain`` may
+    itself be a masked public file (hypothesis 5); ``name`` names the output file.
     """
-    out = out_dir / f"wired-{seed}.onnx"
+    out = out_dir / (name or f"wired-{seed}.onnx")
     model = onnx.load(str(plain))
     inits = {t.name: t for t in model.graph.initializer}
     rng = np.random.default_rng(seed)

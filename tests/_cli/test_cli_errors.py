@@ -102,7 +102,7 @@ CASES: list[tuple[str, int, str]] = [
     (f"{ENC} --calib-images {{gone}}", 1, "No such file or directory"),
     (f"{ENC} --calib-images {{dir}} --calib-size 8,8", 6, "no image files"),
     (f"{ENC} --calib-images {{dir}} --calib-size 8", 1, "needs two numbers"),
-    (f"{ENC} --level-targets 0.5,1.0 --levels 2", 1, "--calib or --calib-images"),
+    (f"{ENC} --level-targets 0.5,1.0 --levels 2", 1, "--level-targets needs calibration inputs"),
     (f"{ENC} --protect-env UNSET_VAR_FOR_TEST", 1, "UNSET_VAR_FOR_TEST (passphrase) is not set"),
     ("encrypt {plain} -o {enc} --keys {gone}.key", 1, "already exists"),
     ("encrypt {plain} -o {gone}.onnx --keys {owner}", 1, "already exists"),
@@ -130,6 +130,14 @@ CASES: list[tuple[str, int, str]] = [
     ("rekey {plain} --key {owner} -o {x}.o --keys {x}.n", 8, "NotEncrypted"),
     ("rekey {enc} --key {owner} -o {enc} --keys {x}.n", 1, "overwrite the input"),
     ("rekey {enc} --key {owner} -o {x}.o --keys {tier}", 1, "already exists"),
+    # decrypt
+    ("decrypt {enc} --key {gone}.key -o {x}.d", 1, MISSING_KEY),
+    ("decrypt {enc} --key {tier} -o {x}.d", 1, "needs the model's owner key"),
+    ("decrypt {enc} --key {otherkey} -o {x}.d", 3, "KeyMismatch"),
+    ("decrypt {plain} --key {owner} -o {x}.d", 8, "NotEncrypted"),
+    ("decrypt {tampered} --key {owner} -o {x}.d", 5, "InvalidBundle"),
+    ("decrypt {enc} --key {owner} -o {enc} --overwrite", 1, "overwrite the input"),
+    ("decrypt {enc} --key {owner} -o {tier}", 1, "already exists"),
     # run
     ("run {enc} --key {gone}.key --input {x}", 1, MISSING_KEY),
     ("run {enc} --key {dir} --input {x}", 1, "is a folder"),
@@ -222,7 +230,7 @@ def test_every_command_takes_json() -> None:
             yield from leaves(child, (*path, name))
 
     found = dict(leaves(build_parser()))
-    assert len(found) == 12
+    assert len(found) == 13
     for path, parser in found.items():
         assert any("--json" in a.option_strings for a in parser._actions), path
     covered = {tuple(a for a in argv.split()[:2] if "{" not in a) for argv, _, _ in CASES}

@@ -55,6 +55,55 @@ def test_payload_round_trip() -> None:
     assert np.array_equal(back.kernels, patch.kernels) and np.array_equal(back.values, patch.values)
 
 
+def test_payload_index_is_the_smaller_of_indices_and_a_mask() -> None:
+    import struct
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for n_kernels, chosen in ((64 * 9, 3), (64 * 9, 200), (16, 16), (70, 9), (4096, 4000)):
+        kernels = rng.choice(n_kernels, chosen, replace=False)
+        values = rng.standard_normal((chosen, 4)).astype(np.float32)
+        patch = _bundle.TensorPatch("w", "float32", (n_kernels // 2, 2, 2, 2), kernels, values)
+        data = _bundle.encode_payload([patch])
+        (n,) = struct.unpack("<Q", data[8:16])
+        (entry,) = json.loads(data[16 : 16 + n])
+        mask = (n_kernels + 7) // 8 + 256 < 8 * chosen
+        assert ("mask" in entry) == mask and ("count" in entry) != mask
+        assert len(data) - 16 - n == (
+            ((n_kernels + 7) // 8 if mask else 8 * chosen) + values.nbytes
+        )
+        (back,) = _bundle.decode_payload(data)
+        order = np.argsort(kernels) if mask else np.arange(chosen)
+        assert np.array_equal(back.kernels, kernels[order])
+        assert np.array_equal(back.values, values[order])
+
+
+def _mask_payload(bits: bytes, count: int) -> bytes:
+    import struct
+
+    import numpy as np
+
+    table = [{"key": "w", "dtype": "float32", "shape": [7, 1, 1, 1], "mask": count, "offset": 0}]
+    head = _bundle.canonical_json(table)
+    values = np.arange(count, dtype="<f4").tobytes()
+    return b"SELENCP2" + struct.pack("<Q", len(head)) + head + bits + values
+
+
+def test_a_mask_entry_restores_the_kernels_its_bits_set() -> None:
+    (patch,) = _bundle.decode_payload(_mask_payload(b"\x0b", 3))
+    assert patch.kernels.tolist() == [0, 1, 3] and patch.values[:, 0].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("bits", "count"),
+    [(b"\x0b", 2), (b"\x0b", 4), (b"\x83", 2)],  # too few, too many set; a bit past kernel 7
+)
+def test_a_mask_that_does_not_match_its_count_is_refused(bits: bytes, count: int) -> None:
+    with pytest.raises(FormatError, match="mask does not set its count"):
+        _bundle.decode_payload(_mask_payload(bits, count))
+
+
 @pytest.mark.parametrize(
     "field,value", [("count", -1), ("count", 3), ("offset", -8), ("offset", 40)]
 )
@@ -63,8 +112,9 @@ def test_payload_entry_out_of_range(field: str, value: int) -> None:
 
     import numpy as np
 
+    # 64 kernels, 1 restored: int64 indices (8 bytes) beat a mask (8 bytes) by not losing.
     patch = _bundle.TensorPatch(
-        "w", "float32", (2, 1, 1, 2), np.array([1]), np.ones((1, 2), dtype=np.float32)
+        "w", "float32", (32, 2, 1, 2), np.array([1]), np.ones((1, 2), dtype=np.float32)
     )
     data = _bundle.encode_payload([patch])
     (n,) = struct.unpack("<Q", data[8:16])
@@ -84,7 +134,7 @@ GOLDEN_MANIFEST = {
     "format": "onnx-selenc-model",
     "level_weights": [0, 126, 238, 360],
     "levels": 3,
-    "model_digest": "sha256:31701ab3811d6a37957a39cf528e3abf5e42368480ed8c0be0800b14d12b1c32",
+    "model_digest": "sha256:62a7640d2aea1c159b8edb0383f0cc1996f5b8718840bc8e345cdaf5fedb7a49",
     "selection": {
         "importance": "magnitude",
         "level_order": "most-important-first",

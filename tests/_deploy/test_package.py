@@ -15,6 +15,7 @@ import pytest
 import onnx_selenc
 from onnx_selenc._cli.deploy import add_deploy_commands
 from onnx_selenc._deploy.package import DATA_NAME, KEY_FILE_MARKER, MODEL_NAME, package
+from onnx_selenc._deploy.package_files import FILE_LIST_NAME
 from onnx_selenc.exceptions import FormatError, NotEncrypted
 from tests import tiny_models
 
@@ -62,7 +63,9 @@ def test_inline_model_layout_card_and_load(make_encrypted, tmp_path: Path) -> No
     result = package(enc, out)
 
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert files == ["README.md", "config.json", "manifest.json", f"onnx/{MODEL_NAME}"]
+    listed = ["README.md", "config.json", "manifest.json", f"onnx/{MODEL_NAME}"]
+    assert files == [FILE_LIST_NAME, *listed]
+    assert json.loads((out / FILE_LIST_NAME).read_text())["files"] == listed
     assert MODEL_NAME == "model.onnx"  # the name a Hugging Face user looks for
     assert result.model_file.read_bytes() == enc.read_bytes()  # inline: copied byte for byte
     manifest = onnx_selenc.inspect_model(enc).manifest
@@ -162,9 +165,9 @@ def test_destination_rules_and_atomic_replace(make_encrypted, tmp_path: Path) ->
     package(enc, out)
     with pytest.raises(FileExistsError, match="overwrite"):
         package(enc, out)
-    (out / "stale.txt").write_text("old")
+    (out / "config.json").write_text("{}")  # a file the package wrote is replaced
     package(enc, out, overwrite=True)
-    assert not (out / "stale.txt").exists()
+    assert json.loads((out / "config.json").read_text())
     assert (out / "onnx" / MODEL_NAME).is_file()
 
     (tmp_path / "afile").write_text("x")

@@ -13,6 +13,7 @@ from onnx_selenc._cli.commands import main
 from tests._cli.conftest import make_encrypted
 
 mlflow = pytest.importorskip("mlflow")
+from onnx_selenc import mlflow as selenc_mlflow  # noqa: E402
 
 
 def _json(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, dict]:
@@ -59,5 +60,31 @@ def test_package_mlflow_refuses_a_used_folder_and_keeps_it(tmp_path: Path, capsy
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".served.")]  # no leftovers
     code, doc = _json(capsys, "package", paths["plain"], "-o", tmp_path / "p", "--mlflow", "--json")
     assert code == 8 and doc["kind"] == "NotEncrypted" and not (tmp_path / "p").exists()
+    # --overwrite replaces only a folder onnx-selenc wrote, holding nothing else.
+    code, doc = _json(
+        capsys, "package", paths["enc"], "-o", out, "--mlflow", "--overwrite", "--json"
+    )
+    assert code == 1 and "file list" in doc["error"]
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    (out / "mine.txt").unlink()
+    code, _ = _json(capsys, "package", paths["enc"], "-o", out, "--mlflow", "--json")
+    assert code == 0 and (out / "MLmodel").is_file()
     code, _ = _json(capsys, "package", paths["enc"], "-o", out, "--mlflow", "--overwrite", "--json")
-    assert code == 0 and (out / "MLmodel").is_file() and not (out / "mine.txt").exists()
+    assert code == 0 and (out / "MLmodel").is_file()
+
+
+def test_package_mlflow_overwrite_keeps_an_owner_key_inside(tmp_path: Path, capsys) -> None:
+    """Issue 25.3: an owner key put into a saved model's folder is never removed with it."""
+    paths = make_encrypted(tmp_path)
+    capsys.readouterr()
+    out = tmp_path / "served"
+    assert _json(capsys, "package", paths["enc"], "-o", out, "--mlflow", "--json")[0] == 0
+    (out / "owner.key").write_bytes(paths["owner"].read_bytes())
+    code, doc = _json(
+        capsys, "package", paths["enc"], "-o", out, "--mlflow", "--overwrite", "--json"
+    )
+    assert code == 1 and "key file" in doc["error"]
+    assert (out / "owner.key").read_bytes() == paths["owner"].read_bytes()
+    with pytest.raises(FileExistsError, match="key file"):
+        selenc_mlflow.save_model(paths["enc"], out, overwrite=True)
+    assert (out / "owner.key").is_file() and (out / "MLmodel").is_file()

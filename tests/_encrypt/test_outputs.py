@@ -72,7 +72,7 @@ def test_second_encrypt_to_the_same_output_is_refused(plain, tmp_path, external)
     assert len(first.model_files) == (2 if external else 1)
     se.export_key(first.key_file, 1, tmp_path / "out" / "tier1.key")
     before = snapshot(tmp_path)
-    with pytest.raises(FileExistsError, match=r"already exists.*--overwrite"):
+    with pytest.raises(FileExistsError, match=r"already exists.*overwrite=True"):
         _encrypt(plain, out, tmp_path / "out" / "owner2.key", external_data=external)
     # a data file alone blocks it too: it belongs to a model of that name
     lone = tmp_path / "out" / "lone.onnx"
@@ -210,7 +210,7 @@ def test_export_key_to_its_source_is_refused(owner, tmp_path, capsys) -> None:
 def test_export_key_overwrites_only_a_tier_key(owner, tmp_path, capsys) -> None:
     tier = tmp_path / "tier.key"
     se.export_key(owner, 2, tier)
-    with pytest.raises(FileExistsError, match=r"already exists.*--overwrite"):
+    with pytest.raises(FileExistsError, match=r"already exists.*overwrite=True"):
         se.export_key(owner, 1, tier)
     assert se.read_key_file(tier).level == 2
     se.export_key(owner, 1, tier, overwrite=True)

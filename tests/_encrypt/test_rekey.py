@@ -91,11 +91,19 @@ def test_rekey_refuses_existing_outputs_and_inputs(tmp_path: Path) -> None:
     assert (tmp_path / "new.onnx").read_text() == "precious" and not (tmp_path / "n.key").exists()
 
 
-def _as_format_1(enc: Path, owner_path: Path, tmp_path: Path) -> tuple[Path, Path]:
+def _as_format_1(
+    enc: Path, owner_path: Path, tmp_path: Path, *, keep_key_id: bool = False, trojan: bool = False
+) -> tuple[Path, Path]:
     """The model and owner key as onnx-selenc 0.2 wrote them: no owner key pair, no
-    signature, the format-1 manifest (with its allocation parameters and layer count)."""
+    signature, the format-1 manifest (with its allocation parameters and layer count).
+
+    ``keep_key_id``: keep the format-2 key id (a downgrade); ``trojan``: edit a public
+    weight first. Only the top level's material is used, so a top-tier key will do."""
     owner = se.read_key_file(owner_path)
     model = onnx.load(enc)
+    if trojan:
+        bias = next(t for t in model.graph.initializer if t.name == "b1")
+        bias.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(bias) + 1, "b1"))
     manifest, blobs = _bundle.read_bundle(model)
     keys = [owner.derive(m).material for m in range(LEVELS + 1)]
     payloads = [
@@ -107,7 +115,7 @@ def _as_format_1(enc: Path, owner_path: Path, tmp_path: Path) -> tuple[Path, Pat
     for field in ("owner_public", "signature"):
         del doc[field]
     doc["version"] = 1
-    doc["key_id"] = _seal.key_id(owner.level0())
+    doc["key_id"] = manifest.key_id if keep_key_id else _seal.key_id(owner.level0())
     doc["encrypted"]["layers"] = 2
     doc["selection"] = {"importance": "magnitude", "allocation": "balanced", "budget": 0.2,
                         "masking": "empirical", "layers": [], "level_order": "most-important-first",
@@ -160,6 +168,43 @@ def test_an_unsigned_model_is_refused_and_rekey_signs_it(tmp_path: Path) -> None
     assert "layers" not in manifest["encrypted"]
     restored = se.restore_model(result.model_files[0], key=result.key_file)
     assert _initializers(restored.model) == _initializers(plain)
+    # Nothing proves an unsigned file unchanged: the owner gets its digest to compare.
+    assert not result.signed_input
+    assert result.model_digest == _bundle.read_bundle(onnx.load(v1_model))[0].model_digest
+
+
+def test_a_downgraded_trojan_from_a_top_tier_holder_is_refused(tmp_path: Path) -> None:
+    """Issue 25.2: a top-tier customer edits the model, writes it unsigned (format 1)
+    keeping the format-2 key id and re-seals every level; the owner must not sign it."""
+    enc, owner, _ = _encrypted(tmp_path)
+    top_tier = tmp_path / "top-tier.key"
+    assert se.export_key(owner, LEVELS, top_tier).signing_key is None
+    trojan, _ = _as_format_1(enc, top_tier, tmp_path, keep_key_id=True, trojan=True)
+    out, new_key = tmp_path / "signed.onnx", tmp_path / "new-owner.key"
+    with pytest.raises(InvalidBundle, match="unsigned"):
+        se.rekey(trojan, out, key_file=owner, new_key_file=new_key)
+    assert not out.exists() and not new_key.exists()
+    code = main(["rekey", str(trojan), "--key", str(owner), "-o", str(out), "--keys", str(new_key)])
+    assert code == 5 and not out.exists()
+
+
+def test_rekey_command_prints_the_model_digest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    enc, owner, _ = _encrypted(tmp_path)
+    v1_model, v1_key = _as_format_1(enc, owner, tmp_path)
+    argv = ["rekey", str(v1_model), "--key", str(v1_key), "-o", str(tmp_path / "n.onnx")]
+    assert main([*argv, "--keys", str(tmp_path / "n.key")]) == 0
+    out = capsys.readouterr().out
+    digest = _bundle.read_bundle(onnx.load(v1_model))[0].model_digest
+    assert digest in out and "unsigned" in out
+    argv = ["rekey", str(tmp_path / "n.onnx"), "--key", str(tmp_path / "n.key")]
+    assert (
+        main([*argv, "-o", str(tmp_path / "m.onnx"), "--keys", str(tmp_path / "m.key"), "--json"])
+        == 0
+    )
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["model_digest"] == digest and doc["signed_input"] is True
 
 
 def test_rekey_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -350,6 +350,16 @@ entries = (
         },
         optional={"extra": json_values},
     )
+    | st.fixed_dictionaries(  # a mask entry: one bit per kernel instead of int64 indices
+        {
+            "key": st.text(max_size=8) | st.integers(),
+            "dtype": dtype_names | json_values,
+            "shape": st.lists(dims, max_size=5) | json_values,
+            "mask": st.integers(-2, 6) | st.integers(2**40, 2**63) | json_values,
+            "offset": st.integers(-9, 200) | json_values,
+        },
+        optional={"extra": json_values},
+    )
     | json_values
 )
 

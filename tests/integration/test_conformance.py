@@ -5,8 +5,10 @@ exports by ``samples/exporters``) goes through the contract of
 ``benchmarks/conformance.py``: inspect, a plain run, encrypt (3 levels, budget 0.01),
 the encrypted file runs and differs, the owner key restores weights and outputs bit
 for bit, tier keys 1 and 2 load and differ from the next tier, every conv node is a
-candidate or reported unsupported. The outcome must be the entry's ``expect``
-(``pass`` unless stated; ``refused``: encrypt refuses before writing anything).
+candidate or reported unsupported, and ``decrypt`` (also after ``rekey``) writes files
+with the original's SHA-256 unless encrypt said it could not. The outcome must be the
+entry's ``expect`` (``pass`` unless stated; ``refused``: encrypt refuses before writing
+anything).
 
 A model whose source cannot be had (download, hash check or export fails) fails its
 test. First run on a fresh machine: the wheels are downloaded (about 140 MB) and the

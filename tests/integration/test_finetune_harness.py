@@ -172,3 +172,152 @@ def test_attack_command_on_a_users_model_and_data(tmp_path: Path, capsys) -> Non
     np.savez(tmp_path / "float_labels.npz", x=x, y=y.astype(np.float32))
     assert attack.main([*bad[:3], str(tmp_path / "float_labels.npz")]) == 1
     assert "integer class labels" in capsys.readouterr().err
+
+
+def _noisy_copy(plain: Path, out: Path, scale: float, seed: int = 5) -> Path:
+    """``plain`` with Gaussian noise of ``scale`` times each weight's std added."""
+    model = onnx.load(str(plain))
+    rng = np.random.default_rng(seed)
+    for t in model.graph.initializer:
+        arr = numpy_helper.to_array(t)
+        noisy = arr + scale * arr.std() * rng.normal(size=arr.shape).astype(np.float32)
+        t.CopyFrom(numpy_helper.from_array(noisy.astype(np.float32), t.name))
+    onnx.save(model, str(out))
+    return out
+
+
+def test_reference_match_recovers_wiring_from_a_descendant(tmp_path: Path) -> None:
+    """Matching against weights the victim descends from (here: the victim plus noise, as
+    after fine-tuning) recovers every permutation exactly, with no data."""
+    from samples.finetune import reference_match
+
+    plain = _tiny_cnn(tmp_path / "tiny.onnx")
+    wired, perms = wiring.wired_file(plain, tmp_path, seed=3)
+    reference = _noisy_copy(plain, tmp_path / "ref.onnx", scale=0.2)
+    got = reference_match.match(wired, reference)
+    assert got.perms == perms
+    assert wiring.agreement(got.perms, perms) == 1.0
+    x = np.random.default_rng(2).random((5, 3, 16, 16), dtype=np.float32)
+    np.testing.assert_allclose(_torch(wired, x, wiring.apply(got.perms)), _ort(plain, x), atol=1e-5)
+    assert got.mean_similarity > 0.9
+
+
+def test_reference_match_needs_the_true_reference(tmp_path: Path) -> None:
+    """An unrelated reference (another random draw) fits far worse: the similarity an
+    attacker ranks guesses by separates it from a descendant."""
+    from samples.finetune import reference_match
+
+    plain = _tiny_cnn(tmp_path / "tiny.onnx")
+    wired, perms = wiring.wired_file(plain, tmp_path, seed=3)
+    unrelated = _noisy_copy(plain, tmp_path / "other.onnx", scale=50.0)
+    got = reference_match.match(wired, unrelated)
+    assert got.mean_similarity < 0.5
+    assert wiring.agreement(got.perms, perms) < 1.0
+    with pytest.raises(ValueError, match="convs"):
+        bad = onnx.load(str(plain))
+        del bad.graph.node[3:5]  # drop the second conv (and its relu)
+        bad.graph.node[3].input[0] = "p1"
+        onnx.save(bad, str(tmp_path / "bad.onnx"))
+        reference_match.match(wired, tmp_path / "bad.onnx")
+
+
+def _reordered_reference(plain: Path, out: Path, seed: int = 7) -> Path:
+    """The tiny CNN with its hidden channels reordered consistently (the same function in
+    another order, like a model trained separately) and noise on every weight."""
+    model = onnx.load(str(plain))
+    w = {t.name: numpy_helper.to_array(t).copy() for t in model.graph.initializer}
+    rng = np.random.default_rng(seed)
+    r1, r2 = rng.permutation(4), rng.permutation(6)
+    w["w1"], w["b1"] = w["w1"][r1], w["b1"][r1]
+    w["w2"], w["b2"] = w["w2"][:, r1][r2], w["b2"][r2]
+    w["fc"] = w["fc"].reshape(5, 6, 16)[:, r2].reshape(5, 96)
+    for t in model.graph.initializer:
+        arr = w[t.name] + 0.1 * w[t.name].std() * rng.normal(size=w[t.name].shape)
+        t.CopyFrom(numpy_helper.from_array(arr.astype(np.float32), t.name))
+    onnx.save(model, str(out))
+    return out
+
+
+def test_weight_match_recovers_wiring_from_a_reordered_reference(tmp_path: Path) -> None:
+    """Git Re-Basin weight matching solves both unknown orders (the reference's own and
+    the wiring): the exact permutations, where per-layer cosine matching cannot."""
+    from samples.finetune import learned, reference_match
+
+    plain = _tiny_cnn(tmp_path / "tiny.onnx")
+    wired, perms = wiring.wired_file(plain, tmp_path, seed=3)
+    reference = _reordered_reference(plain, tmp_path / "ref.onnx")
+    assert learned.weight_match(wired, reference) == perms
+    assert reference_match.match(wired, reference).perms != perms
+
+
+def test_sinkhorn_learns_the_wiring_on_an_easy_case(tmp_path: Path) -> None:
+    """Learned soft permutations, weights frozen, labels from the plain model: the rounded
+    permutations are the wiring."""
+    from samples.finetune import learned
+
+    plain = _tiny_cnn(tmp_path / "tiny.onnx")
+    wired, perms = wiring.wired_file(plain, tmp_path, seed=3)
+    x = np.random.default_rng(1).normal(size=(400, 3, 16, 16)).astype(np.float32)
+    y = _ort(plain, x).argmax(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: threads only contend
+    try:
+        got, history = learned.sinkhorn(wired, x, y, steps=300)
+    finally:
+        torch.set_num_threads(threads)
+    assert got == perms
+    assert history[-1] < history[0]
+
+
+def test_restore_from_reference_finds_the_masked_kernels(tmp_path: Path) -> None:
+    """Masked values drawn from the layer's distribution are unlike the reference's
+    kernels, real ones stay close: exactly the masked kernel is replaced."""
+    from samples.finetune import reference_match
+
+    plain = _tiny_cnn(tmp_path / "tiny.onnx")
+    model = onnx.load(str(plain))
+    w2 = next(t for t in model.graph.initializer if t.name == "w2")
+    arr = numpy_helper.to_array(w2).copy()
+    arr[2, 1] = np.random.default_rng(9).permutation(arr.flatten())[:9].reshape(3, 3)
+    w2.CopyFrom(numpy_helper.from_array(arr, "w2"))
+    public = tmp_path / "public.onnx"
+    onnx.save(model, str(public))
+    reference = _noisy_copy(plain, tmp_path / "ref.onnx", scale=0.1)
+    masked = np.zeros(4 * 3 + 6 * 4, dtype=bool)
+    masked[4 * 3 + 2 * 4 + 1] = True
+    mod = OnnxModule(public)
+    flags = reference_match.flagged_kernels(mod, reference, masked)
+    assert flags == {"replaced_kernels": 1 / 36, "replaced_truly_masked": 1.0, "masked_found": 1.0}
+    reference_match.restore_from_reference(reference)(mod, 0)
+    ref = OnnxModule(reference)
+    key = mod.conv_weight_names()[1]
+    assert torch.equal(mod.params[key][2, 1], ref.params[key][2, 1])
+    assert torch.equal(mod.params[key][2, 0], torch.from_numpy(arr[2, 0]))
+
+
+def test_attack_command_runs_the_recovery_attacks(tmp_path: Path, capsys) -> None:
+    """``--reference`` and ``--recover`` add their arms; matching against a descendant of
+    the plain weights undoes the wiring (its start scores what the plain model does)."""
+    from samples.finetune import attack
+
+    plain = _tiny_cnn(tmp_path / "plain.onnx")
+    wired, _ = wiring.wired_file(plain, tmp_path, seed=3)
+    reference = _noisy_copy(plain, tmp_path / "ref.onnx", scale=0.1)
+    x = np.random.default_rng(1).normal(size=(300, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", x=x, y=_ort(plain, x).argmax(1))
+    argv = ["--public", wired, "--data", tmp_path / "data.npz", "--reference", reference,
+            "--recover", "sinkhorn", "rebasin", "--share", "0.5", "--seeds", "0", "--lrs",
+            "0.003", "--max-steps", "25", "--json", tmp_path / "out.json"]  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        assert attack.main([str(a) for a in argv]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    names = ("fine-tune reference", "reference-matched", "matched, kernels from reference",
+             "sinkhorn-recovered", "weight-matched")  # fmt: skip
+    for arm in names:
+        assert f"| {arm} |" in out
+    got = json.loads((tmp_path / "out.json").read_text())["shares"][0]["arms"]
+    assert got["reference-matched"]["before"] == 1.0
+    assert got["fine-tune public"]["before"] < 1.0
