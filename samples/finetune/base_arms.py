@@ -83,20 +83,6 @@ def _encrypted(plain: Path, out: Path, base: Path) -> Path:
 INIT_SEED = 2027  # the untrained base (not the victim's seed, nor one the study guesses)
 
 
-def tier_file(victim: Path, ckpt: Path, level: int) -> Path:
-    """The tool's base file restored to ``level`` (a tier holder's model; cached)."""
-    from onnx_selenc import restore_model
-
-    out = victim.with_name(f"{victim.stem}-tool-base-all-level{level}.onnx")
-    if not out.exists():
-        public = tool_file(victim, ckpt)
-        restored = restore_model(public, key=public.with_suffix(".key"), level=level)
-        tmp = out.with_suffix(".tmp")
-        onnx.save(restored.model, str(tmp))
-        tmp.replace(out)
-    return out
-
-
 def run(data_fraction: float, max_steps: int, parts: Sequence[str], every: bool) -> None:
     """The base arms at one data size, 5 seeds each (each cached as it ends)."""
     data = vgg19.load_data()
@@ -126,7 +112,7 @@ def run(data_fraction: float, max_steps: int, parts: Sequence[str], every: bool)
             descent.run_arm("desc-base-all", start, data, data_fraction, cfg, info)
             continue
         if which == "tier1":
-            start = harness.from_onnx(tier_file(victim, ckpt, 1))
+            start = harness.from_onnx(twin.tier_file(tool_file(victim, ckpt), 1))
             descent.run_arm("desc-base-all-tier1", start, data, data_fraction, cfg, extra)
             continue
         pub = from_checkpoint(victim, ckpt, which)

@@ -222,19 +222,6 @@ def tool_file(src: Path, **options: Any) -> Path:
     return twin.encrypted(src, src.with_name(f"{src.stem}-{tag}.onnx"), **options)
 
 
-def tier_file(public: Path, level: int) -> Path:
-    """``public`` restored to ``level`` with the owner's key (a tier holder's model)."""
-    from onnx_selenc import restore_model
-
-    out = public.with_name(f"{public.stem}-level{level}.onnx")
-    if not out.exists():
-        restored = restore_model(public, key=public.with_suffix(".key"), level=level)
-        tmp = out.with_suffix(".tmp")
-        onnx.save(restored.model, str(tmp))
-        tmp.replace(out)
-    return out
-
-
 def with_wheel_bn(base: Path, wheel: Path) -> Path:
     """The base file with the wheel's batch-norm scales and shifts (a diagnostic start).
 
@@ -284,7 +271,7 @@ def setup() -> tuple[dict[str, np.ndarray], dict[str, Path]]:
     files = {"wheel": wheel, "victim": vic}
     files["public"] = tool_file(vic, budget=0.01)
     files["base"] = tool_file(vic, base=wheel)
-    files["tier1"] = tier_file(files["base"], 1)
+    files["tier1"] = twin.tier_file(files["base"], 1)
     path = results_dir() / "setup.json"
     if _common.read_json(path) is None:
         xte, yte = data["x_test"], data["y_test"]

@@ -44,7 +44,7 @@ def run(fraction: float, tier1: bool) -> None:
                 twin.write_twin(path, ref, "desc-base-all")
     base_real.run_arm("desc-base-all", start, data, fraction)
     if tier1:
-        start = base_real.from_file(base_real.tier_file(public, 1))
+        start = base_real.from_file(twin.tier_file(public, 1))
         base_real.run_arm("desc-base-all-tier1", start, data, fraction)
 
 

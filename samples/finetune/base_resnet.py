@@ -9,7 +9,9 @@ file is fine-tuning the checkpoint; the arms:
 - ``desc-checkpoint``: fine-tuning the public checkpoint;
 - ``desc-public-0.01``: today's default file (1% masked) of the victim, fine-tuned;
 - ``desc-base-all``: the tool's file with ``EncryptOptions(base=checkpoint)`` (conv
-  kernels, the folded biases and the Gemm layer from the checkpoint where they differ).
+  kernels, the folded biases and the Gemm layer from the checkpoint where they differ);
+- ``desc-base-all-tier1`` (``--tier1``): that file restored to level 1 (a level-1 key
+  holder), fine-tuned.
 
 A model trained from a random initialisation has no public checkpoint; the attacker's
 best start without its file is scratch. ``plain-base-all-init``: the study's plain ResNet
@@ -109,8 +111,8 @@ def run_arm(
     _common.write_json(path, res)
 
 
-def run(fraction: float, max_steps: int) -> None:
-    """The four arms at one data size, 5 seeds, the rate swept on every seed."""
+def run(fraction: float, max_steps: int, tier1: bool = False) -> None:
+    """The arms at one data size, 5 seeds, the rate swept on every seed."""
     data = vgg19.load_data()
     ckpt, victim = checkpoint_and_victim(data)
     cfg = harness.AttackConfig(seeds=SEEDS5, max_steps=max_steps, sweep_every_seed=True)
@@ -126,6 +128,9 @@ def run(fraction: float, max_steps: int) -> None:
     run_arm("plain-base-all-init", init, data, fraction, cfg, victim="plain")
     public = _tool_file(victim, budget=0.01)
     run_arm("desc-public-0.01", harness.from_onnx(public), data, fraction, cfg)
+    if tier1:
+        level1 = twin.tier_file(_tool_file(victim, base=ckpt), 1)
+        run_arm("desc-base-all-tier1", harness.from_onnx(level1), data, fraction, cfg)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -133,11 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=float, default=0.01, help="attacker's share of the 8,000 digits")
     p.add_argument("--max-steps", type=int, default=harness.AttackConfig.max_steps)
+    p.add_argument("--tier1", action="store_true", help="also the level-1 key holder")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     start = time.perf_counter()
-    run(args.data, args.max_steps)
+    run(args.data, args.max_steps, args.tier1)
     print(f"done in {time.perf_counter() - start:.0f} s", flush=True)
     return 0
 

@@ -1,5 +1,5 @@
 """Arms whose start is the same model, weight for weight, as an arm already measured
-(and the cached tool files the base arms start from).
+(and the cached tool files the base arms start from, and their tiers).
 
 Training is seeded and single-threaded, so two bit-identical starts give the same runs
 under the same attack: the second arm is the first's runs, marked as such (never
@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import onnx
 import torch
 
 from samples.finetune import harness
@@ -46,4 +47,18 @@ def encrypted(plain: Path, out: Path, **options: Any) -> Path:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             encrypt(plain, out, key_file=key, options=EncryptOptions(seed=0, **options))
+    return out
+
+
+def tier_file(public: Path, level: int) -> Path:
+    """``public`` restored to ``level`` with the owner's key beside it (``public.key``):
+    a tier holder's model, cached beside it."""
+    from onnx_selenc import restore_model
+
+    out = public.with_name(f"{public.stem}-level{level}.onnx")
+    if not out.exists():
+        restored = restore_model(public, key=public.with_suffix(".key"), level=level)
+        tmp = out.with_suffix(".tmp")
+        onnx.save(restored.model, str(tmp))
+        tmp.replace(out)
     return out
