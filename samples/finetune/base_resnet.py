@@ -102,13 +102,15 @@ def run_arm(
     print(f"  {path.name}", flush=True)
     xte, yte = study.test_set(data)
     n = round(fraction * len(data.x_train))
-    res = harness.attack_arm(start, data.x_train, data.y_train, xte, yte, n, cfg)
+    runs = path.with_suffix(".runs.jsonl")
+    res = harness.attack_arm(start, data.x_train, data.y_train, xte, yte, n, cfg, runs_file=runs)
     res.update(arm=name, arch="resnet", data=fraction, victim=victim)
     res.update(
         config=harness.config_dict(cfg), accuracy_before=harness.accuracy(start(0), xte, yte)
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     _common.write_json(path, res)
+    runs.unlink(missing_ok=True)
 
 
 def run(fraction: float, max_steps: int, tier1: bool = False) -> None:

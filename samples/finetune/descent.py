@@ -224,12 +224,16 @@ def run_arm(
     # Runs of the same start under other seed sets (e.g. the study's 3-seed scratch) are
     # reused by (seed, lr): training is seeded and single-threaded, so they are the same.
     prior = _prior(name, data_fraction, cfg)
-    res = harness.attack_arm(start, data.x_train, data.y_train, xte, yte, n, cfg, prior=prior)
+    runs = path.with_suffix(".runs.jsonl")
+    res = harness.attack_arm(
+        start, data.x_train, data.y_train, xte, yte, n, cfg, prior=prior, runs_file=runs
+    )
     res.update(extra or {}, arm=name, arch="vgg", data=data_fraction)
     res.update(
         config=harness.config_dict(cfg), accuracy_before=harness.accuracy(start(0), xte, yte)
     )
     _common.write_json(path, res)
+    runs.unlink(missing_ok=True)
 
 
 def _same_start(a: harness.Start, b: harness.Start) -> bool:

@@ -17,10 +17,12 @@ seed only and reuses its choice (cheaper, for a busier CPU).
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -149,6 +151,21 @@ Start = Callable[[int], torch.nn.Module]
 """Builds an arm's starting model for a seed."""
 
 
+def read_runs(path: Path | None) -> dict[tuple[int, float], dict[str, Any]]:
+    """The runs an interrupted :func:`attack_arm` appended to ``path``, by (seed, lr)
+    (a last line cut short by the interruption is left out)."""
+    if path is None or not path.exists():
+        return {}
+    runs = {}
+    for line in path.read_text().splitlines():
+        try:
+            run = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        runs[run["seed"], run["lr"]] = run
+    return runs
+
+
 def attack_arm(
     start: Start,
     x: np.ndarray,
@@ -159,6 +176,7 @@ def attack_arm(
     cfg: AttackConfig,
     log: Callable[[str], None] = _print,
     prior: Mapping[tuple[int, float], dict[str, Any]] | None = None,
+    runs_file: Path | None = None,
 ) -> dict[str, Any]:
     """One arm at one data size: the learning-rate sweep (first seed), then every seed.
 
@@ -171,6 +189,8 @@ def attack_arm(
         cfg: the budget.
         log: progress lines.
         prior: finished runs by (seed, lr), reused instead of trained again.
+        runs_file: where each (seed, lr) run of this arm is appended as it ends, and
+            read back on a rerun: a run stopped mid-arm resumes where it was.
 
     Returns:
         ``chosen_lr`` (the first seed's), its sweep, ``sweeps`` (every seed's tries),
@@ -180,6 +200,7 @@ def attack_arm(
     sweep: list[dict[str, Any]] = []
     sweeps: list[list[dict[str, Any]]] = []
     chosen = cfg.lrs[0]
+    done = read_runs(runs_file)
     for i, seed in enumerate(cfg.seeds):
         tr, va = split(len(x), n, cfg, seed)
         lrs = cfg.lrs if i == 0 or cfg.sweep_every_seed else (chosen,)
@@ -190,11 +211,18 @@ def attack_arm(
                 # and single-threaded, so rerunning it would give the same numbers.
                 tried.append({**prior[seed, lr], "reused": True})  # type: ignore[index]
                 continue
+            if (seed, lr) in done:
+                tried.append(done[seed, lr])
+                continue
             torch.manual_seed(seed)
             model = start(seed)
             stats = train(model, x[tr], y[tr], x[va], y[va], lr=lr, cfg=cfg, seed=seed)
             stats.update(lr=lr, seed=seed, test_accuracy=accuracy(model, x_test, y_test))
             tried.append(stats)
+            if runs_file is not None:
+                runs_file.parent.mkdir(parents=True, exist_ok=True)
+                with runs_file.open("a") as f:
+                    f.write(json.dumps(stats) + "\n")
             log(
                 f"    seed {seed} lr {lr:g}: val {stats['val_accuracy']:.3f} "
                 f"test {stats['test_accuracy']:.4f} ({stats['steps']} steps, {stats['seconds']} s)"

@@ -321,3 +321,32 @@ def test_attack_command_runs_the_recovery_attacks(tmp_path: Path, capsys) -> Non
     got = json.loads((tmp_path / "out.json").read_text())["shares"][0]["arms"]
     assert got["reference-matched"]["before"] == 1.0
     assert got["fine-tune public"]["before"] < 1.0
+
+
+def test_an_interrupted_arm_resumes_from_its_runs_file(tmp_path: Path) -> None:
+    """Each (seed, lr) run is appended as it ends; a rerun trains only what is missing
+    and gives the same result as the uninterrupted arm."""
+    plain = _tiny_cnn(tmp_path / "plain.onnx")
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(120, 3, 16, 16)).astype(np.float32)
+    y = ort.InferenceSession(str(plain)).run(None, {"x": x})[0].argmax(1)
+    cfg = harness.AttackConfig(lrs=(1e-3, 3e-3), seeds=(0, 1), max_steps=20, eval_every=10)
+    args = (harness.scratch(plain), x[:80], y[:80], x[80:], y[80:], 60, cfg)
+    whole = harness.attack_arm(*args, log=lambda _: None)
+
+    runs = tmp_path / "arm.runs.jsonl"
+    lines: list[str] = []
+    harness.attack_arm(*args, log=lines.append, runs_file=runs)
+    assert len(lines) == 4 and len(runs.read_text().splitlines()) == 4
+    # As if stopped during the last run: three lines and a cut-off fourth.
+    kept = runs.read_text().splitlines()[:3]
+    runs.write_text("\n".join(kept) + '\n{"seed": 1, "l')
+    lines.clear()
+    resumed = harness.attack_arm(*args, log=lines.append, runs_file=runs)
+    assert len(lines) == 1  # only the missing run trained again
+
+    def timeless(runs: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in runs]
+
+    assert resumed["mean"] == whole["mean"]
+    assert timeless(resumed["runs"]) == timeless(whole["runs"])
