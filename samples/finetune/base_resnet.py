@@ -10,7 +10,7 @@ file is fine-tuning the checkpoint; the arms:
 - ``desc-public-0.01``: today's default file (1% masked) of the victim, fine-tuned;
 - ``desc-base-all``: the tool's file with ``EncryptOptions(base=checkpoint)`` (conv
   kernels, the folded biases and the Gemm layer from the checkpoint where they differ);
-- ``desc-base-all-tier1`` (``--tier1``): that file restored to level 1 (a level-1 key
+- ``desc-base-all-tier1`` (``--parts tier1``): that file restored to level 1 (a level-1 key
   holder), fine-tuned.
 
 A model trained from a random initialisation has no public checkpoint; the attacker's
@@ -20,7 +20,7 @@ from another seed, ``INIT_SEED``, and folded like the others), against scratch.
 
 Command line (each arm cached in ``benchmarks/results/finetune/<resnet study>/``)::
 
-    nice -n 19 python -m samples.finetune.base_resnet --data 0.01
+    nice -n 19 python -m samples.finetune.base_resnet --data 0.01 [--parts tool init public tier1]
 """
 
 from __future__ import annotations
@@ -113,24 +113,32 @@ def run_arm(
     runs.unlink(missing_ok=True)
 
 
-def run(fraction: float, max_steps: int, tier1: bool = False) -> None:
-    """The arms at one data size, 5 seeds, the rate swept on every seed."""
+PARTS = ("tool", "init", "public", "tier1")  # after scratch and the checkpoint, in this order
+
+
+def run(fraction: float, max_steps: int, parts: Sequence[str] = PARTS[:3]) -> None:
+    """The arms at one data size, 5 seeds, the rate swept on every seed: scratch and the
+    checkpoint (the references), then ``parts``: the tool's base file, the untrained-base
+    file of the plain model, today's default file, the base file's level-1 holder."""
     data = vgg19.load_data()
     ckpt, victim = checkpoint_and_victim(data)
     cfg = harness.AttackConfig(seeds=SEEDS5, max_steps=max_steps, sweep_every_seed=True)
     run_arm("scratch", harness.scratch(victim), data, fraction, cfg)
     run_arm("desc-checkpoint", harness.from_onnx(ckpt), data, fraction, cfg)
-    start = harness.from_onnx(_tool_file(victim, base=ckpt))
-    path = _arm_path("desc-base-all", fraction, cfg)
-    if not path.exists() and twin.same_start(start, harness.from_onnx(ckpt)):
-        twin.write_twin(path, _arm_path("desc-checkpoint", fraction, cfg), "desc-base-all")
-    run_arm("desc-base-all", start, data, fraction, cfg)
-    plain, _ = study.plain_model(data, "resnet")
-    init = harness.from_onnx(_tool_file(plain, base=untrained_base(data)))
-    run_arm("plain-base-all-init", init, data, fraction, cfg, victim="plain")
-    public = _tool_file(victim, budget=0.01)
-    run_arm("desc-public-0.01", harness.from_onnx(public), data, fraction, cfg)
-    if tier1:
+    if "tool" in parts:
+        start = harness.from_onnx(_tool_file(victim, base=ckpt))
+        path = _arm_path("desc-base-all", fraction, cfg)
+        if not path.exists() and twin.same_start(start, harness.from_onnx(ckpt)):
+            twin.write_twin(path, _arm_path("desc-checkpoint", fraction, cfg), "desc-base-all")
+        run_arm("desc-base-all", start, data, fraction, cfg)
+    if "init" in parts:
+        plain, _ = study.plain_model(data, "resnet")
+        init = harness.from_onnx(_tool_file(plain, base=untrained_base(data)))
+        run_arm("plain-base-all-init", init, data, fraction, cfg, victim="plain")
+    if "public" in parts:
+        public = _tool_file(victim, budget=0.01)
+        run_arm("desc-public-0.01", harness.from_onnx(public), data, fraction, cfg)
+    if "tier1" in parts:
         level1 = twin.tier_file(_tool_file(victim, base=ckpt), 1)
         run_arm("desc-base-all-tier1", harness.from_onnx(level1), data, fraction, cfg)
 
@@ -140,12 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=float, default=0.01, help="attacker's share of the 8,000 digits")
     p.add_argument("--max-steps", type=int, default=harness.AttackConfig.max_steps)
-    p.add_argument("--tier1", action="store_true", help="also the level-1 key holder")
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS[:3]))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     start = time.perf_counter()
-    run(args.data, args.max_steps, args.tier1)
+    run(args.data, args.max_steps, args.parts)
     print(f"done in {time.perf_counter() - start:.0f} s", flush=True)
     return 0
 
