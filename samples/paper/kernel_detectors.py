@@ -182,7 +182,7 @@ def variant(model: Any, kind: str) -> Any:
 
     from onnx_selenc._onnx.graph import walk_conv_weights
     from onnx_selenc._onnx.tensors import read_array, weight_tensor, write_array
-    from samples.paper.attacks import prune_half, to_bf16, to_fp16
+    from samples.paper.attack_fingerprints import prune_half, to_bf16, to_fp16
 
     out = copy.deepcopy(model)
     if kind == "float32":

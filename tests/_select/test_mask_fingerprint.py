@@ -3,7 +3,7 @@
 A reviewer found DPRM's masked kernels from the public file alone: fresh float64
 draws are never bf16- or fp16-representable and never exactly zero, so in a
 bf16-valued or pruned model the kernels that break the layer's value grid are the
-masked ones. Here the same attack (:func:`samples.paper.attacks.fingerprint_detection`:
+masked ones. Here the same attack (:func:`samples.paper.attack_fingerprints.fingerprint_detection`:
 exact zeros, bf16 / fp16 representability, mantissa bits used, exact copies at the same
 position, values in a pruned layer's gap) must be at chance on bf16-rounded, fp16-valued
 and 50%-pruned copies of a real model, and the unit tests below pin the grid and the
@@ -142,7 +142,7 @@ def test_real_model_masks_are_invisible_to_a_bit_level_detector(
     """YOLOv8n (nudenet_320n) with bf16-rounded, fp16-valued or 50%-pruned conv weights,
     encrypted with the default options: every detector's precision is within
     ``Z_MARGIN`` standard errors of the masked share of the layers it flags from."""
-    attacks = pytest.importorskip("samples.paper.attacks")
+    attacks = pytest.importorskip("samples.paper.attack_fingerprints")
     real_models = pytest.importorskip("samples.real_models")
     import onnx_selenc as se
 

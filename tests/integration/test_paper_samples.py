@@ -21,7 +21,16 @@ pytest.importorskip("scipy")
 pytest.importorskip("skimage")
 
 from samples._cache import cache_dir  # noqa: E402
-from samples.paper import _common, attacks, dncnn, train_all, vgg19  # noqa: E402
+from samples.paper import (  # noqa: E402  # noqa: E402
+    _common,
+    attack_detection,
+    attack_files,
+    attack_finetune,
+    attacks,
+    dncnn,
+    train_all,
+    vgg19,
+)
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +106,8 @@ def test_finetune_attack_smoke(smoke: dict[str, Any]) -> None:
     vgg = smoke["vgg19"]
     data = vgg19.load_data()
     data = vgg19.Data(data.x_train, data.y_train, data.x_test[:200], data.y_test[:200])
-    with attacks.encrypted_copy(vgg.onnx, budget=0.01) as (enc, _key):
-        mapped = attacks.vgg_from_onnx(enc)
+    with attack_files.encrypted_copy(vgg.onnx, budget=0.01) as (enc, _key):
+        mapped = attack_finetune.vgg_from_onnx(enc)
         x = data.x_test[:8]
         # The attacker's PyTorch copy computes exactly what the encrypted file computes.
         np.testing.assert_allclose(
@@ -107,11 +116,11 @@ def test_finetune_attack_smoke(smoke: dict[str, Any]) -> None:
             rtol=1e-4,
             atol=1e-5,
         )
-        res = attacks.finetune_attack(
+        res = attack_finetune.finetune_attack(
             vgg.onnx,
             enc,
             data,
-            attacks.FinetuneConfig(fractions=(0.01,), steps=1),
+            attack_finetune.FinetuneConfig(fractions=(0.01,), steps=1),
             show_progress=False,
         )
     assert res["mapping_check"]["max_abs_logit_diff"] < 1e-4
@@ -127,8 +136,8 @@ def test_finetune_attack_smoke(smoke: dict[str, Any]) -> None:
 @pytest.mark.parametrize("masking", ["gaussian", "empirical"])
 def test_detector_smoke(smoke: dict[str, Any], masking: str) -> None:
     plain = smoke["dncnn"][25].onnx
-    with attacks.encrypted_copy(plain, budget=0.01, masking=masking) as (enc, _key):
-        res = attacks.detection(plain, enc, max_negatives=2_000)
+    with attack_files.encrypted_copy(plain, budget=0.01, masking=masking) as (enc, _key):
+        res = attack_detection.detection(plain, enc, max_negatives=2_000)
     assert res["positives"] > 0 and res["kernels_used"] <= res["positives"] + 2_000
     for det in res["detectors"].values():
         assert 0.0 <= det["roc_auc"] <= 1.0
@@ -143,7 +152,7 @@ def test_kernel_features_see_smoothness() -> None:
     rng = np.random.default_rng(0)
     smooth = np.cumsum(np.cumsum(rng.standard_normal((8, 8, 3, 3)), axis=2), axis=3)
     noise = rng.standard_normal((8, 8, 3, 3))
-    feats, names = attacks.kernel_features(np.concatenate([smooth, noise]))
+    feats, names = attack_detection.kernel_features(np.concatenate([smooth, noise]))
     ac = feats[:, names.index("spatial_autocorr")]
     assert ac[:64].mean() > ac[64:].mean()
 
