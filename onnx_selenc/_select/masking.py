@@ -61,6 +61,7 @@ from onnx_selenc._select.replacements import (
     _random_zeros,
 )
 from onnx_selenc._select.selection import Selection
+from onnx_selenc._select.smoothing import SPARSE, bandwidth, pattern_draws
 from onnx_selenc._select.value_grid import ValueGrid, find_grid
 from onnx_selenc.exceptions import UnsupportedModel
 
@@ -181,7 +182,9 @@ def _joint(
     own Mahalanobis radius: the public mean and covariance are kept, a heavy-tailed layer
     stays heavy-tailed, and with Silverman's bandwidth ``h`` a replacement lies about as
     far from its donor as kernels lie from their neighbours. Positions where the donor
-    is zero stay zero (its whole zero pattern).
+    is zero stay zero (its whole zero pattern). In a sparse layer a donor whose zero
+    pattern enough public kernels share is smoothed within that pattern instead
+    (:func:`smoothing.pattern_draws`).
 
     Returns:
         The draws and where they are zero.
@@ -205,16 +208,11 @@ def _joint(
     # Noise on a pruned kernel's few nonzero values would drown their joint structure
     # (the covariance is diluted by zeros), too little leaves it near its donor: it
     # shrinks with the eighth root of the layer's share of nonzeros (0.92 at half).
-    share = _bandwidth(len(public_rows), int(spans.sum())) * live**0.125
+    share = float(bandwidth(len(public_rows), int(spans.sum()))) * live**0.125
     draw = mean + np.sqrt(1.0 - share**2) * deviation + share * noise
+    if live < SPARSE:
+        pattern_draws(draw, kernels, donors, public_rows, rng)
     return draw, donor == 0
-
-
-def _bandwidth(n: int, dims: int) -> float:
-    """Silverman's rule in ``dims`` dimensions for ``n`` kernels, at most 0.9: the fewer
-    the kernels, the farther apart they are, and the farther a replacement moves."""
-    dims = max(dims, 1)
-    return min(0.9, (4.0 / (dims + 2)) ** (1.0 / (dims + 4)) * max(n, 1) ** (-1.0 / (dims + 4)))
 
 
 def _filter_donors(

