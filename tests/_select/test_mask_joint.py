@@ -136,3 +136,48 @@ def test_pruned_copies_hold_at_another_seed(name: str) -> None:
     found = kd.attack_model(onnx.load(str(path)), "pruned", seed=1)
     loud = {d: round(r["auc"], 3) for d, r in found["detectors"].items() if r["auc"] > kd.GOAL}
     assert not loud, loud
+
+
+def _pruned(weight: np.ndarray) -> np.ndarray:
+    """The smallest half of the layer's weights set to 0."""
+    cut = np.quantile(np.abs(weight), 0.5)
+    return np.where(np.abs(weight) < cut, 0, weight).astype(weight.dtype)
+
+
+@pytest.mark.parametrize(
+    "kind", ["float32", "float16", "int8", "9x9", "depthwise", "unique_patterns"]
+)
+def test_pruned_layers_of_any_form_mask_on_their_grid(kind: str) -> None:
+    """The zero-pattern draws of sparse layers on the forms real models have: every
+    replacement differs from its original, keeps the layer's dtype (for int8 within the
+    public values' range), with zeros at about the layer's rate, and the same seed gives
+    the same values."""
+    rng = np.random.default_rng(11)
+    if kind == "9x9":
+        w = _pruned(rng.standard_normal((64, 32, 9, 9)).astype(np.float32))
+    elif kind == "depthwise":
+        w = _pruned(_structured(out=512, inp=1))
+    elif kind == "unique_patterns":  # 5x5 kernels: almost no two share a zero pattern
+        w = _pruned(rng.standard_normal((16, 16, 5, 5)).astype(np.float32))
+    else:
+        w = _pruned(_structured(out=64, inp=32))
+    if kind == "float16":
+        w = w.astype(np.float16)
+    elif kind == "int8":
+        w = np.clip(np.round(w / np.abs(w).max() * 127), -127, 127).astype(np.int8)
+    n = w.shape[0] * w.shape[1]
+    selected = np.sort(np.random.default_rng(3).choice(n, max(2, n // 50), replace=False))
+    masked, _ = mask_layer("w", w, selected, np.random.default_rng(5))
+    again, _ = mask_layer("w", w, selected, np.random.default_rng(5))
+    assert masked.dtype == w.dtype and np.array_equal(masked, again)
+    flat, orig = masked.reshape(n, -1), w.reshape(n, -1)
+    assert np.all(np.any(flat[selected] != orig[selected], axis=1))
+    untouched = np.setdiff1d(np.arange(n), selected)
+    assert np.array_equal(flat[untouched], orig[untouched])
+    new = flat[selected]
+    assert np.isfinite(new.astype(np.float64)).all()
+    if kind == "int8":  # on the grid of its public values
+        public = orig[untouched]
+        assert new.min() >= public.min() and new.max() <= public.max()
+    # Zeros at about the layer's rate (the donors' patterns).
+    assert abs((new == 0).mean() - (orig == 0).mean()) < 0.15
