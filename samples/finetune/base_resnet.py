@@ -96,21 +96,8 @@ def run_arm(
     victim: str = "descended",
 ) -> None:
     """Measure one arm and write it the moment it ends (nothing to do if it is written)."""
-    path = _arm_path(name, fraction, cfg)
-    if _common.read_json(path) is not None:
-        return
-    print(f"  {path.name}", flush=True)
-    xte, yte = study.test_set(data)
-    n = round(fraction * len(data.x_train))
-    runs = path.with_suffix(".runs.jsonl")
-    res = harness.attack_arm(start, data.x_train, data.y_train, xte, yte, n, cfg, runs_file=runs)
-    res.update(arm=name, arch="resnet", data=fraction, victim=victim)
-    res.update(
-        config=harness.config_dict(cfg), accuracy_before=harness.accuracy(start(0), xte, yte)
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _common.write_json(path, res)
-    runs.unlink(missing_ok=True)
+    info = {"arm": name, "arch": "resnet", "data": fraction, "victim": victim}
+    study.measure_arm(_arm_path(name, fraction, cfg), start, data, fraction, cfg, info)
 
 
 PARTS = ("tool", "init", "public", "tier1")  # after scratch and the checkpoint, in this order

@@ -216,24 +216,11 @@ def run_arm(
 ) -> None:
     """Measure one arm and write it the moment it ends (nothing to do if it is written)."""
     path = arm_path(name, data_fraction, cfg)
-    if _common.read_json(path) is not None:
-        return
-    print(f"  {path.name}", flush=True)
-    xte, yte = study.test_set(data)
-    n = round(data_fraction * len(data.x_train))
     # Runs of the same start under other seed sets (e.g. the study's 3-seed scratch) are
     # reused by (seed, lr): training is seeded and single-threaded, so they are the same.
     prior = _prior(name, data_fraction, cfg)
-    runs = path.with_suffix(".runs.jsonl")
-    res = harness.attack_arm(
-        start, data.x_train, data.y_train, xte, yte, n, cfg, prior=prior, runs_file=runs
-    )
-    res.update(extra or {}, arm=name, arch="vgg", data=data_fraction)
-    res.update(
-        config=harness.config_dict(cfg), accuracy_before=harness.accuracy(start(0), xte, yte)
-    )
-    _common.write_json(path, res)
-    runs.unlink(missing_ok=True)
+    info = {**(extra or {}), "arm": name, "arch": "vgg", "data": data_fraction}
+    study.measure_arm(path, start, data, data_fraction, cfg, info, prior)
 
 
 def _same_start(a: harness.Start, b: harness.Start) -> bool:

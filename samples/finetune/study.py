@@ -186,6 +186,36 @@ def test_set(data: vgg19.Data) -> tuple[np.ndarray, np.ndarray]:
     return data.x_test[:TEST_DIGITS], data.y_test[:TEST_DIGITS]
 
 
+def measure_arm(
+    path: Path,
+    start: harness.Start,
+    data: vgg19.Data,
+    fraction: float,
+    cfg: harness.AttackConfig,
+    info: dict[str, Any],
+    prior: dict[tuple[int, float], dict[str, Any]] | None = None,
+) -> None:
+    """Measure one arm and write it at ``path`` the moment it ends, with ``info`` (nothing
+    to do if it is written); its runs go to ``path``'s ``.runs.jsonl`` meanwhile, so a
+    stopped command resumes mid-arm."""
+    if _common.read_json(path) is not None:
+        return
+    print(f"  {path.name}", flush=True)
+    xte, yte = test_set(data)
+    n = round(fraction * len(data.x_train))
+    runs = path.with_suffix(".runs.jsonl")
+    res = harness.attack_arm(
+        start, data.x_train, data.y_train, xte, yte, n, cfg, prior=prior, runs_file=runs
+    )
+    res.update(info)
+    res.update(
+        config=harness.config_dict(cfg), accuracy_before=harness.accuracy(start(0), xte, yte)
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _common.write_json(path, res)
+    runs.unlink(missing_ok=True)
+
+
 def public_file(plain: Path, fraction: float) -> Path:
     """Today's method at one budget, through the real tool (cached with its owner key)."""
     from onnx_selenc import EncryptOptions, encrypt
